@@ -1,0 +1,122 @@
+"""The error tree: every failure has a reason code, an exit code and a message a person can act on.
+
+Library code raises these; `cli.py` maps them to exit codes and the update worker maps them
+to a FAILED/REJECTED job with `{"code": err.code, "message": str(err)}`. Each class also
+inherits the matching builtin so callers that only know Python's exceptions still work.
+"""
+
+from __future__ import annotations
+
+# Exit codes, documented in README.md ("Exit codes"). Keep the two in step.
+EXIT_OK = 0
+EXIT_ERROR = 1  # anything unexpected
+EXIT_USAGE = 2  # bad command line or config
+EXIT_NO_BOOTLOADER = 3  # link could not be opened, or no answer from the ROM bootloader
+EXIT_WRONG_CHIP = 4  # chip is not the expected one, or the image does not fit it
+EXIT_PROTECTED = 5  # read-out (or write) protection is active
+EXIT_VERIFY = 6  # what was read back differs from what was written
+EXIT_IMAGE = 7  # image or manifest rejected (format, size, sha256, signature, version)
+EXIT_PROTOCOL = 8  # the bootloader refused a command (NACK) or answered out of protocol
+EXIT_INTERRUPTED = 130
+
+
+class Stm32OtaError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    code = "error"
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    def as_dict(self) -> dict[str, str]:
+        """The `{"code", "message"}` object published on the job topic."""
+        return {"code": self.code, "message": str(self)}
+
+
+class UsageError(Stm32OtaError, ValueError):
+    """The command line or a value given by a person is wrong."""
+
+    code = "usage"
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    """config.yaml is invalid; the message names the location and a hint."""
+
+    code = "config"
+
+
+class LinkError(Stm32OtaError, OSError):
+    """The serial port or I2C bus could not be opened or failed."""
+
+    code = "link_error"
+    exit_code = EXIT_NO_BOOTLOADER
+
+
+class LinkTimeout(LinkError, TimeoutError):
+    """No (complete) answer within the deadline of the operation."""
+
+    code = "timeout"
+
+
+class NoBootloader(LinkError):
+    """The ROM bootloader did not answer the connection sequence."""
+
+    code = "no_bootloader"
+
+
+class ProtocolError(Stm32OtaError, OSError):
+    """The bootloader answered something the protocol does not allow here."""
+
+    code = "protocol_error"
+    exit_code = EXIT_PROTOCOL
+
+
+class Nack(ProtocolError):
+    """The bootloader answered NACK (0x1F)."""
+
+    code = "nack"
+
+
+class Unsupported(ProtocolError):
+    """The bootloader's GET reply does not offer a command we need."""
+
+    code = "unsupported_command"
+
+
+class ChipMismatch(Stm32OtaError, ValueError):
+    """The chip is not the one expected, or the image does not fit it."""
+
+    code = "wrong_chip"
+    exit_code = EXIT_WRONG_CHIP
+
+
+class ReadProtected(Stm32OtaError, PermissionError):
+    """Read-out protection is active; removing it would mass-erase the chip."""
+
+    code = "read_protected"
+    exit_code = EXIT_PROTECTED
+
+
+class VerifyFailed(Stm32OtaError, OSError):
+    """Flash content differs from the image after writing."""
+
+    code = "verify_failed"
+    exit_code = EXIT_VERIFY
+
+
+class ImageRejected(Stm32OtaError, ValueError):
+    """The firmware image or release manifest is not acceptable."""
+
+    code = "image_rejected"
+    exit_code = EXIT_IMAGE
+
+
+class Aborted(Stm32OtaError):
+    """The operation was aborted on request."""
+
+    code = "aborted"
+    exit_code = EXIT_INTERRUPTED
