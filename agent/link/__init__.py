@@ -1,0 +1,40 @@
+"""Links to the ROM bootloader: `UartLink` (pyserial) and `I2cLink` (smbus2), and `open_link`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from agent.errors import UsageError
+from agent.link.base import Capabilities, Link
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Capabilities", "Link", "open_link"]
+
+
+def open_link(
+    *,
+    port: str | None = None,
+    baud: int = 115200,
+    parity: str = "even",
+    inter_byte_delay: float = 0.0,
+    i2c_bus: int | str | Any | None = None,
+    i2c_address: int | None = None,
+    read_chunk: int = 256,
+    write_chunk: int = 256,
+) -> Link:
+    """Open a UART link (`port`) or an I2C link (`i2c_bus` + `i2c_address`); exactly one kind."""
+    if (port is None) == (i2c_bus is None):
+        raise UsageError("give either a serial port or an I2C bus (with its address), not both "
+                         "or neither", code="link_choice")
+    if port is not None:
+        from agent.link.uart import UartLink  # pyserial only when a UART is used
+
+        return UartLink(port, baud=baud, parity=parity, inter_byte_delay=inter_byte_delay)
+    if i2c_address is None:
+        raise UsageError("an I2C link needs the bootloader's 7-bit address (e.g. 0x48 for L43x)",
+                         code="link_choice")
+    from agent.link.i2c import I2cLink  # smbus2 only when I2C is used
+
+    return I2cLink(i2c_bus, i2c_address, read_chunk=read_chunk, write_chunk=write_chunk)

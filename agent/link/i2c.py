@@ -1,0 +1,125 @@
+"""I2C link to the AN4221 bootloader through Linux i2c-dev (smbus2), one i2c_rdwr per frame."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from typing import Any, Callable
+
+from smbus2 import I2cFunc, SMBus, i2c_msg
+
+from agent.errors import LinkError, LinkTimeout, UsageError
+from agent.link.base import Capabilities
+
+log = logging.getLogger(__name__)
+
+# Errors the i2c-dev drivers report when the target does not acknowledge its address or a byte
+# (a bootloader that is busy, reset, or absent): worth polling again until the deadline.
+_NO_ANSWER = {errno.EREMOTEIO, errno.ENXIO, errno.EIO, errno.ETIMEDOUT, errno.EAGAIN}
+
+
+class I2cLink:
+    """One 7-bit target on an I2C bus; frames are single i2c_rdwr transfers (no clock gaps)."""
+
+    def __init__(
+        self,
+        bus: int | str | Any,
+        address: int,
+        read_chunk: int = 256,
+        write_chunk: int = 256,
+        busy_poll: float = 0.002,
+        frame_timeout: float = 0.5,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0x03 <= address <= 0x77:
+            raise UsageError(f"I2C address 0x{address:02X} is outside 0x03..0x77 (7-bit)",
+                             code="bad_i2c_address")
+        for name, value in (("read_chunk", read_chunk), ("write_chunk", write_chunk)):
+            if not 1 <= value <= 256 * 4:
+                raise UsageError(f"I2C {name} must be 1..1024 bytes, got {value}",
+                                 code="bad_chunk")
+        self.address = address
+        self.read_chunk = read_chunk
+        self.write_chunk = write_chunk
+        self.busy_poll = busy_poll
+        self.frame_timeout = frame_timeout
+        self._sleep = sleep
+        self._clock = clock
+        self.caps = Capabilities(
+            byte_stream=False, needs_sync=False, version_extra_bytes=0,
+            erase_count_checksum=True, no_stretch=True, polls_busy=True,
+            max_read=read_chunk, max_write=write_chunk,
+            line_bytes_per_s=400_000 / 9,  # 400 kHz fast mode, 8 bits + ACK per byte
+        )
+        self._owns_bus = not hasattr(bus, "i2c_rdwr")
+        self.name = f"/dev/i2c-{bus}" if isinstance(bus, int) else str(bus) if self._owns_bus \
+            else type(bus).__name__
+        self.bus = self._open(bus) if self._owns_bus else bus
+
+    def _open(self, bus: int | str) -> SMBus:
+        """Open i2c-dev and refuse SMBus-only adapters (no combined I2C transfers)."""
+        try:
+            smbus = SMBus(bus)
+        except (OSError, TypeError) as exc:
+            hint = ("add the user to the i2c group" if getattr(exc, "errno", None) == errno.EACCES
+                    else "enable the bus (dtparam=i2c_arm=on) and check the bus number")
+            raise LinkError(f"cannot open I2C bus {self.name}: {hint} ({exc})",
+                            code="port_unavailable") from exc
+        funcs = getattr(smbus, "funcs", None)
+        if funcs is not None and not funcs & I2cFunc.I2C:
+            smbus.close()
+            # stm32flash i2c.c refuses these too: the bootloader needs plain I2C transfers
+            raise LinkError(f"I2C adapter {self.name} only does SMBus, not plain I2C transfers",
+                            code="port_unavailable")
+        return smbus
+
+    def _where(self) -> str:
+        return f"I2C {self.name} address 0x{self.address:02X}"
+
+    def write(self, data: bytes) -> None:
+        """Send one frame; frames longer than write_chunk + 2 (count and checksum) are refused."""
+        if len(data) > self.write_chunk + 2:
+            raise UsageError(f"{self._where()}: frame of {len(data)} bytes exceeds write_chunk "
+                             f"{self.write_chunk} + 2", code="frame_too_long")
+        try:
+            self.bus.i2c_rdwr(i2c_msg.write(self.address, bytes(data)))
+        except OSError as exc:
+            cls = LinkTimeout if exc.errno in _NO_ANSWER else LinkError
+            raise cls(f"{self._where()}: write of {len(data)} bytes not acknowledged ({exc})") \
+                from exc
+
+    def read(self, n: int, timeout: float) -> bytes:
+        """Read one n-byte frame, polling while the target does not answer its address."""
+        if n > self.read_chunk:
+            raise UsageError(f"{self._where()}: read of {n} bytes exceeds read_chunk "
+                             f"{self.read_chunk}", code="frame_too_long")
+        deadline = self._clock() + timeout
+        while True:
+            msg = i2c_msg.read(self.address, n)
+            try:
+                self.bus.i2c_rdwr(msg)
+                return bytes(msg)
+            except OSError as exc:
+                if exc.errno not in _NO_ANSWER:
+                    raise LinkError(f"{self._where()}: read of {n} bytes failed ({exc})") from exc
+                if self._clock() >= deadline:
+                    raise LinkTimeout(f"{self._where()}: no answer to a {n}-byte read within "
+                                      f"{timeout:.3g} s ({exc})") from exc
+            self._sleep(self.busy_poll)
+
+    def flush_input(self) -> None:
+        """Nothing to flush: I2C has no receive buffer on the host side."""
+
+    def close(self) -> None:
+        """Close the bus if this link opened it."""
+        if self._owns_bus:
+            try:
+                self.bus.close()
+            except OSError:
+                log.debug("closing %s failed", self.name, exc_info=True)
+
+    def __repr__(self) -> str:
+        return f"I2cLink({self.name!r}, address=0x{self.address:02X})"
