@@ -1,0 +1,295 @@
+"""Handlers of the local-flasher subcommands: info, flash, read, erase, sim."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from typing import Callable
+
+from agent.cli import add_link_options, command, int_auto
+from agent.errors import ReadProtected, UsageError
+from agent.session import LinkSpec, PinsSpec, Session, open_session
+
+log = logging.getLogger(__name__)
+
+PARSERS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
+
+# AN3155 / AN4221 command names, for people reading `info`.
+OPCODE_NAMES = {
+    0x00: "GET", 0x01: "GET_VERSION", 0x02: "GET_ID", 0x11: "READ_MEMORY", 0x21: "GO",
+    0x31: "WRITE_MEMORY", 0x32: "WRITE_MEMORY_NS", 0x43: "ERASE", 0x44: "EXTENDED_ERASE",
+    0x45: "EXTENDED_ERASE_NS", 0x50: "SPECIAL", 0x51: "EXTENDED_SPECIAL", 0x63: "WRITE_PROTECT",
+    0x64: "WRITE_PROTECT_NS", 0x73: "WRITE_UNPROTECT", 0x74: "WRITE_UNPROTECT_NS",
+    0x82: "READOUT_PROTECT", 0x83: "READOUT_PROTECT_NS", 0x92: "READOUT_UNPROTECT",
+    0x93: "READOUT_UNPROTECT_NS", 0xA1: "GET_CHECKSUM",
+}
+
+
+def parser(name: str, helptext: str) -> Callable:
+    """Register the argument set-up of a subcommand."""
+
+    def register(fn: Callable[[argparse.ArgumentParser], None]) -> Callable:
+        PARSERS[name] = (helptext, fn)
+        return fn
+
+    return register
+
+
+def _pin(line: str | None, active_low: bool):
+    from agent.pins import PinSpec
+
+    if line is None:
+        return None
+    return PinSpec(line=int(line) if line.isdigit() else line, active_low=active_low)
+
+
+def session_specs(args: argparse.Namespace) -> tuple[LinkSpec, PinsSpec, int | None]:
+    """Link, pins and expected chip from the link options (or a configured target)."""
+    if args.config:
+        from agent.cli_config import target_specs
+
+        return target_specs(args.config, args.target)
+    if args.target:
+        raise UsageError("--target needs --config PATH")
+    if args.port and args.i2c_bus is not None:
+        raise UsageError("give either --port or --i2c-bus, not both")
+    if args.port:
+        link = LinkSpec("uart", port=args.port, baud=args.baud, parity=args.parity,
+                        inter_byte_delay=args.inter_byte_delay)
+    elif args.i2c_bus is not None:
+        if not 0x03 <= args.i2c_address <= 0x77:
+            raise UsageError(f"I2C address 0x{args.i2c_address:x} is not a 7-bit device address "
+                             "(0x03-0x77); the L43x bootloader answers at 0x48")
+        link = LinkSpec("i2c", bus=args.i2c_bus, address=args.i2c_address,
+                        read_chunk=args.i2c_read_chunk, write_chunk=args.i2c_write_chunk)
+    else:
+        raise UsageError("say how the STM32 is connected: --port DEV, --i2c-bus N, "
+                         "or --config PATH --target NAME")
+    backend = args.pins_backend
+    if backend != "none" and not (args.nrst or args.boot0):
+        raise UsageError(f"--pins {backend} needs --nrst LINE and --boot0 LINE")
+    pins = PinsSpec(backend=backend, chip=args.gpiochip,
+                    nrst=_pin(args.nrst, not args.nrst_active_high),
+                    boot0=_pin(args.boot0, args.boot0_active_low))
+    return link, pins, args.expect_chip
+
+
+def _out(args: argparse.Namespace) -> Callable[[str], None]:
+    return (lambda text: None) if args.quiet else (lambda text: print(text))
+
+
+def describe_session(s: Session) -> dict:
+    """What `info` reports, as plain data (also the --json output)."""
+    chip = s.chip
+    pages = chip.page_table(s.flash_size)
+    sizes = sorted({size for _, size in pages})
+    return {
+        "bootloader_version": f"{s.info.version >> 4}.{s.info.version & 0xF}",
+        "option_bytes": s.info.option_bytes.hex(),
+        "commands": [OPCODE_NAMES.get(op, f"0x{op:02X}") for op in s.info.commands],
+        "pid": f"0x{s.info.pid:03X}",
+        "chip": chip.name,
+        "family": chip.family,
+        "flash_start": f"0x{chip.flash_start:08X}",
+        "flash_size": s.flash_size,
+        "pages": len(pages),
+        "page_sizes": sizes,
+        "write_align": chip.write_align,
+        "bootloader_id": None if s.bootloader_id is None else f"0x{s.bootloader_id:02X}",
+        "read_protected": s.read_protected,
+    }
+
+
+@parser("info", "show bootloader version, command set, PID, chip name, flash size and page layout")
+def _info_args(p: argparse.ArgumentParser) -> None:
+    add_link_options(p)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout, for scripts")
+    p.add_argument("--go", action="store_true", help="start the application afterwards")
+
+
+@command("info")
+def cmd_info(args: argparse.Namespace) -> int:
+    """Connect and describe the chip."""
+    link, pins, expect = session_specs(args)
+    with open_session(link, pins, expect_pid=expect) as s:
+        d = describe_session(s)
+        if args.go:
+            s.start_application()
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    layout = " + ".join(f"{n} x {size // 1024 if size >= 1024 else size}"
+                        f"{' KiB' if size >= 1024 else ' B'}" for n, size in s.chip.pages)
+    print(f"Bootloader : version {d['bootloader_version']}"
+          + (f", ID {d['bootloader_id']}" if d["bootloader_id"] else ""))
+    print(f"Commands   : {' '.join(d['commands'])}")
+    print(f"Chip       : {d['pid']} {d['chip']} ({d['family']})")
+    print(f"Flash      : {s.flash_size // 1024} KiB at {d['flash_start']}, {d['pages']} pages "
+          f"({layout}), writes aligned to {d['write_align']} bytes")
+    print(f"Protection : read-out protection {'ACTIVE' if s.read_protected else 'off'}")
+    return 0
+
+
+@parser("flash", "write an image (hex, srec or bin) and verify it, like stm32flash -w FILE -v")
+def _flash_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="firmware: .hex, .srec/.s19/.s28/.s37, or .bin")
+    add_link_options(p)
+    p.add_argument("--address", type=int_auto, help="load address of a .bin (default: flash start)")
+    p.add_argument("--format", choices=["hex", "srec", "bin"], help="override detection by extension")
+    p.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
+    p.add_argument("--verify", choices=["auto", "crc", "readback"], default="auto",
+                   help="how to verify: the bootloader's checksum where offered (auto), or read back")
+    p.add_argument("--go", nargs="?", const=-1, type=int_auto, metavar="ADDR",
+                   help="start the application afterwards: reset through the pins, or GO to ADDR")
+    p.add_argument("--retries", type=int, default=3, help="attempts per block (default 3)")
+
+
+@command("flash")
+def cmd_flash(args: argparse.Namespace) -> int:
+    """Erase the pages the image covers, write, verify, optionally start it."""
+    from agent import firmware
+    from agent.flash import execute, plan
+    from agent.progress import ProgressPrinter
+
+    image = firmware.load(args.file, fmt=args.format, address=args.address)  # rejects bad files first
+    link, pins, expect = session_specs(args)
+    out = _out(args)
+    with open_session(link, pins, expect_pid=expect) as s:
+        if s.read_protected:
+            raise ReadProtected(
+                f"{s.chip.name} has read-out protection active: nothing was written. Removing it "
+                "mass-erases the chip; if that is what you want, do it explicitly.")
+        p = plan(image, s.chip, flash_size=s.flash_size, max_write=s.link.caps.max_write)
+        printer = None if args.quiet else ProgressPrinter(sys.stderr)
+        result = execute(p, s.bl, printer, verify="none" if args.no_verify else args.verify,
+                         retries=args.retries)
+        if printer is not None:
+            printer.close()
+        out(f"{args.file}: {result.summary()}")
+        if args.go is not None:
+            how = s.start_application(None if args.go == -1 else args.go)
+            out(f"application started ({how})")
+    return 0
+
+
+@parser("read", "read flash (or any readable memory) to a file, e.g. a backup")
+def _read_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="output file (raw binary)")
+    add_link_options(p)
+    p.add_argument("--address", type=int_auto, required=True, help="start address, e.g. 0x08000000")
+    p.add_argument("--length", type=int_auto, required=True, help="number of bytes")
+
+
+@command("read")
+def cmd_read(args: argparse.Namespace) -> int:
+    """Read memory in chunks into a file written atomically."""
+    from agent.progress import ProgressPrinter
+
+    if args.length <= 0:
+        raise UsageError("--length must be positive")
+    link, pins, expect = session_specs(args)
+    with open_session(link, pins, expect_pid=expect) as s:
+        if s.read_protected:
+            raise ReadProtected(f"{s.chip.name} has read-out protection active; memory cannot be read")
+        printer = None if args.quiet else ProgressPrinter(sys.stderr)
+        data = bytearray()
+        step = s.link.caps.max_read
+        while len(data) < args.length:
+            n = min(step, args.length - len(data))
+            data += s.bl.read_memory(args.address + len(data), n)
+            if printer:
+                printer("read", len(data), args.length)
+        if printer:
+            printer.close()
+    _write_atomically(args.out, bytes(data))
+    _out(args)(f"read {len(data)} bytes from 0x{args.address:08X} into {args.out}")
+    return 0
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".stm32ota-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+@parser("erase", "erase the whole flash (--all) or whole pages of a range")
+def _erase_args(p: argparse.ArgumentParser) -> None:
+    add_link_options(p)
+    p.add_argument("--all", action="store_true", help="erase all of the flash")
+    p.add_argument("--address", type=int_auto, help="first byte of the range (page aligned)")
+    p.add_argument("--length", type=int_auto, help="bytes in the range (ends on a page boundary)")
+
+
+def pages_of_range(pages: tuple, start: int, length: int) -> list[int]:
+    """Page numbers exactly covering [start, start+length); UsageError if not page aligned."""
+    end = start + length
+    chosen = [i for i, (addr, size) in enumerate(pages) if addr < end and addr + size > start]
+    if not chosen or length <= 0:
+        raise UsageError(f"0x{start:08X}+{length} is not inside the flash")
+    first, last = pages[chosen[0]], pages[chosen[-1]]
+    if first[0] != start or last[0] + last[1] != end:
+        raise UsageError(
+            f"erase works on whole pages: the range 0x{start:08X}-0x{end - 1:08X} cuts pages; use "
+            f"--address 0x{first[0]:08X} --length 0x{last[0] + last[1] - first[0]:X}")
+    return chosen
+
+
+@command("erase")
+def cmd_erase(args: argparse.Namespace) -> int:
+    """Erase everything or whole pages."""
+    if args.all == (args.address is not None):
+        raise UsageError("give --all, or --address A --length N")
+    if args.address is not None and args.length is None:
+        raise UsageError("--address needs --length")
+    link, pins, expect = session_specs(args)
+    with open_session(link, pins, expect_pid=expect) as s:
+        if s.read_protected:
+            raise ReadProtected(f"{s.chip.name} has read-out protection active: nothing erased")
+        pages = s.chip.page_table(s.flash_size)
+        if args.all:
+            if s.chip.mass_erase and s.flash_size == s.chip.flash_size:
+                s.bl.mass_erase()
+            else:  # AN2606 / stm32flash: L0/L1 cannot mass erase; erase page by page
+                s.bl.erase_pages(list(range(len(pages))))
+            _out(args)(f"erased all {s.flash_size // 1024} KiB of {s.chip.name}")
+        else:
+            chosen = pages_of_range(pages, args.address, args.length)
+            s.bl.erase_pages(chosen)
+            _out(args)(f"erased pages {chosen[0]}-{chosen[-1]} ({args.length} bytes)")
+    return 0
+
+
+@parser("sim", "run the bootloader simulator on a pseudo-terminal until killed")
+def _sim_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pty", required=True, metavar="PATH",
+                   help="symlink to create for the simulated serial port")
+    p.add_argument("--chip", default="0x435", help="chip name or PID (default 0x435, STM32L43x)")
+    p.add_argument("--baud", type=int, default=115200, help="emulated line speed (default 115200)")
+    p.add_argument("--fast", action="store_true", help="no emulated line or flash time")
+    p.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                   help="inject a fault, e.g. nack-write=5, drop=200, corrupt=300, silent-resets=2, "
+                        "slow-erase=4, rdp (repeatable)")
+
+
+@command("sim")
+def cmd_sim(args: argparse.Namespace) -> int:
+    """Serve the simulator on a pty until SIGTERM/SIGINT."""
+    from agent.stm32.chips import find
+    from agent.stm32.sim import parse_faults, serve_pty
+
+    chip = find(args.chip)
+    faults = parse_faults(args.fault)
+    print(f"simulating {chip.name} (PID 0x{chip.pid:03X}) on {args.pty}; "
+          f"SIGUSR1 resets it into the bootloader; Ctrl-C stops", file=sys.stderr)
+    serve_pty(args.pty, chip, baud=args.baud, realtime=not args.fast, faults=faults)
+    return 0
