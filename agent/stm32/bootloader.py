@@ -1,8 +1,9 @@
 """AN3155 (USART) / AN4221 (I2C) ROM bootloader client.
 
-CONTRACT (filled in by the implementation; flash.py and cli.py code against these names):
+CONTRACT (flash.py and cli.py code against these names):
 
-    bl = Bootloader(link, timeouts=Timeouts(), clock=time.monotonic, sleep=time.sleep)
+    bl = Bootloader(link, timeouts=Timeouts(), clock=time.monotonic, sleep=time.sleep,
+                    i2c_erase_nack="verify")
     info = bl.connect()            # sync if link needs it, GET_VERSION, GET, GET_ID -> BootloaderInfo
     bl.info                        # the BootloaderInfo of the last connect()
     bl.supports("checksum")        # by function name, picked from the GET reply
@@ -10,24 +11,69 @@ CONTRACT (filled in by the implementation; flash.py and cli.py code against thes
                                    # at the command when RDP is set
     bl.write_memory(addr, data)    # len <= link.caps.max_write, padded by caller to chip alignment
     bl.erase_pages(pages)          # list of page/sector numbers; split at 511 (0x44) / 255 (0x43)
-    bl.mass_erase()                # 0x44 FFFF / 0x43 FF; Unsupported if not allowed
+    bl.last_erase_unconfirmed      # True if an I2C erase's final ACK was missing (blank-check!)
+    bl.mass_erase() / bank_erase(1 | 2)   # 0x44 FFFF/FFFE/FFFD, 0x43 FF; Unsupported if absent
     bl.checksum(addr, length)      # CRC-32 (STM32 CRC unit) via 0xA1 in the layout of the link
     bl.go(addr)
-    bl.readout_protect() / readout_unprotect() / write_unprotect()   # never called implicitly
+    bl.readout_protect() / readout_unprotect() / write_unprotect() / write_protect(sectors)
+                                   # never called implicitly; the chip resets, we re-sync
+    bl.resync()                    # after a LinkTimeout mid-command: get the bootloader listening
     bl.close()
 
-Every command goes through one choke point that sends opcode + complement, waits for ACK and
-raises Nack / LinkTimeout; timeouts are named fields of Timeouts.
+Function names for supports(): get, get_version, get_id, read, go, write, erase,
+write_protect, write_unprotect, readout_protect, readout_unprotect, checksum.
+
+Every command goes through one choke point (`_command`) that sends opcode + complement, waits
+for ACK and raises Nack / LinkTimeout; timeouts are named fields of Timeouts.
+
+Quirks (constructor keywords):
+    i2c_erase_nack="verify"  On a frame link, a missing or NACK final answer after an erase
+                             (the seed's L432: "the last ACK is not returned ... a 0x1F is
+                             returned but the erase succeeded") returns normally and sets
+                             `last_erase_unconfirmed`, so the caller blank-checks the pages.
+                             "strict" raises instead.
 """
 
 from __future__ import annotations
 
+import logging
+import struct
+import time
 from dataclasses import dataclass, field
+from functools import reduce
+from typing import Callable, Iterable, Sequence
+
+from agent.errors import (LinkTimeout, Nack, NoBootloader, ProtocolError, ReadProtected,
+                          Unsupported, UsageError)
+from agent.link.base import Link
+
+log = logging.getLogger(__name__)
 
 ACK = 0x79
 NACK = 0x1F
 BUSY = 0x76  # AN4221: answer to a poll while a no-stretch command is still running
 SYNC = 0x7F
+
+# function -> (stretching opcodes, best first; no-stretch opcodes). AN3155 3 / AN4221 2.
+_OPCODES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "get": ((0x00,), ()),
+    "get_version": ((0x01,), ()),
+    "get_id": ((0x02,), ()),
+    "read": ((0x11,), ()),
+    "go": ((0x21,), ()),
+    "write": ((0x31,), (0x32,)),
+    "erase": ((0x44, 0x43), (0x45,)),  # 0x43 and 0x44 are exclusive on one device (AN3155 3.7)
+    "write_protect": ((0x63,), (0x64,)),
+    "write_unprotect": ((0x73,), (0x74,)),
+    "readout_protect": ((0x82,), (0x83,)),
+    "readout_unprotect": ((0x92,), (0x93,)),
+    "checksum": ((0xA1,), ()),
+}
+_NAMES = {op: name for name, (std, ns) in _OPCODES.items() for op in std + ns}
+# stm32flash stm32_guess_len_cmd: GET's N per I2C protocol version (11, 17 or 18 commands)
+_I2C_GET_N = {0x10: 11, 0x11: 17, 0x12: 18}
+_STM32_CRC_POLY = 0x04C11DB7
+_STM32_CRC_INIT = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -42,6 +88,7 @@ class Timeouts:
     checksum: float = 5.0
     unprotect: float = 35.0  # readout unprotect mass-erases first
     busy_poll_interval: float = 0.002  # AN4221: host polls one byte until ACK/NACK
+    reset_settle: float = 0.1  # after WP/WUP/RP/RUP the chip resets (AN3155 3.8-3.11)
 
 
 @dataclass(frozen=True)
@@ -52,3 +99,406 @@ class BootloaderInfo:
     option_bytes: bytes  # UART GET_VERSION's two legacy bytes; b"" on I2C
     commands: tuple[int, ...] = field(default_factory=tuple)  # opcodes from GET, in order
     pid: int = 0  # product ID from GET_ID
+
+
+def _xor(data: Iterable[int], start: int = 0) -> int:
+    return reduce(lambda a, b: a ^ b, data, start)
+
+
+def _with_xor(data: bytes) -> bytes:
+    return data + bytes([_xor(data)])
+
+
+def pick_opcodes(offered: Sequence[int], no_stretch: bool) -> dict[str, int]:
+    """Map function names to the opcode to use, from GET's list and the link's preference."""
+    chosen: dict[str, int] = {}
+    for name, (std, ns) in _OPCODES.items():
+        for op in (ns + std if no_stretch else std + ns):
+            if op in offered:
+                chosen[name] = op
+                break
+    return chosen
+
+
+class Bootloader:
+    """Client of one STM32 ROM bootloader over one link."""
+
+    def __init__(
+        self,
+        link: Link,
+        timeouts: Timeouts = Timeouts(),
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        *,
+        i2c_erase_nack: str = "verify",
+    ) -> None:
+        if i2c_erase_nack not in ("verify", "strict"):
+            raise UsageError(f"i2c_erase_nack must be 'verify' or 'strict', not "
+                             f"{i2c_erase_nack!r}", code="bad_quirk")
+        self.link = link
+        self.caps = link.caps
+        self.timeouts = timeouts
+        self._clock = clock
+        self._sleep = sleep
+        self.i2c_erase_nack = i2c_erase_nack
+        self.info: BootloaderInfo | None = None
+        self.last_erase_unconfirmed = False
+        self._ops: dict[str, int] = {}
+
+    # ---- the wire -------------------------------------------------------------------------
+
+    def _read(self, n: int, timeout: float, what: str) -> bytes:
+        try:
+            return self.link.read(n, timeout)
+        except LinkTimeout as exc:
+            raise LinkTimeout(f"{what}: no answer within {timeout:.3g} s ({exc})") from exc
+
+    def _line_time(self, n: int) -> float:
+        rate = self.caps.line_bytes_per_s
+        return 2.0 * n / rate if rate else 0.0
+
+    def _wait_ack(self, what: str, timeout: float) -> None:
+        """Read the answer byte; on a BUSY-polling link poll while 0x76 (AN4221 2.x no-stretch)."""
+        deadline = self._clock() + timeout
+        while True:
+            remaining = max(deadline - self._clock(), 0.0)
+            answer = self._read(1, remaining, what)[0]
+            if answer == ACK:
+                return
+            if answer == NACK:
+                raise Nack(f"{what}: bootloader answered NACK")
+            if answer == BUSY and self.caps.polls_busy:
+                if self._clock() >= deadline:
+                    raise LinkTimeout(f"{what}: still BUSY after {timeout:.3g} s")
+                self._sleep(self.timeouts.busy_poll_interval)
+                continue
+            raise ProtocolError(f"{what}: expected ACK, got 0x{answer:02X}")
+
+    def _send(self, data: bytes, what: str, timeout: float | None = None) -> None:
+        """Send one frame and wait for its ACK (default: the short `byte` deadline)."""
+        self.link.write(data)
+        self._wait_ack(what, self.timeouts.byte if timeout is None else timeout)
+
+    def _op(self, name: str) -> int:
+        if name not in self._ops:
+            raise Unsupported(f"the bootloader does not offer {name.replace('_', ' ')} "
+                              f"(GET listed {self._offered()})")
+        return self._ops[name]
+
+    def _offered(self) -> str:
+        cmds = self.info.commands if self.info else ()
+        return " ".join(f"{c:02X}" for c in cmds) or "nothing yet: call connect() first"
+
+    def _command(self, opcode: int, what: str | None = None) -> None:
+        """The choke point: send opcode + complement, wait for ACK, raise Nack/LinkTimeout."""
+        label = what or f"{_NAMES.get(opcode, 'command')} (0x{opcode:02X})"
+        log.debug("command 0x%02X %s", opcode, label)
+        self._send(bytes([opcode, opcode ^ 0xFF]), label)
+
+    def _address(self, addr: int, what: str) -> None:
+        if not 0 <= addr <= 0xFFFFFFFF:
+            raise UsageError(f"{what}: address 0x{addr:X} is not a 32-bit address",
+                             code="bad_address")
+        self._send(_with_xor(struct.pack(">I", addr)), f"{what}: address 0x{addr:08X}")
+
+    # ---- connection -----------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """AN3155 2 / stm32flash init: 0x7F -> ACK; NACK means it was already synced."""
+        self.link.flush_input()
+        self.link.write(bytes([SYNC]))
+        try:
+            answer = self.link.read(1, self.timeouts.sync)[0]
+        except LinkTimeout:
+            # the first 0x7F may have been taken as the first byte of a command: a second one
+            # completes that command (wrong complement) and earns a NACK
+            self.link.write(bytes([SYNC]))
+            try:
+                answer = self.link.read(1, self.timeouts.sync)[0]
+            except LinkTimeout as exc:
+                raise NoBootloader(
+                    f"no answer to 0x7F sync on {self.link!r}: check BOOT0/NRST wiring, TX/RX "
+                    f"crossing, baud rate and that the chip is in its bootloader") from exc
+        if answer == NACK:
+            log.info("sync answered NACK: the bootloader was already synced")
+        elif answer != ACK:
+            raise NoBootloader(f"sync answered 0x{answer:02X} instead of ACK: wrong baud rate or "
+                               f"parity (the bootloader needs 8E1), or not the bootloader")
+
+    def resync(self) -> None:
+        """After a timeout mid-command: send FF 00 until NACK so the bootloader awaits a command."""
+        deadline = self._clock() + self.timeouts.sync * 20
+        while self._clock() < deadline:
+            self.link.flush_input()
+            try:
+                self.link.write(bytes([0xFF, 0x00]))  # unknown opcode or bad checksum: NACK
+                if self.link.read(1, self.timeouts.byte)[0] == NACK:
+                    self._sleep(self.timeouts.byte / 10)  # let queued NACKs arrive, then drop
+                    self.link.flush_input()
+                    return
+            except LinkTimeout:
+                continue
+        raise NoBootloader(f"bootloader on {self.link!r} did not come back after a timeout")
+
+    def connect(self) -> BootloaderInfo:
+        """Sync (if the link needs it), GET_VERSION, GET, GET_ID -> BootloaderInfo."""
+        self.info = None
+        self._ops = {}
+        if self.caps.needs_sync:
+            self.sync()
+        version, options = self._get_version()
+        commands = self._get(version)
+        self._ops = pick_opcodes(commands, self.caps.no_stretch)
+        self.info = BootloaderInfo(version=version, option_bytes=options, commands=commands)
+        pid = self._get_id()
+        self.info = BootloaderInfo(version=version, option_bytes=options, commands=commands,
+                                   pid=pid)
+        log.info("bootloader V%d.%d, PID 0x%03X, commands %s", version >> 4, version & 15, pid,
+                 self._offered())
+        return self.info
+
+    def _get_version(self) -> tuple[int, bytes]:
+        what = "GET_VERSION (0x01)"
+        self._command(0x01, what)
+        n = 1 + self.caps.version_extra_bytes
+        reply = self._read(n, self.timeouts.byte, what)
+        if self.caps.byte_stream and reply[0] == ACK:
+            # flashers.md 1.2: L412/L422 V13.1 sends an extra ACK after init, so the command's
+            # real ACK arrives where the version should be
+            reply = reply[1:] + self._read(1, self.timeouts.byte, what)
+        self._wait_ack(what, self.timeouts.byte)
+        return reply[0], bytes(reply[1:])
+
+    def _get(self, version: int) -> tuple[int, ...]:
+        what = "GET (0x00)"
+        self._command(0x00, what)
+        if self.caps.byte_stream:
+            count = self._read(1, self.timeouts.byte, what)[0]
+            body = self._read(count + 1, self.timeouts.byte + self._line_time(count + 1), what)
+        else:
+            guess = _I2C_GET_N.get(version, 17)
+            frame = self._read(guess + 2, self.timeouts.byte, what)
+            count = frame[0]
+            if count != guess:
+                # stm32flash does the same: the frame length was a guess, ask again exactly
+                log.debug("GET said N=%d, guessed %d: asking again", count, guess)
+                self.resync()
+                self._command(0x00, what)
+                frame = self._read(count + 2, self.timeouts.byte, what)
+            body = frame[1:count + 2]
+        self._wait_ack(what, self.timeouts.byte)
+        return tuple(body[1:])
+
+    def _get_id(self) -> int:
+        what = "GET_ID (0x02)"
+        self._command(0x02, what)
+        if self.caps.byte_stream:
+            count = self._read(1, self.timeouts.byte, what)[0]
+            body = self._read(count + 1, self.timeouts.byte, what)
+        else:
+            body = self._read(3, self.timeouts.byte, what)[1:]  # AN4221: N=1, PID MSB, LSB
+        self._wait_ack(what, self.timeouts.byte)
+        if len(body) < 2:
+            raise ProtocolError(f"{what}: reply too short ({body.hex(' ')})")
+        return (body[0] << 8) | body[1]
+
+    def supports(self, name: str) -> bool:
+        """True if GET offered an opcode for the function `name` (e.g. "checksum")."""
+        if name not in _OPCODES:
+            raise UsageError(f"unknown bootloader function {name!r}; known: "
+                             f"{', '.join(_OPCODES)}", code="bad_function")
+        return name in self._ops
+
+    def opcode(self, name: str) -> int:
+        """The opcode chosen for a function (Unsupported if GET did not offer it)."""
+        return self._op(name)
+
+    # ---- memory ---------------------------------------------------------------------------
+
+    def read_memory(self, addr: int, n: int) -> bytes:
+        """READ_MEMORY (0x11): n bytes from addr; ReadProtected if RDP refuses the command."""
+        what = f"READ_MEMORY at 0x{addr:08X}"
+        limit = min(256, self.caps.max_read)
+        if not 1 <= n <= limit:
+            raise UsageError(f"{what}: length {n} is outside 1..{limit}", code="bad_length")
+        try:
+            self._command(self._op("read"), what)
+        except Nack as exc:
+            if self.info is not None and self.info.pid:
+                # AN3155 3.4: with RDP active the command itself is NACKed (some parts NACK twice)
+                self._sleep(self.timeouts.byte / 10)
+                self.link.flush_input()
+                raise ReadProtected(
+                    f"{what}: refused, read-out protection (RDP) is active. Removing it with "
+                    f"`readout_unprotect` (stm32flash -k) MASS-ERASES the whole flash; do it "
+                    f"explicitly only if losing the current firmware is acceptable") from exc
+            raise
+        self._address(addr, what)
+        self._send(bytes([n - 1, (n - 1) ^ 0xFF]), f"{what}: length {n}")
+        return self._read(n, self.timeouts.byte + self._line_time(n), f"{what}: {n} data bytes")
+
+    def write_memory(self, addr: int, data: bytes) -> None:
+        """WRITE_MEMORY (0x31/0x32): data (padded with 0xFF to 4 bytes) at a 4-aligned addr."""
+        what = f"WRITE_MEMORY at 0x{addr:08X}"
+        limit = min(256, self.caps.max_write)
+        if not 1 <= len(data) <= limit:
+            raise UsageError(f"{what}: length {len(data)} is outside 1..{limit}",
+                             code="bad_length")
+        if addr % 4:
+            raise UsageError(f"{what}: address is not a multiple of 4 (AN3155 3.6)",
+                             code="bad_address")
+        data = bytes(data) + b"\xff" * (-len(data) % 4)  # AN3155 3.6: N+1 a multiple of 4
+        self._command(self._op("write"), what)
+        self._address(addr, what)
+        frame = _with_xor(bytes([len(data) - 1]) + data)
+        self._send(frame, f"{what}: {len(data)} data bytes",
+                   self.timeouts.write_block + self._line_time(len(frame)))
+
+    def go(self, addr: int) -> None:
+        """GO (0x21): jump to addr (the application's vector table); the bootloader is left."""
+        what = f"GO to 0x{addr:08X}"
+        self._command(self._op("go"), what)
+        self._address(addr, what)
+
+    def checksum(self, addr: int, length: int) -> int:
+        """0xA1: the STM32 CRC-32 of length bytes (multiple of 4) at addr, computed on chip."""
+        what = f"CHECKSUM of 0x{addr:08X}+{length}"
+        if length <= 0 or length % 4:
+            raise UsageError(f"{what}: length must be a positive multiple of 4",
+                             code="bad_length")
+        self._command(self._op("checksum"), what)
+        self._address(addr, what)
+        if self.caps.byte_stream:
+            # AN3155 3.13 (USART V3.3): size in words, then polynomial and initial value
+            self._send(_with_xor(struct.pack(">I", length // 4)), f"{what}: size")
+            self._send(_with_xor(struct.pack(">I", _STM32_CRC_POLY)), f"{what}: polynomial")
+            self.link.write(_with_xor(struct.pack(">I", _STM32_CRC_INIT)))
+        else:
+            # AN4221 2.20: size in bytes, then BUSY until the CRC is ready
+            self.link.write(_with_xor(struct.pack(">I", length)))
+        self._wait_ack(f"{what}: result", self.timeouts.checksum)
+        reply = self._read(5, self.timeouts.byte, f"{what}: CRC")
+        if _xor(reply) != 0:
+            raise ProtocolError(f"{what}: CRC reply {reply.hex(' ')} fails its checksum")
+        return struct.unpack(">I", reply[:4])[0]
+
+    # ---- erase ----------------------------------------------------------------------------
+
+    def _erase_limit(self, extended: bool) -> int:
+        # stm32flash: "STM32L152 cannot erase more than 512 pages ... even 511 for STM32L082";
+        # 0x43 numbers pages with one byte (AN3155 3.7); frames must fit the link's chunk
+        limit = 511 if extended else 255
+        if not self.caps.byte_stream:
+            limit = min(limit, (self.caps.max_write + 1) // 2)
+        return limit
+
+    def erase_pages(self, pages: Iterable[int]) -> None:
+        """Erase the given page/sector numbers, split into as few commands as allowed."""
+        pages = list(pages)
+        op = self._op("erase")
+        extended = op != 0x43
+        top = 0xFFEF if extended else 0xFE
+        bad = [p for p in pages if not isinstance(p, int) or not 0 <= p <= top]
+        if bad or not pages:
+            raise UsageError(f"ERASE: page numbers must be 0..{top}, got {bad or 'none'}",
+                             code="bad_pages")
+        self.last_erase_unconfirmed = False
+        limit = self._erase_limit(extended)
+        for i in range(0, len(pages), limit):
+            chunk = pages[i:i + limit]
+            self._erase_chunk(op, chunk)
+
+    def _erase_chunk(self, op: int, chunk: list[int]) -> None:
+        what = f"ERASE (0x{op:02X}) of pages {chunk[0]}..{chunk[-1]} ({len(chunk)} pages)"
+        self._command(op, what)
+        timeout = self.timeouts.erase_page * len(chunk)
+        if op == 0x43:
+            body = bytes([len(chunk) - 1]) + bytes(chunk)
+            self.link.write(_with_xor(body))
+            return self._erase_answer(what, timeout)
+        count = struct.pack(">H", len(chunk) - 1)
+        pages = b"".join(struct.pack(">H", p) for p in chunk)
+        if self.caps.erase_count_checksum:
+            # AN4221 2.x: the count has its own checksum and ACK before the page list
+            self._send(_with_xor(count), f"{what}: page count")
+            self.link.write(_with_xor(pages))
+        else:
+            self.link.write(_with_xor(count + pages))
+        self._erase_answer(what, timeout + self._line_time(len(pages)))
+
+    def _erase_answer(self, what: str, timeout: float) -> None:
+        """The final answer of an erase, with the I2C missing-ACK quirk (seed-notes)."""
+        try:
+            self._wait_ack(what, timeout)
+        except (Nack, LinkTimeout) as exc:
+            if self.caps.byte_stream or self.i2c_erase_nack == "strict":
+                raise
+            log.warning("%s: final answer missing (%s); continuing, pages must be blank-checked",
+                        what, exc)
+            self.last_erase_unconfirmed = True
+
+    def _special_erase(self, code: int, what: str) -> None:
+        op = self._op("erase")
+        if op == 0x43:
+            if code != 0xFFFF:
+                raise Unsupported(f"{what}: needs Extended Erase (0x44), the bootloader offers "
+                                  f"only 0x43")
+            self._command(op, what)
+            self.link.write(bytes([0xFF, 0x00]))  # AN3155 3.7: N=255 means global erase
+        else:
+            self._command(op, what)
+            self.link.write(_with_xor(struct.pack(">H", code)))  # AN3155 3.8 special codes
+        self.last_erase_unconfirmed = False
+        try:
+            self._erase_answer(what, self.timeouts.mass_erase)
+        except Nack as exc:
+            raise Nack(f"{what}: refused; the chip may not allow a global erase (L0/L1) or "
+                       f"is protected: erase the pages one by one instead") from exc
+
+    def mass_erase(self) -> None:
+        """Erase the whole flash (0x44 FFFF / 0x43 FF)."""
+        self._special_erase(0xFFFF, "MASS ERASE")
+
+    def bank_erase(self, bank: int) -> None:
+        """Erase bank 1 or 2 (0x44 FFFE / FFFD) on dual-bank parts."""
+        if bank not in (1, 2):
+            raise UsageError(f"bank must be 1 or 2, not {bank}", code="bad_bank")
+        self._special_erase(0xFFFF - bank, f"BANK {bank} ERASE")
+
+    # ---- protection (explicit only; the chip resets afterwards) -----------------------------
+
+    def _protection(self, name: str, timeout: float, body: bytes | None = None) -> None:
+        what = name.upper().replace("_", " ")
+        self._command(self._op(name), what)
+        if body is not None:
+            self.link.write(body)
+        self._wait_ack(f"{what}: completion", timeout)
+        # AN3155 3.9-3.12: ACK, then a system reset on F0/F2/F4/F7/L4: listen again
+        self.info = None
+        self._sleep(self.timeouts.reset_settle)
+        if self.caps.needs_sync:
+            self.sync()
+
+    def readout_protect(self) -> None:
+        """Set RDP level 1 (0x82/0x83); the chip resets and needs connect() again."""
+        self._protection("readout_protect", self.timeouts.byte * 2)
+
+    def readout_unprotect(self) -> None:
+        """Remove RDP (0x92/0x93): this MASS-ERASES the flash; the chip then resets."""
+        self._protection("readout_unprotect", self.timeouts.unprotect)
+
+    def write_unprotect(self) -> None:
+        """Remove write protection from all sectors (0x73/0x74); the chip then resets."""
+        self._protection("write_unprotect", self.timeouts.byte * 2)
+
+    def write_protect(self, sectors: Sequence[int]) -> None:
+        """Write-protect the given sectors (0x63/0x64); the chip then resets."""
+        if not sectors or any(not 0 <= s <= 0xFF for s in sectors) or len(sectors) > 256:
+            raise UsageError("WRITE PROTECT needs 1..256 sector numbers 0..255",
+                             code="bad_pages")
+        body = _with_xor(bytes([len(sectors) - 1]) + bytes(sectors))
+        self._protection("write_protect", self.timeouts.byte * 2, body)
+
+    def close(self) -> None:
+        """Release the link."""
+        self.link.close()
