@@ -1,0 +1,175 @@
+"""Job records and the state directory: persisted atomically before every step.
+
+Files under `state_dir` (all JSON, each replaced atomically with write + fsync + rename, so a
+kill at any instant leaves either the old or the new content):
+
+    jobs/<target>.json        the current or last job of the target
+    installed/<target>.json   {"version", "sha256", "installed_at"} of what was last verified
+    releases/<product>.json   the latest accepted release manifest of the product
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, REJECTED, CANCELED = (
+    "QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED", "CANCELED")
+TERMINAL = frozenset({SUCCEEDED, FAILED, REJECTED, CANCELED})
+
+# One 0-100 figure across all phases: (phase, first percent, last percent).
+PHASES: tuple[tuple[str, int, int], ...] = (
+    ("queued", 0, 0),
+    ("download", 0, 20),
+    ("verify_image", 20, 22),
+    ("enter_bootloader", 22, 25),
+    ("erase", 25, 35),
+    ("write", 35, 75),
+    ("verify", 75, 97),
+    ("start", 97, 100),
+    ("done", 100, 100),
+)
+_PHASE_RANGE = {name: (lo, hi) for name, lo, hi in PHASES}
+# Phases after which the flash may hold a mix of old and new image.
+TOUCHES_FLASH = frozenset({"erase", "write", "verify"})
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def overall_percent(phase: str, done: int = 0, total: int = 0) -> int:
+    """Map progress inside a phase onto the job's single 0-100 figure."""
+    lo, hi = _PHASE_RANGE[phase]
+    if total <= 0:
+        return lo
+    return lo + (hi - lo) * min(done, total) // total
+
+
+def now_iso(clock: float | None = None) -> str:
+    """RFC 3339 UTC timestamp with seconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if clock is None else clock))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One install attempt on one target."""
+
+    target: str
+    job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    status: str = QUEUED
+    phase: str = "queued"
+    percent: int = 0
+    from_version: Optional[str] = None
+    to_version: Optional[str] = None
+    error: Optional[dict] = None
+    manifest: Optional[dict] = None  # the signed manifest being installed (verified again on recovery)
+    attempt: int = 1
+    created: str = field(default_factory=now_iso)
+    updated: str = field(default_factory=now_iso)
+    finished: Optional[str] = None
+    note: Optional[str] = None  # extra words for people, e.g. "target left in the bootloader"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job has its one terminal status."""
+        return self.status in TERMINAL
+
+    def advance(self, **changes: Any) -> "Job":
+        """A copy with the changes and a fresh `updated` stamp (and `finished` when terminal)."""
+        job = replace(self, updated=now_iso(), **changes)
+        if job.status in TERMINAL and job.finished is None:
+            job = replace(job, finished=job.updated)
+        return job
+
+    def public(self) -> dict:
+        """The job-topic payload (DESIGN.md): no manifest, no internals."""
+        d = asdict(self)
+        d.pop("manifest")
+        return d
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new file, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dirfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class StateStore:
+    """The agent's persistent state: jobs, installed versions, latest releases."""
+
+    def __init__(self, state_dir: str | Path) -> None:
+        self.root = Path(state_dir)
+        for sub in ("jobs", "installed", "releases"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def _path(self, kind: str, name: str) -> Path:
+        if not _NAME.match(name):
+            raise ValueError(f"refusing unsafe name {name!r} for a state file")
+        return self.root / kind / f"{name}.json"
+
+    def _read(self, kind: str, name: str) -> Optional[dict]:
+        path = self._path(kind, name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            log.error("ignoring unreadable state file %s: %s", path, err)
+            return None
+
+    def save_job(self, job: Job) -> None:
+        """Persist the job before the step it describes runs."""
+        write_json_atomic(self._path("jobs", job.target), asdict(job))
+
+    def load_job(self, target: str) -> Optional[Job]:
+        """The target's current or last job, if any."""
+        d = self._read("jobs", target)
+        if d is None:
+            return None
+        try:
+            return Job(**d)
+        except TypeError as err:
+            log.error("ignoring job file of %s written by another version: %s", target, err)
+            return None
+
+    def installed(self, target: str) -> Optional[dict]:
+        """{"version", "sha256", "installed_at"} of the last verified install, or None."""
+        return self._read("installed", target)
+
+    def set_installed(self, target: str, version: str, sha256: str) -> None:
+        """Record a verified install."""
+        write_json_atomic(self._path("installed", target),
+                          {"version": version, "sha256": sha256, "installed_at": now_iso()})
+
+    def release(self, product: str) -> Optional[dict]:
+        """The latest accepted manifest of a product."""
+        return self._read("releases", product)
+
+    def set_release(self, product: str, manifest: dict) -> None:
+        """Remember the latest accepted manifest of a product."""
+        write_json_atomic(self._path("releases", product), manifest)

@@ -1,0 +1,117 @@
+"""One job, step by step: download, verify image, enter bootloader, flash, verify, start.
+
+Safety rule 1: nothing touches the MCU before the whole image is downloaded and has passed
+size, sha256 and signature checks. Rule 3: chip PID and flash size are checked against the
+manifest and the image's addresses before the first erase. The job is persisted before every
+phase, so a kill at any instant is recovered by `Updater.recover()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Optional
+
+from agent import download, firmware
+from agent import manifest as mf
+from agent.errors import Aborted, ChipMismatch, ReadProtected, Stm32OtaError
+from agent.flash import execute, plan
+from agent.jobs import CANCELED, FAILED, IN_PROGRESS, SUCCEEDED, TOUCHES_FLASH, Job, overall_percent
+from agent.session import open_session
+
+if TYPE_CHECKING:
+    from agent.update import FlashTarget, Updater
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """Runs one job of one target to its terminal status."""
+
+    def __init__(self, updater: "Updater", target: "FlashTarget", job: Job,
+                 cancel: threading.Event) -> None:
+        self.u = updater
+        self.t = target
+        self.job = job
+        self.cancel = cancel
+        self._last_report = 0.0
+
+    def _step(self, phase: str, percent: Optional[int] = None) -> None:
+        """Persist and report the start of a phase (before the phase does anything)."""
+        if self.cancel.is_set():
+            raise Aborted(f"aborted before {phase}")
+        if percent is None:
+            percent = overall_percent(phase)
+        self.job = self.u._save(self.job.advance(status=IN_PROGRESS, phase=phase, percent=percent))
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        """Progress callback for download and flash: persist phase changes, throttle the rest."""
+        if phase == "read":
+            return
+        percent = overall_percent(phase, done, total)
+        if phase != self.job.phase:
+            self._step(phase, percent)
+            return
+        now = self.u.clock()
+        if percent != self.job.percent and (now - self._last_report >= 1.0 or done >= total):
+            self._last_report = now
+            self.job = self.job.advance(percent=percent)
+            self.u.notify(self.t.name, self.job, True)  # progress need not hit the disk
+
+    def run(self) -> Job:
+        """Carry the job to exactly one terminal status and return it."""
+        try:
+            manifest = mf.parse_manifest(self.job.manifest)
+            # Checked again here: the job may come from a state file after a restart.
+            mf.verify_manifest(manifest, self.u.policy.trusted_keys,
+                               allow_unsigned=self.u.policy.allow_unsigned)
+            self._install(manifest)
+        except Aborted as err:
+            return self._aborted(err)
+        except Stm32OtaError as err:
+            log.error("%s: job %s failed in %s: [%s] %s", self.t.name, self.job.job_id,
+                      self.job.phase, err.code, err)
+            return self.u._finish(self.job, FAILED, err.as_dict(), self._flash_note())
+        self.u.store.set_installed(self.t.name, manifest.version, manifest.sha256)
+        log.info("%s: %s installed and verified", self.t.name, manifest.version)
+        return self.u._finish(self.job, SUCCEEDED, None, None)
+
+    def _flash_note(self) -> Optional[str]:
+        if self.job.phase in TOUCHES_FLASH:
+            return ("the flash was being changed: the target stays in the bootloader and the "
+                    "next install repairs it")
+        return None
+
+    def _aborted(self, err: Aborted) -> Job:
+        log.warning("%s: job %s aborted in %s", self.t.name, self.job.job_id, self.job.phase)
+        message = f"aborted during {self.job.phase}"
+        return self.u._finish(self.job, CANCELED, {"code": "aborted", "message": message},
+                              self._flash_note())
+
+    def _install(self, m: "mf.Manifest") -> None:
+        p = self.u.policy
+        self._step("download")
+        path = download.fetch(m.url, m.size, m.sha256, p.cache_dir, max_size=p.max_image_size,
+                              timeout=p.download_timeout, retries=p.download_retries,
+                              backoff=p.download_backoff, sleep=self.u.sleep,
+                              progress=self.progress, cancel=self.cancel)
+        self._step("verify_image")
+        image = firmware.load(str(path), fmt=m.format, address=m.address)
+        self._step("enter_bootloader")
+        expect = self.t.expect_chip if self.t.expect_chip is not None else m.chip
+        with open_session(self.t.link, self.t.pins, expect_pid=expect, timeouts=self.t.timeouts,
+                          attempts=self.t.connect_attempts,
+                          bootloader_options=self.t.bootloader_options, sleep=self.u.sleep) as s:
+            if m.chip is not None and s.info.pid != m.chip:
+                raise ChipMismatch(f"release {m.version} is built for chip 0x{m.chip:03X} but "
+                                   f"{self.t.name} is 0x{s.info.pid:03X} ({s.chip.name})")
+            if s.read_protected:
+                raise ReadProtected(f"{self.t.name} ({s.chip.name}) has read-out protection "
+                                    "active; it is never removed automatically because that "
+                                    "mass-erases the chip")
+            the_plan = plan(image, s.chip, flash_size=s.flash_size,
+                            max_write=s.link.caps.max_write)  # ChipMismatch before any erase
+            execute(the_plan, s.bl, self.progress, verify=self.t.verify,
+                    retries=self.t.write_retries, cancel=self.cancel)
+            self._step("start")
+            s.start_application()
