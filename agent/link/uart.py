@@ -14,6 +14,9 @@ from agent.link.base import Capabilities
 
 log = logging.getLogger(__name__)
 
+# pyserial's per-read timeout stays fixed: changing it reconfigures the port (tcsetattr), which
+# is slow and fails on some ptys; read() loops against its own deadline instead
+_POLL = 0.02
 _PARITIES = {"even": serial.PARITY_EVEN, "none": serial.PARITY_NONE}
 
 
@@ -66,7 +69,7 @@ class UartLink:
         try:
             self.serial = serial.serial_for_url(
                 port, baudrate=baud, bytesize=serial.EIGHTBITS, parity=_PARITIES[parity],
-                stopbits=serial.STOPBITS_ONE, timeout=0.1, write_timeout=5.0,
+                stopbits=serial.STOPBITS_ONE, timeout=_POLL, write_timeout=5.0,
             )
         except (serial.SerialException, OSError, ValueError) as exc:
             raise LinkError(f"cannot open serial port {port}: {_open_hint(port, exc)} ({exc})",
@@ -97,7 +100,6 @@ class UartLink:
                     raise LinkTimeout(
                         f"{self.port}: got {len(buf)} of {n} bytes within {timeout:.3g} s"
                         + (f" ({bytes(buf).hex(' ')})" if buf else ""))
-                self.serial.timeout = min(remaining, 0.5)
                 buf += self.serial.read(n - len(buf))
         except (serial.SerialException, OSError) as exc:
             if isinstance(exc, LinkTimeout):
