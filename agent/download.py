@@ -1,0 +1,272 @@
+"""Firmware download: resumable, size-capped, sha256-checked, cached by content hash.
+
+The cache holds `<cache_dir>/<sha256>` (complete, verified images) and `<sha256>.part`
+(an interrupted download, resumed with an HTTP Range request). Remote file names are never
+used for paths, so a hostile URL cannot write outside the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import requests
+
+from agent.errors import Aborted, ImageRejected, Stm32OtaError
+from agent.manifest import SHA256_RE, Manifest, check_url
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+MAX_BACKOFF = 60.0
+_CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_RETRY_STATUS = {408, 425, 429}
+
+Progress = Callable[[str, int, int], None]
+Cancel = Union[threading.Event, Callable[[], bool]]
+
+
+class DownloadFailed(Stm32OtaError, OSError):
+    """The image could not be fetched (HTTP error, or retries used up)."""
+
+    code = "download_failed"
+
+
+class _Retry(Exception):
+    """One attempt failed in a way worth repeating."""
+
+
+def _cancelled(cancel: Optional[Cancel]) -> bool:
+    if cancel is None:
+        return False
+    return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+            n += len(chunk)
+    return n, h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fetch(source: Union[Manifest, str], size: Optional[int] = None, sha256: Optional[str] = None,
+          cache_dir: Union[str, Path, None] = None, *, max_size: int, timeout: float = 30,
+          retries: int = 5, backoff: float = 1.0, sleep: Callable[[float], None] = time.sleep,
+          progress: Optional[Progress] = None, cancel: Optional[Cancel] = None) -> Path:
+    """Download to `<cache_dir>/<sha256>` and return that path once size and sha256 match.
+
+    `source` is a Manifest (size and sha256 default to its own) or a URL. Connection errors,
+    timeouts and 5xx are retried `retries` times with exponential backoff; other HTTP errors
+    fail at once with DownloadFailed. A body longer than `size` or a sha256 mismatch raises
+    ImageRejected (`too_large`, `sha256_mismatch`) and leaves no partial file behind.
+    """
+    url = source.url if isinstance(source, Manifest) else source
+    if isinstance(source, Manifest):
+        size = source.size if size is None else size
+        sha256 = source.sha256 if sha256 is None else sha256
+        if (size, sha256) != (source.size, source.sha256):
+            raise ValueError("size/sha256 given disagree with the manifest")
+    if cache_dir is None or size is None or sha256 is None:
+        raise TypeError("fetch() needs size, sha256 and cache_dir (or a Manifest)")
+    check_url(url)
+    if not isinstance(sha256, str) or not SHA256_RE.fullmatch(sha256):
+        raise ImageRejected("sha256 must be 64 lowercase hex digits", code="bad_field")
+    if size <= 0 or size > max_size:
+        raise ImageRejected(f"image of {size} bytes exceeds the limit of {max_size} bytes",
+                            code="too_large")
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    final = cache / sha256
+    report = progress or (lambda phase, done, total: None)
+    if _cached_ok(final, size, sha256):
+        log.info("using cached image %s", final)
+        report("download", size, size)
+        return final
+    job = _Job(url, size, sha256, final.with_name(sha256 + ".part"), timeout, report, cancel)
+    with requests.Session() as session:
+        _run_attempts(job, session, retries, backoff, sleep)
+    _verify_and_commit(job.part, final, size, sha256)
+    return final
+
+
+def _cached_ok(final: Path, size: int, sha256: str) -> bool:
+    if not final.exists():
+        return False
+    if _hash_file(final) == (size, sha256):
+        return True
+    log.warning("cached %s is corrupt; downloading it again", final)
+    final.unlink()
+    return False
+
+
+class _Job:
+    """The state of one download across attempts."""
+
+    def __init__(self, url: str, size: int, sha256: str, part: Path, timeout: float,
+                 report: Progress, cancel: Optional[Cancel]) -> None:
+        self.url, self.size, self.sha256, self.part = url, size, sha256, part
+        self.timeout, self.report, self.cancel = timeout, report, cancel
+
+    def have(self) -> int:
+        """Bytes already in the .part file (a bogus oversize one is discarded)."""
+        try:
+            n = self.part.stat().st_size
+        except FileNotFoundError:
+            return 0
+        if n > self.size:
+            self.part.unlink()
+            return 0
+        return n
+
+    def check_cancel(self) -> None:
+        """Raise Aborted if cancellation was requested (the .part is kept for a resume)."""
+        if _cancelled(self.cancel):
+            raise Aborted(f"download of {self.url} canceled")
+
+
+def _run_attempts(job: _Job, session: requests.Session, retries: int, backoff: float,
+                  sleep: Callable[[float], None]) -> None:
+    attempt = 0
+    while True:
+        job.check_cancel()
+        try:
+            if job.have() < job.size:
+                _attempt(job, session)
+            if job.have() == job.size:
+                return
+            raise _Retry(f"connection closed after {job.have()} of {job.size} bytes")
+        except _Retry as e:
+            reason = str(e)
+        except (requests.ConnectionError, requests.Timeout,
+                requests.exceptions.ChunkedEncodingError) as e:
+            reason = f"{type(e).__name__}: {e}"
+        except requests.RequestException as e:  # bad redirect, invalid URL: retrying won't help
+            raise DownloadFailed(f"GET {job.url} failed: {e}") from None
+        attempt += 1
+        if attempt > retries:
+            raise DownloadFailed(f"download of {job.url} failed after {attempt} attempts: {reason}")
+        delay = min(backoff * 2 ** (attempt - 1), MAX_BACKOFF)
+        log.warning("download attempt %d failed (%s); retrying in %.1fs", attempt, reason, delay)
+        sleep(delay)
+
+
+def _attempt(job: _Job, session: requests.Session) -> None:
+    offset = job.have()
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    headers["Accept-Encoding"] = "identity"  # sizes and ranges are about the stored bytes
+    with session.get(job.url, headers=headers, stream=True, timeout=job.timeout) as r:
+        offset = _start_offset(job, r, offset)
+        length = r.headers.get("Content-Length")
+        if length and length.isdigit() and offset + int(length) > job.size:
+            _too_large(job, f"server announces {offset + int(length)} bytes")
+        _stream(job, r, offset)
+
+
+def _start_offset(job: _Job, r: requests.Response, offset: int) -> int:
+    """Where the body of `r` starts in the file, after judging its status."""
+    if r.status_code == 206:
+        m = _CONTENT_RANGE_RE.fullmatch(r.headers.get("Content-Range", ""))
+        total_ok = m is not None and m.group(3) in ("*", str(job.size))
+        if m and int(m.group(1)) == offset and total_ok:
+            log.info("resuming %s at byte %d", job.url, offset)
+            return offset
+        job.part.unlink(missing_ok=True)  # never splice a range we did not ask for
+        raise _Retry(f"server answered Range {offset}- with Content-Range "
+                     f"{r.headers.get('Content-Range')!r}; starting over")
+    if r.status_code == 200:
+        if offset:
+            log.warning("server ignored the Range request; downloading %s from the start", job.url)
+        return 0
+    if r.status_code == 416:
+        job.part.unlink(missing_ok=True)
+        raise _Retry("server refused the resume range (416); starting over")
+    if r.status_code >= 500 or r.status_code in _RETRY_STATUS:
+        raise _Retry(f"HTTP {r.status_code} {r.reason}")
+    raise DownloadFailed(f"GET {job.url} answered HTTP {r.status_code} {r.reason}; "
+                         "check the manifest's url")
+
+
+def _stream(job: _Job, r: requests.Response, offset: int) -> None:
+    done = offset
+    job.report("download", done, job.size)
+    with job.part.open("r+b" if offset else "wb") as f:
+        f.seek(offset)
+        f.truncate()
+        for chunk in r.iter_content(CHUNK):
+            job.check_cancel()
+            if done + len(chunk) > job.size:
+                f.close()
+                _too_large(job, f"server sent more than {job.size} bytes")
+            f.write(chunk)
+            done += len(chunk)
+            job.report("download", done, job.size)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _too_large(job: _Job, why: str) -> None:
+    job.part.unlink(missing_ok=True)
+    raise ImageRejected(f"{job.url}: {why}, but the manifest says {job.size}; refusing it",
+                        code="too_large")
+
+
+def _verify_and_commit(part: Path, final: Path, size: int, sha256: str) -> None:
+    got_size, got_sha = _hash_file(part)
+    if (got_size, got_sha) != (size, sha256):
+        part.unlink()
+        raise ImageRejected(f"downloaded image has sha256 {got_sha} ({got_size} bytes) but the "
+                            f"manifest says {sha256} ({size} bytes); the file on the server "
+                            "does not match the release", code="sha256_mismatch")
+    os.replace(part, final)  # atomic: the cache never holds an unverified <sha256>
+    _fsync_dir(final.parent)
+    log.info("downloaded and verified %s", final)
+
+
+def prune_cache(cache_dir: Union[str, Path], keep: set[str], max_bytes: int) -> list[Path]:
+    """Delete cached images not in `keep` (oldest first) until the cache fits `max_bytes`.
+
+    Stale `.part` files not in `keep` always go. Files that are not cache entries are left
+    alone. Returns the deleted paths.
+    """
+    cache = Path(cache_dir)
+    if not cache.is_dir():
+        return []
+    removed: list[Path] = []
+    entries: list[tuple[float, int, Path]] = []
+    total = 0
+    for p in cache.iterdir():
+        name = p.name[:-5] if p.name.endswith(".part") else p.name
+        if not SHA256_RE.fullmatch(name) or not p.is_file():
+            continue
+        st = p.stat()
+        if name not in keep and p.name.endswith(".part"):
+            p.unlink()
+            removed.append(p)
+            continue
+        total += st.st_size
+        if name not in keep:
+            entries.append((st.st_mtime, st.st_size, p))
+    for _mtime, nbytes, p in sorted(entries):
+        if total <= max_bytes:
+            break
+        p.unlink()
+        removed.append(p)
+        total -= nbytes
+    return removed
