@@ -140,12 +140,13 @@ class Pins:
         self.backend.write(name, spec.level_for(asserted))
         self._asserted[name] = asserted
 
-    def run(self, sequence: SequenceLike, where: str = "sequence") -> None:
+    def run(self, sequence: SequenceLike, where: str = "sequence", *,
+            may_end_in_reset: bool = True) -> None:
         """Parse (if needed), validate against the configured pins, then carry out a sequence."""
         if self._closed:
             raise PinError("pins are closed; open them again to run a sequence")
         steps = parse_sequence(sequence, where)
-        validate_sequence(steps, self.available, where)
+        validate_sequence(steps, self.available, where, may_end_in_reset=may_end_in_reset)
         log.debug("%s: %s", where, format_sequence(steps))
         for step in steps:
             if isinstance(step, Delay):
@@ -163,13 +164,15 @@ class Pins:
         if not self.specs:
             log.info("no pins configured: the MCU must already be in bootloader mode")
             return
-        self.run(self._default(DEFAULT_ENTER) if seq is None else seq, "enter_bootloader")
+        self.run(self._default(DEFAULT_ENTER) if seq is None else seq, "enter_bootloader",
+                 may_end_in_reset=False)
 
     def exit_bootloader(self, seq: Optional[SequenceLike] = None) -> None:
         """Release BOOT0 and reset into the application (DEFAULT_EXIT unless `seq` is given)."""
         if not self.specs:
             return
-        self.run(self._default(DEFAULT_EXIT) if seq is None else seq, "exit_bootloader")
+        self.run(self._default(DEFAULT_EXIT) if seq is None else seq, "exit_bootloader",
+                 may_end_in_reset=False)
 
     def close(self) -> None:
         """Release BOOT0, then NRST, then free the lines; safe to call twice."""

@@ -51,7 +51,7 @@ _LEVEL_WORDS: dict[str, str] = {  # word -> "high" | "low" | "assert" | "release
     "assert": "assert", "asserted": "assert", "release": "release", "released": "release",
 }
 _SIGNAL_ALIASES: dict[str, str] = {"reset": "nrst", "rst": "nrst", "nreset": "nrst", "boot": "boot0"}
-_UNITS: dict[str, float] = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
+_UNITS: dict[str, float] = {"us": 1e6, "µs": 1e6, "ms": 1e3, "s": 1.0}  # divisors
 _DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*([a-zµ]*)$")
 
 
@@ -104,7 +104,7 @@ def _parse_delay(text: str) -> Delay | str:
         return f"durations need a unit: {m.group(1)}ms"
     if unit not in _UNITS:
         return f"unknown unit {unit!r}; use us, ms or s (e.g. {m.group(1)}ms)"
-    seconds = number * _UNITS[unit]
+    seconds = number / _UNITS[unit]  # dividing keeps "100us" == 0.0001 exactly
     if seconds > MAX_DELAY_S:
         return f"{text!r} is longer than {MAX_DELAY_S:g}s; reset steps take milliseconds"
     return Delay(seconds)
@@ -166,8 +166,9 @@ def parse_sequence(items: SequenceLike, where: str = "") -> tuple[Step, ...]:
                  for i, s in enumerate(items))
 
 
-def validate_sequence(steps: Sequence[Step], available: Iterable[str], where: str = "") -> None:
-    """Check that every step names a configured pin and that NRST is not left asserted."""
+def validate_sequence(steps: Sequence[Step], available: Iterable[str], where: str = "", *,
+                      may_end_in_reset: bool = False) -> None:
+    """Check that every step names a configured pin and (unless allowed) NRST ends released."""
     have = set(available)
     for i, step in enumerate(steps):
         if isinstance(step, PinStep) and step.signal not in have:
@@ -176,7 +177,7 @@ def validate_sequence(steps: Sequence[Step], available: Iterable[str], where: st
                               f"{step.signal} pin is configured (configured: {configured}); "
                               f"add pins.{step.signal}.line or remove the step")
     last_nrst = [s for s in steps if isinstance(s, PinStep) and s.signal == "nrst"]
-    if last_nrst and last_nrst[-1].asserted:
+    if last_nrst and last_nrst[-1].asserted and not may_end_in_reset:
         raise ConfigError(f"{_at(where, None)}the sequence ends with NRST low, so the MCU would "
                           "stay in reset; end with 'nrst high' and a delay")
     if steps and isinstance(steps[-1], PinStep) and steps[-1].signal == "nrst":
