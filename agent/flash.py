@@ -1,0 +1,396 @@
+"""Flash an Image: `plan()` decides everything (pure), `execute()` carries it out (thin).
+
+A Plan names the pages to erase (only those the image touches), and the write blocks: each at
+most `max_write` bytes, start and length multiples of the chip's write unit (padded with 0xFF),
+never crossing a page edge so a page can be erased and rewritten on its own.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from agent.errors import (Aborted, ChipMismatch, LinkTimeout, Nack, Stm32OtaError, UsageError,
+                          VerifyFailed)
+from agent.firmware import Image
+from agent.progress import ProgressCallback, no_progress
+from agent.stm32.chips import Chip
+
+log = logging.getLogger(__name__)
+
+ERASE_MODES = ("pages", "mass", "none")
+VERIFY_MODES = ("auto", "crc", "readback", "none")
+ERASE_CHUNK = 16  # pages per erase command: progress and cancel points, few commands
+MIN_ALIGN = 4  # AN3155 3.6: WRITE_MEMORY address and length are multiples of 4
+
+
+@dataclass(frozen=True)
+class Block:
+    """One WRITE_MEMORY: aligned, padded data that lies within page `page`."""
+
+    address: int
+    data: bytes
+    page: int
+
+    @property
+    def end(self) -> int:
+        """One past the last byte."""
+        return self.address + len(self.data)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to erase and what to write; a pure function of the image and the chip."""
+
+    chip: Chip
+    erase: str  # "pages", "mass" or "none"
+    pages: tuple[int, ...]  # page numbers the image touches, ascending
+    blocks: tuple[Block, ...]  # ascending by address
+    page_table: tuple[tuple[int, int], ...]  # (address, size) per page number
+    image_size: int  # bytes of image data (without padding)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes that will be written and verified (padding included)."""
+        return sum(len(b.data) for b in self.blocks)
+
+    @property
+    def flash_range(self) -> tuple[int, int]:
+        """[start, end) of the flash this plan was made for."""
+        first, last = self.page_table[0], self.page_table[-1]
+        return first[0], last[0] + last[1]
+
+    def page_blocks(self, page: int) -> tuple[Block, ...]:
+        """The blocks that lie in `page`."""
+        return tuple(b for b in self.blocks if b.page == page)
+
+
+def page_table(chip: Chip, flash_size: Optional[int] = None) -> tuple[tuple[int, int], ...]:
+    """(address, size) per erasable page/sector number, limited to `flash_size` bytes."""
+    own = getattr(chip, "page_table", None)
+    if callable(own):  # chips.py's own table (dual-bank numbering etc.) wins when present
+        return tuple(own(flash_size))
+    limit = chip.flash_size if flash_size is None else flash_size
+    out: list[tuple[int, int]] = []
+    address = chip.flash_start
+    for count, size in chip.pages:
+        for _ in range(count):
+            if address + size > chip.flash_start + limit:
+                return tuple(out)
+            out.append((address, size))
+            address += size
+    return tuple(out)
+
+
+def plan(image: Image, chip: Chip, *, flash_size: Optional[int] = None, max_write: int = 256,
+         erase: str = "pages") -> Plan:
+    """Plan erasing and writing `image` on `chip`; ChipMismatch if any byte is outside flash."""
+    if erase not in ERASE_MODES:
+        raise UsageError(f"erase must be one of {', '.join(ERASE_MODES)}, not {erase!r}",
+                         code="bad_erase_mode")
+    align = max(chip.write_align, MIN_ALIGN)
+    if max_write < align or max_write % align:
+        raise UsageError(f"max_write {max_write} must be a positive multiple of {chip.name}'s "
+                         f"write unit ({align} bytes)", code="bad_max_write")
+    table = page_table(chip, flash_size)
+    if not table:
+        raise ChipMismatch(f"{chip.name} has no flash pages within {flash_size} bytes",
+                           code="image_outside_flash")
+    starts = [a for a, _ in table]
+    blocks: list[Block] = []
+    pages: list[int] = []
+    for lo, hi in image.spans(align):
+        address = lo
+        while address < hi:
+            page = _page_of(table, starts, address, image, chip)
+            page_end = table[page][0] + table[page][1]
+            if not pages or pages[-1] != page:
+                pages.append(page)
+            stop = min(hi, page_end)
+            for a in range(address, stop, max_write):
+                n = min(max_write, stop - a)
+                blocks.append(Block(a, image.read(a, n), page))
+            address = stop
+    return Plan(chip=chip, erase=erase, pages=tuple(sorted(set(pages))), blocks=tuple(blocks),
+                page_table=table, image_size=image.size)
+
+
+def _page_of(table: tuple[tuple[int, int], ...], starts: list[int], address: int,
+             image: Image, chip: Chip) -> int:
+    i = bisect.bisect_right(starts, address) - 1
+    if i >= 0 and address < table[i][0] + table[i][1]:
+        return i
+    first, last = table[0], table[-1]
+    bad = max(address, image.start)
+    raise ChipMismatch(
+        f"image byte at 0x{bad:08X} is outside {chip.name}'s flash "
+        f"0x{first[0]:08X}..0x{last[0] + last[1] - 1:08X} ({(last[0] + last[1] - first[0]) // 1024}"
+        f" KiB); the image spans 0x{image.start:08X}..0x{image.end - 1:08X}",
+        code="image_outside_flash")
+
+
+# ---- execution -------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    """What execute() did."""
+
+    bytes_written: int = 0  # including re-writes and padding
+    pages_erased: int = 0  # page erase operations, re-erases included (all pages on mass erase)
+    retries: int = 0  # block/page/command repetitions after a failure
+    verify: str = "none"  # "crc", "readback" or "none"
+    seconds: dict[str, float] = field(default_factory=dict)  # per phase
+
+
+def stm32_crc32(data: bytes) -> int:
+    """CRC of the STM32 CRC unit in its reset state (what 0xA1 returns, AN4221 2.20)."""
+    # poly 0x04C11DB7, init 0xFFFFFFFF, 32-bit words taken little-endian, MSB first, no xorout
+    crc = 0xFFFFFFFF
+    for i in range(0, len(data), 4):
+        for byte in reversed(data[i:i + 4]):
+            crc = ((crc << 8) & 0xFFFFFFFF) ^ _CRC_TABLE[(crc >> 24) ^ byte]
+    return crc
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n << 24
+        for _ in range(8):
+            c = ((c << 1) ^ 0x04C11DB7) if c & 0x80000000 else c << 1
+        table.append(c & 0xFFFFFFFF)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def execute(plan: Plan, bl: Any, progress: Optional[ProgressCallback] = None, *,
+            verify: str = "auto", retries: int = 3, cancel: Any = None,
+            clock: Callable[[], float] = time.monotonic) -> Result:
+    """Erase, write and verify per `plan` through Bootloader `bl`; raise typed errors."""
+    if verify not in VERIFY_MODES:
+        raise UsageError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}",
+                         code="bad_verify_mode")
+    run = _Run(plan, bl, progress or no_progress, retries, cancel, clock)
+    return run.go(verify)
+
+
+def _tag(err: Exception, phase: str, address: int) -> Exception:
+    """Name the phase and the failing address in an error (once; innermost wins)."""
+    if getattr(err, "phase", None) is None:
+        err.phase = phase  # type: ignore[attr-defined]
+        err.address = address  # type: ignore[attr-defined]
+        err.args = (f"{phase} at 0x{address:08X}: {err}",) + tuple(err.args[1:])
+    return err
+
+
+class _Run:
+    """One execution of a plan: erase, write, verify, with bounded recovery."""
+
+    def __init__(self, plan: Plan, bl: Any, progress: ProgressCallback, retries: int,
+                 cancel: Any, clock: Callable[[], float]) -> None:
+        self.plan, self.bl, self.progress = plan, bl, progress
+        self.retries, self.cancel, self.clock = max(0, retries), cancel, clock
+        self.result = Result()
+        caps = getattr(bl, "caps", None)
+        self.max_read = min(256, getattr(caps, "max_read", 256) or 256)
+        self.method = "none"
+
+    def go(self, verify: str) -> Result:
+        """Run every phase and return the Result."""
+        self.method = self._method(verify)
+        self.result.verify = self.method
+        for phase, step in (("erase", self._erase), ("write", self._write),
+                            ("verify", self._verify)):
+            t0 = self.clock()
+            step()
+            self.result.seconds[phase] = self.clock() - t0
+        return self.result
+
+    def _method(self, verify: str) -> str:
+        has_crc = bool(self.bl.supports("checksum"))
+        if verify in ("auto", "crc"):
+            if verify == "crc" and not has_crc:
+                log.warning("the bootloader offers no checksum command; verifying by read-back")
+            return "crc" if has_crc else "readback"
+        return verify
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _check_cancel(self, phase: str, address: int) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            err = Aborted(f"aborted on request; flash from 0x{address:08X} on is in an unknown "
+                          "state, flash again before starting the application")
+            raise _tag(err, phase, address)
+
+    def _retry(self, phase: str, address: int, fn: Callable[[], Any]) -> Any:
+        """Call fn; on NACK or timeout re-sync and call again, at most `retries` more times."""
+        for attempt in range(self.retries + 1):
+            self._check_cancel(phase, address)
+            try:
+                return fn()
+            except (Nack, LinkTimeout) as err:
+                if attempt == self.retries:
+                    raise _tag(err, phase, address)
+                self.result.retries += 1
+                log.warning("%s at 0x%08X failed (%s); retry %d of %d", phase, address, err,
+                            attempt + 1, self.retries)
+                resync = getattr(self.bl, "resync", None)
+                if callable(resync):
+                    try:
+                        resync()
+                    except Stm32OtaError as lost:
+                        raise _tag(lost, phase, address) from err
+
+    def _read(self, phase: str, address: int, length: int) -> bytes:
+        out = bytearray()
+        for a in range(address, address + length, self.max_read):
+            n = min(self.max_read, address + length - a)
+            out += self._retry(phase, a, lambda a=a, n=n: self.bl.read_memory(a, n))
+        return bytes(out)
+
+    def _holds(self, phase: str, address: int, data: bytes, method: str) -> bool:
+        """Does flash at address hold data? By on-chip CRC or by reading it back."""
+        if method == "crc":
+            crc = self._retry(phase, address, lambda: self.bl.checksum(address, len(data)))
+            return crc == stm32_crc32(data)
+        return self._read(phase, address, len(data)) == data
+
+    def _blank_method(self) -> str:
+        return "crc" if self.bl.supports("checksum") else "readback"
+
+    # ---- erase --------------------------------------------------------------------------
+
+    def _erase(self) -> None:
+        plan = self.plan
+        if plan.erase == "none":
+            return
+        if plan.erase == "mass":
+            total = len(plan.page_table)
+            self.progress("erase", 0, total)
+            self._retry("erase", plan.flash_range[0], self.bl.mass_erase)
+            self.result.pages_erased += total
+            if self.bl.last_erase_unconfirmed:
+                for page in plan.pages:
+                    self._ensure_blank(page)
+            self.progress("erase", total, total)
+            return
+        total = len(plan.pages)
+        self.progress("erase", 0, total)
+        for i in range(0, total, ERASE_CHUNK):
+            chunk = list(plan.pages[i:i + ERASE_CHUNK])
+            self._erase_pages(chunk)
+            self.progress("erase", i + len(chunk), total)
+
+    def _erase_pages(self, pages: list[int]) -> None:
+        address = self.plan.page_table[pages[0]][0]
+        self._retry("erase", address, lambda: self.bl.erase_pages(pages))
+        self.result.pages_erased += len(pages)
+        if self.bl.last_erase_unconfirmed:
+            for page in pages:
+                self._ensure_blank(page)
+
+    def _ensure_blank(self, page: int) -> None:
+        """Blank-check a page whose erase was not acknowledged; erase it again if needed."""
+        address, size = self.plan.page_table[page]
+        method = self._blank_method()
+        for attempt in range(self.retries + 1):
+            if self._holds("erase", address, b"\xff" * size, method):
+                return
+            if attempt == self.retries:
+                break
+            self.result.retries += 1
+            log.warning("page %d at 0x%08X is not blank after an unconfirmed erase; erasing "
+                        "again", page, address)
+            self._retry("erase", address, lambda: self.bl.erase_pages([page]))
+            self.result.pages_erased += 1
+        raise _tag(VerifyFailed(f"page {page} is not blank after {self.retries + 1} erase "
+                                "attempts", code="erase_failed"), "erase", address)
+
+    # ---- write --------------------------------------------------------------------------
+
+    def _write(self) -> None:
+        total, done = self.plan.total_bytes, 0
+        self.progress("write", 0, total)
+        for block in self.plan.blocks:
+            self._write_block(block)
+            done += len(block.data)
+            self.progress("write", done, total)
+
+    def _write_block(self, block: Block) -> None:
+        """Write one block; before a retry check whether the failed attempt landed anyway."""
+        tried = False
+
+        def attempt() -> None:
+            nonlocal tried
+            # a lost ACK after a good write: re-programming is refused on ECC flash (L4, H7)
+            if tried and self._holds("write", block.address, block.data, self._blank_method()):
+                return
+            tried = True
+            self.bl.write_memory(block.address, block.data)
+
+        self._retry("write", block.address, attempt)
+        self.result.bytes_written += len(block.data)
+
+    # ---- verify -------------------------------------------------------------------------
+
+    def _verify(self) -> None:
+        if self.method == "none":
+            log.warning("flash not verified (verify=none)")
+            return
+        total, done = self.plan.total_bytes, 0
+        self.progress("verify", 0, total)
+        for page in self.plan.pages:
+            blocks = self.plan.page_blocks(page)
+            bad = self._first_bad(blocks)
+            if bad is not None:
+                self._redo_page(page, blocks, bad)
+            done += sum(len(b.data) for b in blocks)
+            self.progress("verify", done, total)
+
+    def _first_bad(self, blocks: tuple[Block, ...]) -> Optional[Block]:
+        for block in blocks:
+            self._check_cancel("verify", block.address)
+            if not self._holds("verify", block.address, block.data, self.method):
+                return block
+        return None
+
+    def _redo_page(self, page: int, blocks: tuple[Block, ...], bad: Block) -> None:
+        """Erase the page again and rewrite it: ECC flash cannot re-program a written word."""
+        address = self.plan.page_table[page][0]
+        for attempt in range(self.retries):
+            if self.plan.erase == "none":
+                break
+            self.result.retries += 1
+            log.warning("verify failed in page %d at 0x%08X; erasing and rewriting the page "
+                        "(%d of %d)", page, bad.address, attempt + 1, self.retries)
+            self._erase_pages([page])
+            for block in blocks:
+                self._write_block(block)
+            again = self._first_bad(blocks)
+            if again is None:
+                return
+            bad = again
+        raise self._mismatch(bad)
+
+    def _mismatch(self, block: Block) -> VerifyFailed:
+        """VerifyFailed naming the first differing byte (read back if it can be)."""
+        try:
+            got = self._read("verify", block.address, len(block.data))
+        except Stm32OtaError as err:
+            log.warning("could not read back 0x%08X to locate the difference: %s",
+                        block.address, err)
+            return _tag(VerifyFailed(f"flash differs from the image in the block "
+                                     f"0x{block.address:08X}..0x{block.end - 1:08X}"),
+                        "verify", block.address)
+        for i, (g, want) in enumerate(zip(got, block.data)):
+            if g != want:
+                return _tag(VerifyFailed(f"flash reads 0x{g:02X}, the image has 0x{want:02X}"),
+                            "verify", block.address + i)
+        return _tag(VerifyFailed(f"the bootloader's checksum of 0x{block.address:08X}.."
+                                 f"0x{block.end - 1:08X} differs from the image, yet read-back "
+                                 "matches"), "verify", block.address)
