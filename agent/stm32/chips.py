@@ -507,7 +507,12 @@ def find(text: str) -> Chip:
     raw = text.strip()
     pid_match = _PID_TEXT.fullmatch(raw)
     if pid_match and (raw.lower().startswith("0x") or int(pid_match.group(2), 16) in CHIPS):
-        return lookup(int(pid_match.group(2), 16))
+        pid = int(pid_match.group(2), 16)
+        if pid not in CHIPS:
+            raise UsageError(f"no chip with PID 0x{pid:03X} in the table; known PIDs: "
+                             f"{', '.join(f'0x{p:03X}' for p in sorted(CHIPS))}",
+                             code="unknown_chip")
+        return CHIPS[pid]
     for chip in CHIPS.values():
         if chip.name.upper() == raw.upper():
             return chip
