@@ -376,7 +376,8 @@ _ROWS: tuple[Chip, ...] = (
     _chip("G4", 0x468, "STM32G431xx/441xx", 128, _p(64, _2K), 0x20005800, ("G431", "G441")),
     _chip("G4", 0x469, "STM32G47xxx/48xxx", 512, _p(256, _2K), 0x20018000,
           ("G471", "G473", "G474", "G483", "G484"), dual_bank=True),
-    _chip("G4", 0x479, "STM32G491xx/A1xx", 512, _p(256, _2K), 0x2001C000, ("G491", "G4A1")),
+    _chip("G4", 0x479, "STM32G491xx/A1xx", 512, _p(256, _2K), 0x2001C000, ("G491", "G4A1"),
+          i2c_address=0x5F),  # AN2606, confirmed on the ST community forum
     # H7 -- AN2606 H7 chapters. H74x I2C 0x4E (CubeProgrammer example), H7A3 0x57 (ST
     # community, AN2606's "0b10101111x" typo). H7A3 programs 128-bit flash words (RM0455).
     _chip("H7", 0x450, "STM32H74xxx/75xxx", 2048, _p(16, _128K), 0x20020000,
