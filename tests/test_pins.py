@@ -181,3 +181,13 @@ def test_enter_and_exit_refuse_a_sequence_that_leaves_the_mcu_in_reset(
     assert len(pins.backend.history) == 2  # refused before any step ran
     pins.run(["nrst low"])  # a plain run may hold the MCU in reset on purpose
     assert pins.asserted("nrst")
+
+
+def test_the_default_adapts_even_when_passed_in_explicitly(clock: VirtualClock) -> None:
+    from agent.pins import DEFAULT_ENTER, parse_sequence
+
+    pins = open_pins("mock", PinSpec(17), None, sleep=clock.sleep, clock=clock)
+    pins.enter_bootloader(parse_sequence(DEFAULT_ENTER))  # what config.py hands over
+    assert [h[1] for h in pins.backend.history] == ["nrst"] * 3
+    assert pins.can_reset
+    assert not open_pins("mock", None, PinSpec(27), sleep=clock.sleep).can_reset

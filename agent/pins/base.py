@@ -131,6 +131,11 @@ class Pins:
         """The configured signal names."""
         return tuple(self.specs)
 
+    @property
+    def can_reset(self) -> bool:
+        """Whether NRST is wired, so the MCU can be reset (into the application) from here."""
+        return "nrst" in self.specs
+
     def asserted(self, name: str) -> bool:
         """Whether we currently assert `name` (False for an unconfigured signal)."""
         return self._asserted.get(name, False)
@@ -154,25 +159,29 @@ class Pins:
             else:
                 self._set(step.signal, step.asserted)
 
-    def _default(self, steps: tuple[str, ...]) -> tuple[Step, ...]:
-        # The defaults adapt to the pins that exist: with BOOT0 strapped, enter is a plain reset.
-        return tuple(s for s in parse_sequence(steps, "default")
-                     if not isinstance(s, PinStep) or s.signal in self.specs)
+    def _choose(self, seq: Optional[SequenceLike], default: tuple[str, ...],
+                where: str) -> tuple[Step, ...]:
+        steps = parse_sequence(default if seq is None else seq, where)
+        if steps != parse_sequence(default):
+            return steps  # given by the user: strict, a missing pin is a ConfigError
+        # The default (however it arrived) adapts to the pins that exist: with BOOT0 strapped
+        # on the board, enter is a plain reset.
+        return tuple(s for s in steps if not isinstance(s, PinStep) or s.signal in self.specs)
 
     def enter_bootloader(self, seq: Optional[SequenceLike] = None) -> None:
         """Reset into the ROM bootloader (DEFAULT_ENTER unless `seq` is given)."""
         if not self.specs:
             log.info("no pins configured: the MCU must already be in bootloader mode")
             return
-        self.run(self._default(DEFAULT_ENTER) if seq is None else seq, "enter_bootloader",
-                 may_end_in_reset=False)
+        where = "enter_bootloader"
+        self.run(self._choose(seq, DEFAULT_ENTER, where), where, may_end_in_reset=False)
 
     def exit_bootloader(self, seq: Optional[SequenceLike] = None) -> None:
         """Release BOOT0 and reset into the application (DEFAULT_EXIT unless `seq` is given)."""
         if not self.specs:
             return
-        self.run(self._default(DEFAULT_EXIT) if seq is None else seq, "exit_bootloader",
-                 may_end_in_reset=False)
+        where = "exit_bootloader"
+        self.run(self._choose(seq, DEFAULT_EXIT, where), where, may_end_in_reset=False)
 
     def close(self) -> None:
         """Release BOOT0, then NRST, then free the lines; safe to call twice."""
