@@ -253,6 +253,8 @@ def check_url(url: str, field: str = "url") -> str:
 
     if not isinstance(url, str) or not url:
         raise ImageRejected(f"{field} must be a non-empty string", code="bad_url")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in url):
+        raise ImageRejected(f"{field} contains an unpaired UTF-16 surrogate", code="bad_url")
     if len(url) > _MAX_URL or _CONTROL_RE.search(url) or " " in url:
         raise ImageRejected(f"{field} is too long or contains spaces/control characters",
                             code="bad_url")
@@ -292,12 +294,10 @@ def _validate(f: Mapping[str, Any]) -> dict[str, Any]:
     expires = _text(f, "expires", limit=20)
     if expires is not None:
         _parse_expires(expires)
-    release_url = _text(f, "release_url", limit=_MAX_URL)
-    if release_url is not None:
-        check_url(release_url, "release_url")
+    release_url = check_url(f["release_url"], "release_url") if "release_url" in f else None
     return {
         "product": product, "version": version, "min_version": min_version,
-        "url": check_url(_text(f, "url", limit=_MAX_URL) or "", "url"),
+        "url": check_url(f["url"], "url"),
         "size": _int(f, "size", 1, MAX_IMAGE_SIZE), "sha256": sha, "format": fmt,
         "address": address, "chip": _int(f, "chip", 0, 0xFFF),
         "title": _text(f, "title", limit=_TEXT_LIMITS["title"]),
