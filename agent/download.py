@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -100,10 +101,18 @@ def fetch(source: Union[Manifest, str], size: Optional[int] = None, sha256: Opti
         report("download", size, size)
         return final
     job = _Job(url, size, sha256, final.with_name(sha256 + ".part"), timeout, report, cancel)
+    _check_space(cache, size - job.have())
     with requests.Session() as session:
         _run_attempts(job, session, retries, backoff, sleep)
     _verify_and_commit(job.part, final, size, sha256)
     return final
+
+
+def _check_space(cache: Path, needed: int) -> None:
+    free = shutil.disk_usage(cache).free
+    if free < needed:
+        raise DownloadFailed(f"{cache} has {free} bytes free but the image needs {needed} more; "
+                             "free some space or point agent.cache_dir elsewhere", code="no_space")
 
 
 def _cached_ok(final: Path, size: int, sha256: str) -> bool:

@@ -222,3 +222,11 @@ def test_prune_cache_keeps_wanted_images_and_drops_oldest_first(tmp_path):
     removed = prune_cache(tmp_path, keep={names[0]}, max_bytes=250)
     assert {p.name for p in removed} == {names[1], names[2], f"{names[3]}.part"}
     assert cache_names(tmp_path) == {names[0], names[3], "notes.txt"}
+
+
+def test_not_enough_disk_space_fails_before_downloading(srv, tmp_path):
+    import shutil
+    too_big = shutil.disk_usage(tmp_path).free + (1 << 30)
+    with pytest.raises(DownloadFailed) as e:
+        fetch(srv.url("/fw.bin"), too_big, SHA, tmp_path, max_size=too_big)
+    assert e.value.code == "no_space" and srv.requests == []
