@@ -1,0 +1,32 @@
+"""Bootloader simulator: a strict device-side model of the STM32 ROM bootloader.
+
+Public names (others code against these):
+
+    sim = SimChip(chip, *, baud=115200, realtime=False, faults=Faults(), flash_size=None,
+                  clock=time.monotonic, sleep=time.sleep, boot0=True, strict=True)
+    sim.flash / sim.set_line("nrst"|"boot0", high) / sim.reset(boot0=True) / sim.power_cycle()
+    sim.mode ("reset" | "bootloader" | "application") / sim.events / sim.read_protected
+    PtySim(sim, link_path=None).start() -> .path, .stop()
+    SimI2CBus().attach(address, sim); bus.i2c_rdwr(*smbus2_i2c_msgs); bus.close()
+    serve_pty(path, chip, *, baud, realtime=True, faults=Faults(), stop_event=None)
+    parse_faults(["nack-write=5", "drop=200", "corrupt=300", "silent-resets=2",
+                  "slow-erase=4", "rdp", "i2c-erase-no-ack"]) -> Faults
+
+Behaviour is documented in sim_core (boot, interface selection, timing), sim_proto (the
+command set, from AN3155/AN4221) and sim_memory (flash programming rules).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from agent.stm32.crc import stm32_crc32
+from agent.stm32.sim_core import Faults, SimChip, parse_faults
+from agent.stm32.sim_i2c import SimI2CBus
+from agent.stm32.sim_proto import ACK, BUSY, NACK, command_set
+from agent.stm32.sim_pty import PtySim, serve_pty
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ACK", "BUSY", "NACK", "Faults", "PtySim", "SimChip", "SimI2CBus", "command_set",
+           "parse_faults", "serve_pty", "stm32_crc32"]

@@ -1,0 +1,378 @@
+"""The simulated STM32: pins, boot mode, interface selection, timing and fault injection.
+
+`SimChip` is the device. Transports (`sim_pty.PtySim`, `sim_i2c.SimI2CBus`) hand it what the
+host sends and take what it answers; the command set itself lives in `sim_proto.Bootrom`.
+
+Boot rules (AN2606): NRST low holds the chip in reset (silent). On the NRST rising edge it
+samples BOOT0: high -> system bootloader; low -> the application (silent on both bootloader
+interfaces), except on parts with the empty check (L4, G0, G4, C0) when the main flash was
+empty. Like the L4's FLASH_SR.PEMPTY (RM0394 3.7.5), the empty flag is latched at power-on and
+at option-byte reload (after WP/WUP/RDP/RUP or an option write), NOT at a plain NRST reset:
+flashing a blank chip and pulsing NRST with BOOT0 low still lands in the bootloader; use GO or
+`power_cycle()`.
+
+After a boot the first interface with activity wins until the next reset (AN2606 4.1): a UART
+byte (0x7F expected: the autobaud measures it; any other first byte makes the bootloader lock
+onto a wrong baud rate, so it stays deaf on UART until reset) or an I2C transaction at its
+address. A parity-less (8N1) host is accepted: a pty cannot carry parity.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from agent.errors import UsageError
+from agent.stm32.chips import Chip
+from agent.stm32.sim_memory import RDP_LEVEL0, RDP_LEVEL1, SimMemory
+from agent.stm32.sim_proto import ACK, BUSY, NACK, Bootrom
+
+log = logging.getLogger(__name__)
+
+_EMPTY_CHECK_FAMILIES = frozenset({"L4", "G0", "G4", "C0"})  # AN2606 boot patterns with empty check
+I2C_TIMEOUT_S = 1.0  # AN2606 Table 230 / AN4221 caution: 1 s between frames, then system reset
+_MAX_EVENTS = 20000
+
+
+@dataclass
+class Faults:
+    """Faults to inject; all off by default."""
+
+    nack_every_write: int = 0  # NACK every N-th WRITE_MEMORY data packet without programming
+    drop_every: int = 0  # lose every N-th byte the chip receives
+    corrupt_every: int = 0  # flip bit 0 of every N-th byte the chip sends
+    silent_resets: int = 0  # the first N NRST-triggered boots stay silent until the next reset
+    erase_factor: float = 1.0  # erase takes this many times longer (also when not realtime)
+    read_protected: bool = False  # RDP level 1 from power-on
+    i2c_erase_no_ack: bool = False  # seed-notes.md L432 quirk: no final ACK after an I2C erase
+
+
+_FAULT_SPECS: dict[str, tuple[str, type]] = {
+    "nack-write": ("nack_every_write", int), "drop": ("drop_every", int),
+    "corrupt": ("corrupt_every", int), "silent-resets": ("silent_resets", int),
+    "slow-erase": ("erase_factor", float), "rdp": ("read_protected", bool),
+    "i2c-erase-no-ack": ("i2c_erase_no_ack", bool),
+}
+
+
+def parse_faults(specs: list[str]) -> Faults:
+    """Faults from command-line specs such as ["nack-write=5", "slow-erase=4", "rdp"]."""
+    faults = Faults()
+    for spec in specs:
+        name, _, value = spec.partition("=")
+        if name not in _FAULT_SPECS:
+            raise UsageError(f"unknown fault {name!r}; known: {', '.join(_FAULT_SPECS)}",
+                             code="bad_fault")
+        field, kind = _FAULT_SPECS[name]
+        if kind is bool:
+            if value:
+                raise UsageError(f"fault {name!r} takes no value", code="bad_fault")
+            setattr(faults, field, True)
+            continue
+        try:
+            number = kind(value)
+        except ValueError:
+            raise UsageError(f"fault {name!r} needs a number, e.g. {name}=4", code="bad_fault") from None
+        if number <= 0:
+            raise UsageError(f"fault {name!r} needs a positive number, got {value}", code="bad_fault")
+        setattr(faults, field, number)
+    return faults
+
+
+@dataclass
+class _Out:
+    """One answer waiting to leave the chip."""
+
+    ready: float  # chip time at which it can be sent
+    data: bytearray
+    no_stretch: bool = False  # I2C: polls before `ready` read BUSY instead of stretching
+    busy_left: int = 0  # I2C no-stretch: BUSY answers still owed even when ready
+    then: Callable[[], None] | None = None  # runs once the last byte has been sent
+
+
+class SimChip:
+    """A simulated STM32 that answers the ROM bootloader protocol on UART and I2C."""
+
+    def __init__(self, chip: Chip, *, baud: int = 115200, realtime: bool = False,
+                 faults: Faults | None = None, flash_size: int | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
+                 boot0: bool = True, strict: bool = True) -> None:
+        self.chip = chip
+        self.baud = baud
+        self.realtime = realtime
+        self.faults = faults if faults is not None else Faults()
+        self.clock = clock
+        self.sleep = sleep
+        self.strict = strict  # False: pad short flash writes instead of NACKing them
+        self.lock = threading.RLock()
+        self.mem = SimMemory(chip, flash_size)
+        self.flash = self.mem.flash
+        if self.faults.read_protected:
+            self.mem.options.data[0] = RDP_LEVEL1
+        self.events: list[Any] = []
+        self.mode = "reset"
+        self.read_protected = False
+        self._nrst, self._boot0 = True, boot0
+        self._silent_left = self.faults.silent_resets
+        self._reset_listeners: list[Callable[[], None]] = []
+        self._rx_count = self._tx_count = self._write_count = 0
+        self.generation = 0
+        self._clear_io()
+        self._empty_latched = self.mem.is_empty()
+        self._boot("power-on")
+
+    # -- events and pins --------------------------------------------------------------------
+
+    def note(self, kind: str, *details: Any) -> None:
+        """Record what happened (for tests and the log)."""
+        self.events.append((kind, *details) if details else (kind,))
+        if len(self.events) > _MAX_EVENTS:
+            del self.events[:_MAX_EVENTS // 2]
+        log.debug("sim %s %s", kind, details)
+
+    def add_reset_listener(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (under the chip lock) whenever the chip enters reset."""
+        self._reset_listeners.append(callback)
+
+    def set_line(self, name: str, high: bool) -> None:
+        """Drive a pin ("nrst" or "boot0") to an electrical level."""
+        with self.lock:
+            if name == "boot0":
+                self._boot0 = bool(high)
+            elif name == "nrst":
+                if not high and self._nrst:
+                    self._nrst = False
+                    self._enter_reset()
+                elif high and not self._nrst:
+                    self._nrst = True
+                    self._boot("nrst")
+            else:
+                raise UsageError(f"unknown pin {name!r}; the chip has 'nrst' and 'boot0'",
+                                 code="bad_pin")
+
+    def reset(self, boot0: bool = True) -> None:
+        """Pulse NRST with BOOT0 at the given level."""
+        with self.lock:
+            self.set_line("boot0", boot0)
+            self.set_line("nrst", False)
+            self.set_line("nrst", True)
+
+    def power_cycle(self) -> None:
+        """Power off and on: RAM is lost and the empty-check flag is latched again."""
+        with self.lock:
+            self._enter_reset()
+            self.mem.ram.data[:] = bytes(len(self.mem.ram.data))
+            self._empty_latched = self.mem.is_empty()
+            self._boot("power-on")
+
+    def system_reset(self, *, obl: bool = False) -> None:
+        """A reset from inside the chip (after RUP, an I2C timeout, ...); BOOT0 is sampled again."""
+        with self.lock:
+            self._enter_reset()
+            if obl:
+                self._empty_latched = self.mem.is_empty()
+            self._boot("system reset")
+
+    def jump(self, addr: int) -> None:
+        """GO: leave the bootloader and run code at `addr`."""
+        with self.lock:
+            self.note("go", addr)
+            self._session = None
+            self.mode = "application"
+
+    def _clear_io(self) -> None:
+        self._session: Bootrom | None = None
+        self._iface: str | None = None
+        self._uart_deaf = False
+        self._silent = False
+        self._quirk_nack = False
+        self._out: deque[_Out] = deque()
+        self._last_ready = 0.0
+        self.busy_until = 0.0
+        self._i2c_last = 0.0
+
+    def _enter_reset(self) -> None:
+        self.mode = "reset"
+        self.generation += 1
+        self._clear_io()
+        for callback in self._reset_listeners:
+            callback()
+
+    def _boot(self, cause: str) -> None:
+        if not self._nrst:
+            return
+        self.read_protected = self.mem.rdp_byte != RDP_LEVEL0
+        empty = self.chip.family in _EMPTY_CHECK_FAMILIES and self._empty_latched
+        self.mode = "bootloader" if self._boot0 or empty else "application"
+        if cause == "nrst" and self._silent_left > 0:
+            self._silent_left -= 1
+            self._silent = True
+        self.note("reset", cause, self.mode, "silent" if self._silent else "")
+
+    # -- timing and output ------------------------------------------------------------------
+
+    def op_time(self, seconds: float, *, erase: bool = False) -> float:
+        """Simulated duration of an operation: real chip time only in realtime mode."""
+        factor = self.faults.erase_factor if erase else 1.0
+        if self.realtime:
+            return seconds * factor
+        return seconds * factor if factor != 1.0 else 0.0
+
+    def emit(self, data: bytes, *, delay: float = 0.0, no_stretch: bool = False,
+             then: Callable[[], None] | None = None) -> None:
+        """Queue an answer; it leaves `delay` seconds after what is already queued."""
+        out = bytearray(data)
+        for i in range(len(out)):
+            self._tx_count += 1
+            if self.faults.corrupt_every and self._tx_count % self.faults.corrupt_every == 0:
+                out[i] ^= 0x01
+                self.note("fault", "corrupt", data[i])
+        ready = max(self.clock(), self._last_ready) + delay
+        self._last_ready = self.busy_until = ready
+        self._out.append(_Out(ready, out, no_stretch, 1 if no_stretch else 0, then))
+
+    def fault_write_nack(self) -> bool:
+        """Count a WRITE_MEMORY data packet; True if the fault says to NACK this one."""
+        self._write_count += 1
+        n = self.faults.nack_every_write
+        return bool(n) and self._write_count % n == 0
+
+    def i2c_swallow_answer(self) -> None:
+        """The L432 quirk: no final ACK; later reads return NACK until the next write."""
+        self._quirk_nack = True
+        self.note("fault", "i2c-erase-no-ack")
+
+    def _dropped(self) -> bool:
+        self._rx_count += 1
+        n = self.faults.drop_every
+        if n and self._rx_count % n == 0:
+            self.note("fault", "drop")
+            return True
+        return False
+
+    # -- UART -------------------------------------------------------------------------------
+
+    def uart_receive(self, data: bytes) -> None:
+        """Bytes arriving on the chip's USART RX pin."""
+        with self.lock:
+            for byte in data:
+                self._uart_byte(byte)
+
+    def _uart_byte(self, byte: int) -> None:
+        if self.mode != "bootloader" or self._silent or self.chip.uart_version == 0:
+            return
+        if self._dropped() or self._iface == "i2c" or self._uart_deaf:
+            return
+        if self._iface is None:
+            self._iface = "uart"
+            if byte != 0x7F:
+                # AN2606 4.5: anything but 0x7F first makes the autobaud lock onto a wrong rate
+                self._uart_deaf = True
+                self.note("deaf", byte)
+                return
+            self._session = Bootrom(self, "uart")
+            self.note("sync")
+            self.emit(bytes([ACK]))  # AN3155 2.1: ACK after the 0x7F autobaud byte
+            return
+        if self.clock() < self.busy_until:
+            self.note("overrun", byte)  # the bootloader does not read RX while it is busy
+            return
+        assert self._session is not None
+        self._session.feed_byte(byte)
+
+    def uart_pop(self) -> tuple[bytes, float | None]:
+        """Bytes ready to leave TX now, and seconds until the next are due (None: nothing)."""
+        with self.lock:
+            now = self.clock()
+            sent = bytearray()
+            while self._out and self._out[0].ready <= now:
+                item = self._out.popleft()
+                sent += item.data
+                if item.then:
+                    item.then()
+            wait = self._out[0].ready - now if self._out else None
+            return bytes(sent), wait
+
+    # -- I2C --------------------------------------------------------------------------------
+
+    def i2c_acks_address(self) -> bool:
+        """True if the bootloader would acknowledge its I2C address right now."""
+        with self.lock:
+            self._i2c_timeout_check()
+            return (self.mode == "bootloader" and not self._silent and self.chip.i2c_version != 0
+                    and self._iface in (None, "i2c"))
+
+    def _i2c_timeout_check(self) -> None:
+        if self._iface != "i2c" or self._session is None:
+            return
+        mid = not self._session.at_top or bool(self._out)
+        idle = self.clock() - max(self._i2c_last, self.busy_until)
+        if mid and idle > I2C_TIMEOUT_S:
+            self.note("i2c_timeout", round(idle, 3))
+            self.system_reset()
+
+    def _i2c_select(self) -> Bootrom:
+        if self._iface is None:
+            self._iface = "i2c"
+            self._session = Bootrom(self, "i2c")
+        assert self._session is not None
+        return self._session
+
+    def i2c_write(self, frame: bytes) -> None:
+        """One I2C write transaction addressed to the bootloader (address already ACKed)."""
+        with self.lock:
+            session = self._i2c_select()
+            if self._out:
+                # it is still trying to send its answer: SCL stays stretched
+                raise OSError(errno.ETIMEDOUT, "bootloader has an unread answer pending; "
+                              "read it before writing the next frame")
+            self._quirk_nack = False
+            data = bytes(b for b in frame if not self._dropped())
+            if data:
+                session.feed_frame(data)
+            self._i2c_last = self.clock()
+
+    def i2c_read(self, n: int) -> bytes:
+        """One I2C read transaction of n bytes (address already ACKed)."""
+        with self.lock:
+            self._i2c_select()
+            got = bytearray()
+            while len(got) < n:
+                got += self._i2c_next(n - len(got))
+            self._i2c_last = self.clock()
+            return bytes(got)
+
+    def _i2c_next(self, n: int) -> bytes:
+        if not self._out:
+            if self._quirk_nack:
+                return bytes([NACK]) * n
+            # the bootloader has nothing to send: its I2C peripheral stretches SCL until the
+            # host controller gives up, which Linux reports as a timeout
+            raise OSError(errno.ETIMEDOUT, "bootloader has nothing to send (read without a "
+                          "command, or more bytes than the answer holds)")
+        item = self._out[0]
+        now = self.clock()
+        if item.no_stretch and (item.busy_left > 0 or now < item.ready):
+            item.busy_left = max(0, item.busy_left - 1)  # AN4221 2.x: BUSY 0x76 until done
+            return bytes([BUSY])
+        if now < item.ready:  # stretching command: SCL held low until the operation ends
+            wait = item.ready - now
+            self.lock.release()
+            try:
+                self.sleep(wait)
+            finally:
+                self.lock.acquire()
+            return b""
+        take = bytes(item.data[:n])
+        del item.data[:n]
+        if not item.data:
+            self._out.popleft()
+            if item.then:
+                item.then()
+        return take

@@ -1,0 +1,203 @@
+"""Memory of a simulated STM32: main flash with silicon's programming rules, RAM, read-only areas.
+
+Device side only (the simulator's model of the chip); the host-side client never imports this.
+Every refusal raises `MemoryRefused` with a reason, which the protocol layer turns into a NACK.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from agent.errors import ProtocolError
+from agent.stm32.chips import Chip
+
+log = logging.getLogger(__name__)
+
+# Families whose flash carries ECC per double word (or wider): a programmed unit cannot be
+# programmed again except to all zeros (RM0394 3.3.7 PROGERR for L4; same scheme on G0/G4/WB/WL).
+_ECC_FAMILIES = frozenset({"L4", "L4+", "L5", "U5", "G0", "G4", "WB", "WL", "H7", "C0", "U0", "H5"})
+
+# AN2606 product tables: bootloader ID byte per PID where chips.Chip does not carry it yet.
+_BOOTLOADER_IDS = {0x435: 0x91}
+
+RDP_LEVEL0 = 0xAA  # option byte value that means "no read-out protection" (RM0394 3.5.1)
+RDP_LEVEL1 = 0xBB  # any value other than 0xAA/0xCC is level 1
+
+
+class MemoryRefused(ProtocolError):
+    """The simulated chip refuses an access (the bootloader answers NACK)."""
+
+    code = "sim_refused"
+
+
+@dataclass
+class Region:
+    """One address range of the simulated chip."""
+
+    name: str
+    start: int
+    data: bytearray
+    writable: bool
+
+    @property
+    def end(self) -> int:
+        """One past the last byte."""
+        return self.start + len(self.data)
+
+    def holds(self, addr: int, n: int = 1) -> bool:
+        """True if [addr, addr+n) lies entirely inside the region."""
+        return self.start <= addr and addr + n <= self.end
+
+
+def page_table(chip: Chip, flash_size: int) -> list[tuple[int, int]]:
+    """(address, size) of every page/sector in erase-number order, cut at `flash_size`."""
+    pages: list[tuple[int, int]] = []
+    addr = chip.flash_start
+    for count, size in chip.pages:
+        for _ in range(count):
+            if addr - chip.flash_start + size > flash_size:
+                return pages
+            pages.append((addr, size))
+            addr += size
+    return pages
+
+
+class SimMemory:
+    """Flash, RAM, system memory, option bytes and the ID registers of one simulated chip."""
+
+    def __init__(self, chip: Chip, flash_size: int | None = None) -> None:
+        self.chip = chip
+        size = flash_size if flash_size is not None else chip.flash_size
+        self.flash = bytearray(b"\xff" * size)
+        self.pages = page_table(chip, size)
+        self.ecc = chip.family in _ECC_FAMILIES or chip.write_align >= 8
+        self.write_protected: set[int] = set()
+        self.flash_region = Region("flash", chip.flash_start, self.flash, True)
+        self.ram = Region("ram", chip.ram_start, bytearray(chip.ram_end - chip.ram_start), True)
+        self.options = Region("option bytes", chip.option_start,
+                              bytearray(b"\xff" * (chip.option_end - chip.option_start)), True)
+        self.options.data[0] = RDP_LEVEL0
+        sysmem = bytearray(b"\xff" * (chip.sysmem_end - chip.sysmem_start))
+        self.sysmem = Region("system memory", chip.sysmem_start, sysmem, False)
+        self.regions = [self.flash_region, self.ram, self.options, self.sysmem]
+        bl_id = getattr(chip, "bootloader_id", None) or _BOOTLOADER_IDS.get(chip.pid)
+        if chip.bootloader_id_addr is not None and bl_id is not None:
+            self._put_readonly("bootloader id", chip.bootloader_id_addr, bytes([bl_id]))
+        if chip.flash_size_reg is not None:
+            # AN2606/RM: flash size register holds the size in KiB, 16 bit little-endian
+            self._put_readonly("flash size", chip.flash_size_reg, (size // 1024).to_bytes(2, "little"))
+
+    def _put_readonly(self, name: str, addr: int, value: bytes) -> None:
+        """Place a read-only value, inside an existing region or in a small one of its own."""
+        for region in self.regions:
+            if region.holds(addr, len(value)):
+                region.data[addr - region.start:addr - region.start + len(value)] = value
+                return
+        base = addr & ~0xF  # a 16-byte window so word-aligned reads around it work
+        region = Region(name, base, bytearray(b"\xff" * 16), False)
+        region.data[addr - base:addr - base + len(value)] = value
+        self.regions.append(region)
+
+    @property
+    def rdp_byte(self) -> int:
+        """The RDP option byte as stored."""
+        return self.options.data[0]
+
+    def region_at(self, addr: int, n: int = 1) -> Region:
+        """The region that holds the whole range, or MemoryRefused."""
+        for region in self.regions:
+            if region.holds(addr, n):
+                return region
+        raise MemoryRefused(f"address range 0x{addr:08X}+{n} is not in any memory of the chip",
+                            code="bad_address")
+
+    def read(self, addr: int, n: int) -> bytes:
+        """Bytes at [addr, addr+n) from any readable region."""
+        region = self.region_at(addr, n)
+        off = addr - region.start
+        return bytes(region.data[off:off + n])
+
+    def check_write_start(self, addr: int) -> Region:
+        """The writable region for a WRITE_MEMORY start address, or MemoryRefused."""
+        region = self.region_at(addr)
+        if not region.writable:
+            raise MemoryRefused(f"0x{addr:08X} is in read-only {region.name}", code="read_only")
+        align = self.chip.write_align if region is self.flash_region else 4
+        if addr % align:
+            # AN2606 Table 7 (L4): an unaligned address makes the program operation fail
+            raise MemoryRefused(f"0x{addr:08X} is not {align}-byte aligned", code="unaligned")
+        return region
+
+    def write(self, addr: int, data: bytes, *, strict: bool = True) -> str:
+        """Program `data` at `addr`; returns the region name. MemoryRefused when silicon would fail."""
+        region = self.check_write_start(addr)
+        if not region.holds(addr, len(data)):
+            raise MemoryRefused(f"write 0x{addr:08X}+{len(data)} runs past the end of {region.name}",
+                                code="out_of_range")
+        if region is self.flash_region:
+            self._program_flash(addr, data, strict)
+        else:
+            off = addr - region.start
+            region.data[off:off + len(data)] = data
+        return region.name
+
+    def _program_flash(self, addr: int, data: bytes, strict: bool) -> None:
+        """Flash programming: whole units, only 1->0, ECC units only once (or to all zeros)."""
+        unit = max(self.chip.write_align, 4)
+        if len(data) % unit:
+            if strict:
+                raise MemoryRefused(f"write length {len(data)} is not a multiple of the "
+                                    f"{unit}-byte programming unit", code="unaligned_length")
+            data = data + b"\xff" * (unit - len(data) % unit)
+        off = addr - self.flash_region.start
+        new_flash = bytearray(self.flash[off:off + len(data)])
+        for i in range(0, len(data), unit):
+            old, new = bytes(new_flash[i:i + unit]), data[i:i + unit]
+            if self._page_of(addr + i) in self.write_protected:
+                continue  # AN3155 3.7: no error on write-protected sectors, data just not written
+            if self.ecc and old != b"\xff" * unit and new != b"\x00" * unit:
+                raise MemoryRefused(f"0x{addr + i:08X} is already programmed (ECC unit must be "
+                                    "erased first)", code="not_erased")
+            merged = bytes(a & b for a, b in zip(old, new))
+            if merged != new:
+                raise MemoryRefused(f"0x{addr + i:08X}: programming cannot turn 0 bits into 1 "
+                                    "(erase first)", code="not_erased")
+            new_flash[i:i + unit] = merged
+        self.flash[off:off + len(data)] = new_flash
+
+    def _page_of(self, addr: int) -> int:
+        """Page number that holds a flash address."""
+        for number, (start, size) in enumerate(self.pages):
+            if start <= addr < start + size:
+                return number
+        return -1
+
+    def erase_pages(self, numbers: list[int]) -> list[int]:
+        """Erase pages by number (all must exist); returns those actually erased (not WP'd)."""
+        for number in numbers:
+            if not 0 <= number < len(self.pages):
+                raise MemoryRefused(f"page {number} does not exist (chip has {len(self.pages)})",
+                                    code="bad_page")
+        done = []
+        for number in numbers:
+            if number in self.write_protected:
+                continue  # AN3155 3.8: no error for write-protected sectors
+            start, size = self.pages[number]
+            off = start - self.flash_region.start
+            self.flash[off:off + size] = b"\xff" * size
+            done.append(number)
+        return done
+
+    def mass_erase(self) -> None:
+        """Erase the whole main flash (RDP regression ignores write protection)."""
+        self.flash[:] = b"\xff" * len(self.flash)
+
+    def bank_pages(self, bank: int) -> list[int]:
+        """Page numbers of bank 1 or 2 (halves of the flash on dual-bank parts)."""
+        half = len(self.pages) // 2
+        return list(range(half)) if bank == 1 else list(range(half, len(self.pages)))
+
+    def is_empty(self) -> bool:
+        """AN2606 empty check: first word of main flash reads 0xFFFFFFFF."""
+        return bytes(self.flash[:4]) == b"\xff\xff\xff\xff"

@@ -1,0 +1,178 @@
+"""The simulator behind a pseudo-terminal, so any serial tool (stm32flash included) can use it.
+
+The pty stays usable across clients: we hold our own slave fd open, so a client closing the
+port does not hang up the master. Master and slave are raw (no echo, no CR/LF mangling).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import threading
+import tty
+from typing import Any
+
+from agent.errors import UsageError
+from agent.stm32 import chips
+from agent.stm32.chips import Chip
+from agent.stm32.sim_core import Faults, SimChip
+
+log = logging.getLogger(__name__)
+
+_BITS_PER_BYTE = 11  # 8E1: start + 8 data + parity + stop (AN3155 1)
+_POLL_S = 0.02
+
+
+class PtySim:
+    """Runs a SimChip's UART on a pty; `path` is what serial tools open."""
+
+    def __init__(self, sim: SimChip, link_path: str | None = None) -> None:
+        self.sim = sim
+        self.link_path = link_path
+        self.path = ""
+        self.slave_path = ""
+        self._master = self._slave = -1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "PtySim":
+        """Open the pty, make the symlink (if asked) and start serving."""
+        self._master, self._slave = os.openpty()
+        for fd in (self._master, self._slave):
+            tty.setraw(fd)
+        os.set_blocking(self._master, False)
+        self.slave_path = os.ttyname(self._slave)
+        self.path = self.slave_path
+        if self.link_path:
+            self._make_link(self.link_path)
+            self.path = self.link_path
+        self.sim.add_reset_listener(self._drain_input)
+        self._thread = threading.Thread(target=self._run, name="sim-pty", daemon=True)
+        self._thread.start()
+        log.info("simulated %s on %s", self.sim.chip.name, self.path)
+        return self
+
+    def _make_link(self, link: str) -> None:
+        if os.path.lexists(link):
+            if not os.path.islink(link):
+                raise UsageError(f"{link} exists and is not a symlink; pick another --pty path",
+                                 code="pty_path_exists")
+            os.unlink(link)
+        os.symlink(self.slave_path, link)
+
+    def stop(self) -> None:
+        """Stop serving, remove the symlink and close the pty."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=2)
+        if self.link_path and os.path.islink(self.link_path) \
+                and os.readlink(self.link_path) == self.slave_path:
+            os.unlink(self.link_path)
+        for fd in (self._master, self._slave):
+            if fd >= 0:
+                os.close(fd)
+        self._master = self._slave = -1
+
+    def __enter__(self) -> "PtySim":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _drain_input(self) -> None:
+        """On reset, bytes the chip had not taken in yet are lost."""
+        try:
+            while os.read(self._master, 4096):
+                pass
+        except OSError:
+            pass
+
+    def _line_time(self, n: int) -> float:
+        return n * _BITS_PER_BYTE / self.sim.baud if self.sim.realtime else 0.0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            data, wait = self.sim.uart_pop()
+            if data:
+                self._send(data)
+                continue
+            timeout = _POLL_S if wait is None else max(0.0, min(wait, _POLL_S))
+            try:
+                readable, _, _ = select.select([self._master], [], [], timeout)
+            except (OSError, ValueError):
+                return
+            if readable:
+                self._receive()
+
+    def _receive(self) -> None:
+        with self.sim.lock:
+            try:
+                chunk = os.read(self._master, 4096)
+            except (BlockingIOError, OSError):
+                return
+            generation = self.sim.generation
+        line = self._line_time(len(chunk))
+        if line:
+            self.sim.sleep(line)  # the bytes are still on the wire
+        with self.sim.lock:
+            if self.sim.generation == generation:
+                self.sim.uart_receive(chunk)
+
+    def _send(self, data: bytes) -> None:
+        line = self._line_time(len(data))
+        if line:
+            self.sim.sleep(line)
+        view = memoryview(data)
+        while view and not self._stop.is_set():
+            try:
+                sent = os.write(self._master, view)
+                view = view[sent:]
+            except BlockingIOError:
+                # nobody is reading the port: a real UART would overrun the host, drop it
+                if not select.select([], [self._master], [], 0.5)[1]:
+                    log.warning("sim pty: host not reading, %d bytes dropped", len(view))
+                    return
+            except OSError:
+                return
+
+
+def _resolve_chip(chip: Chip | str | int) -> Chip:
+    if isinstance(chip, Chip):
+        return chip
+    finder = getattr(chips, "find", None)
+    if isinstance(chip, str) and finder is not None:
+        return finder(chip)
+    try:
+        pid = chip if isinstance(chip, int) else int(chip, 0)
+        return chips.CHIPS[pid]
+    except (ValueError, KeyError):
+        raise UsageError(f"unknown chip {chip!r}; known PIDs: "
+                         f"{', '.join(hex(p) for p in chips.CHIPS)}", code="unknown_chip") from None
+
+
+def serve_pty(path: str, chip: Chip | str | int, *, baud: int = 115200, realtime: bool = True,
+              faults: Faults | None = None, stop_event: threading.Event | None = None) -> None:
+    """Serve a simulated chip on a pty linked at `path` until stopped.
+
+    Blocks until `stop_event` is set or (in the main thread) SIGTERM/SIGINT arrives. The
+    standalone chip has no NRST wire: SIGUSR1 pulses NRST with BOOT0 high (a fresh bootloader
+    that wants a new 0x7F). It starts in bootloader mode.
+    """
+    sim = SimChip(_resolve_chip(chip), baud=baud, realtime=realtime, faults=faults, boot0=True)
+    stop = stop_event or threading.Event()
+    pty = PtySim(sim, link_path=path)
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old[sig] = signal.signal(sig, lambda *_: stop.set())
+        old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: sim.reset(boot0=True))
+    pty.start()
+    try:
+        while not stop.wait(0.2):
+            pass
+    finally:
+        pty.stop()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
