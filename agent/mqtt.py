@@ -1,0 +1,297 @@
+"""The MQTT client: the only module that imports paho. It parses nothing and never blocks.
+
+`MqttClient` wraps paho-mqtt 2.x (CallbackAPIVersion.VERSION2) with what an agent that must
+survive broker outages needs, all at QoS 1:
+
+- automatic reconnect with a bounded back-off (paho's own loop thread);
+- a persistent session (MQTT 5: clean_start=False + session expiry; 3.1.1: clean_session=False)
+  so QoS 1 commands sent while the agent was briefly away are still delivered;
+- on every (re)connect: re-subscribe everything (a restarted broker without persistence has
+  forgotten all subscriptions), re-publish the latest "sticky" retained message of each topic
+  (availability, discovery, state, job) and then the other messages published while offline;
+- a bounded offline queue: paho keeps QoS 1 messages published while disconnected
+  (`max_queued_messages_set`); on reconnect we take them back with `drop_out_messages()` and
+  re-send them ourselves *after* the sticky ones, discarding stale copies of sticky topics, so
+  an old retained state can never overwrite a newer one;
+- inbound payloads over `max_payload` are dropped with a log line before any handler sees them.
+
+Threading: message handlers and the birth callback run on paho's network thread. They must
+only parse and enqueue (never download, flash, sleep or wait for a publish there); calling
+`publish`/`publish_sticky` from a handler is fine, it only queues bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+log = logging.getLogger(__name__)
+
+QOS = 1  # DESIGN.md: QoS 1 throughout
+Payload = Union[bytes, str, Mapping[str, Any], Sequence[Any]]
+Handler = Callable[[str, bytes, bool], None]
+RejectHandler = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """TLS settings: `ca` file (None = system CAs), client `cert`/`key`, `insecure` = no hostname check."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    insecure: bool = False
+
+
+def encode(payload: Payload) -> bytes:
+    """bytes as they are, str as UTF-8, anything else as compact JSON."""
+    if isinstance(payload, (bytes, bytearray)):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode("utf-8")
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+class MqttClient:
+    """A reconnecting QoS 1 MQTT client with sticky retained messages; see the module docstring."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 1883,
+        *,
+        client_id: str,
+        username: str | None = None,
+        password: str | None = None,
+        tls: TlsOptions | None = None,
+        keepalive: int = 60,
+        will: tuple[str, Payload, bool] | None = None,
+        birth: Payload = "online",
+        offline: Payload = "offline",
+        reconnect_min: float = 1,
+        reconnect_max: float = 60,
+        max_payload: int = 64 * 1024,
+        max_queued: int = 1000,
+        protocol: int = 5,
+        session_expiry: int = 3600,
+        on_reject: RejectHandler | None = None,
+    ) -> None:
+        if not client_id:
+            raise ValueError("client_id is required: a persistent session is keyed by it")
+        if protocol not in (4, 5):
+            raise ValueError("protocol must be 4 (MQTT 3.1.1) or 5 (MQTT 5)")
+        self.host, self.port, self.keepalive = host, port, keepalive
+        self.client_id = client_id
+        self.max_payload = max_payload
+        self.protocol = protocol
+        self.session_expiry = session_expiry
+        self.on_reject = on_reject
+        self.connected = threading.Event()
+        self._lock = threading.RLock()
+        self._handlers: dict[str, list[Handler]] = {}
+        self._sticky: dict[str, tuple[bytes, bool]] = {}
+        self._will = will
+        self._offline = encode(offline)
+        self._started = False
+        kwargs: dict[str, Any] = {"protocol": paho.MQTTv5 if protocol == 5 else paho.MQTTv311}
+        if protocol == 4:
+            kwargs["clean_session"] = False
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, **kwargs)
+        self._client.enable_logger(logging.getLogger(__name__ + ".paho"))
+        self._client.max_queued_messages_set(max_queued)
+        self._client.reconnect_delay_set(reconnect_min, reconnect_max)  # type: ignore[arg-type]
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        if tls is not None:
+            self._client.tls_set(ca_certs=tls.ca, certfile=tls.cert, keyfile=tls.key, cert_reqs=ssl.CERT_REQUIRED)
+            self._client.tls_insecure_set(tls.insecure)
+        if will is not None:
+            topic, _, retain = will
+            self._client.will_set(topic, self._offline, qos=QOS, retain=retain)
+            # the birth is the first sticky message, so it is re-sent first on every connect
+            self._sticky[topic] = (encode(birth), retain)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background and keep reconnecting until stop()."""
+        kwargs: dict[str, Any] = {}
+        if self.protocol == 5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry
+            kwargs = {"clean_start": False, "properties": props}
+        self._client.connect_async(self.host, self.port, self.keepalive, **kwargs)
+        self._client.loop_start()
+        self._started = True
+        log.info("MQTT connecting to %s:%d as %s", self.host, self.port, self.client_id)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish `offline` on the will topic (if connected), disconnect cleanly, stop the loop."""
+        if not self._started:
+            return
+        if self._will is not None and self.connected.is_set():
+            info = self._client.publish(self._will[0], self._offline, qos=QOS, retain=self._will[2])
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("could not publish offline before disconnecting: %s", exc)
+        self._started = False  # from here a disconnect is expected
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.connected.clear()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until connected (and re-subscribed); return False on timeout."""
+        return self.connected.wait(timeout)
+
+    # --- outbound -------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: Payload, retain: bool = False) -> bool:
+        """Queue a QoS 1 message; never blocks. Returns False if the offline queue is full
+        and the message was dropped. While disconnected the message waits for the reconnect."""
+        data = encode(payload)
+        with self._lock:
+            rc = self._client.publish(topic, data, qos=QOS, retain=retain).rc
+        if rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            log.warning("MQTT offline queue full: dropped %d bytes for %s", len(data), topic)
+            return False
+        if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            log.warning("MQTT publish to %s failed: %s", topic, paho.error_string(rc))
+            return False
+        return True
+
+    def publish_sticky(self, topic: str, payload: Payload, retain: bool = True) -> None:
+        """Publish a retained message and remember it as the latest for its topic: it is
+        re-published on every reconnect and by republish_sticky(). Plain publish() calls to
+        a sticky topic that were still queued at a reconnect are discarded as stale."""
+        data = encode(payload)
+        with self._lock:
+            self._sticky[topic] = (data, retain)
+            if self.connected.is_set():
+                self._send(topic, data, retain)
+            # while offline only the latest value matters; _on_connect sends it
+
+    def forget_sticky(self, topic: str, clear: bool = False) -> None:
+        """Stop re-publishing `topic`; with clear=True also delete its retained message
+        (an empty retained payload, e.g. to remove a Home Assistant discovery config)."""
+        with self._lock:
+            self._sticky.pop(topic, None)
+        if clear:
+            self.publish(topic, b"", retain=True)
+
+    def republish_sticky(self) -> None:
+        """Send every sticky message again (e.g. after Home Assistant's birth message)."""
+        with self._lock:
+            if self.connected.is_set():
+                for topic, (data, retain) in self._sticky.items():
+                    self._send(topic, data, retain)
+
+    def _send(self, topic: str, data: bytes, retain: bool) -> None:
+        rc = self._client.publish(topic, data, qos=QOS, retain=retain).rc
+        if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            log.warning("MQTT publish to %s failed: %s", topic, paho.error_string(rc))
+
+    # --- inbound --------------------------------------------------------------------------
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Call handler(topic, payload, retained) for every message matching topic_filter,
+        now and after every reconnect. Runs on the network thread: parse and enqueue only."""
+        with self._lock:
+            first = topic_filter not in self._handlers
+            self._handlers.setdefault(topic_filter, []).append(handler)
+            if first and self.connected.is_set():
+                self._subscribe(topic_filter)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Forget every handler of topic_filter and unsubscribe."""
+        with self._lock:
+            if self._handlers.pop(topic_filter, None) is not None and self.connected.is_set():
+                self._client.unsubscribe(topic_filter)
+
+    def on_ha_birth(self, discovery_prefix: str = "homeassistant", callback: Callable[[], None] | None = None) -> None:
+        """When Home Assistant announces `online` on `<discovery_prefix>/status`, call callback
+        (network thread), or by default re-send every sticky message: discovery, then state."""
+        action = callback if callback is not None else self.republish_sticky
+
+        def birth(topic: str, payload: bytes, retained: bool) -> None:
+            if payload.strip() == b"online":
+                log.info("Home Assistant is online: re-sending discovery and state")
+                action()
+
+        self.subscribe(f"{discovery_prefix}/status", birth)
+
+    def _subscribe(self, topic_filter: str) -> None:
+        if self.protocol == 5:
+            # retained messages only for a new subscription, not on every session resume
+            opts = SubscribeOptions(qos=QOS, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+            rc, _ = self._client.subscribe(topic_filter, options=opts)
+        else:
+            rc, _ = self._client.subscribe(topic_filter, qos=QOS)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.warning("MQTT subscribe to %s failed: %s", topic_filter, paho.error_string(rc))
+
+    # --- paho callbacks (network thread) --------------------------------------------------
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.warning("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason)
+            return
+        with self._lock:
+            # paho would re-send these after this callback returns, i.e. after our fresh sticky
+            # values; take them back so the order is: sticky latest first, then the rest
+            pending = client.drop_out_messages()
+            for topic_filter in self._handlers:
+                self._subscribe(topic_filter)
+            for topic, (data, retain) in self._sticky.items():
+                self._send(topic, data, retain)
+            stale = 0
+            for msg in pending:
+                if msg.topic in self._sticky:
+                    stale += 1
+                    continue
+                self._send(msg.topic, msg.payload, msg.retain)
+            self.connected.set()
+        log.info(
+            "MQTT connected to %s:%d (session present: %s); %d subscriptions, %d sticky, %d queued re-sent",
+            self.host, self.port, flags.session_present, len(self._handlers), len(self._sticky), len(pending) - stale,
+        )
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.connected.clear()
+        if self._started:
+            log.warning("MQTT disconnected from %s:%d (%s); reconnecting", self.host, self.port, reason)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        size = len(msg.payload)
+        if size > self.max_payload:
+            # checked before any parsing: a huge payload costs nothing but this line
+            log.warning("MQTT dropped %d-byte message on %s (limit %d)", size, msg.topic, self.max_payload)
+            if self.on_reject is not None:
+                self._call(self.on_reject, msg.topic, size)
+            return
+        with self._lock:
+            handlers = [h for f, hs in self._handlers.items() if paho.topic_matches_sub(f, msg.topic) for h in hs]
+        if not handlers:
+            log.debug("MQTT message on %s matches no handler", msg.topic)
+        for handler in handlers:
+            self._call(handler, msg.topic, bytes(msg.payload), bool(msg.retain))
+
+    @staticmethod
+    def _call(fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # a handler bug must not kill paho's network thread
+            log.exception("MQTT handler %r failed on %s", fn, args[0])
