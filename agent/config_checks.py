@@ -211,7 +211,7 @@ def cross_check(data: dict[str, Any], ctx: Context) -> None:
 
 def file_warnings(cfg: Config, ctx: Context) -> None:
     """Warn about files and environment variables a valid config names but that are missing."""
-    files = [("trust.keys", k) for k in cfg.trust.keys]
+    files = [(f"trust.keys[{i}]", k) for i, k in enumerate(cfg.trust.keys)]
     secrets = [cfg.mqtt.password]
     if cfg.mqtt.tls is not None:
         tls = cfg.mqtt.tls

@@ -17,6 +17,7 @@ from agent.config_values import (
     INVALID, NAME_RE, Boolean, Choice, Context, Duration, Integer, ListOf, PathKind, Size, Text,
     did_you_mean, join, type_name,
 )
+from agent.pins.sequence import DEFAULT_ENTER, DEFAULT_EXIT
 from agent.stm32.bootloader import Timeouts
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class Table:
 
 class Link:
     """`targets[].link`: a mapping whose keys depend on its `type`."""
+
+    DOCS = ("uart: AN3155", "i2c: AN4221")
 
     def __init__(self, **variants: Table) -> None:
         self.variants = variants
@@ -154,7 +157,7 @@ TLS = Table(
 MQTT = Table(
     Key("host", Text(what="host name"), "broker host name or address", REQUIRED,
         example="homeassistant.local"),
-    Key("port", Integer(1, 65535), "broker port", default_doc="1883; 8883 with tls"),
+    Key("port", Integer(1, 65535), "broker port", default_doc="`1883`; `8883` with tls"),
     Key("username", Text(), "user name at the broker"),
     Key("password", Text(), "password in the YAML (works; password_file is better)"),
     Key("password_file", PathKind(), "file whose first line is the password"),
@@ -164,7 +167,7 @@ MQTT = Table(
     Key("discovery_prefix", Text(what="MQTT topic prefix"), "Home Assistant discovery prefix",
         "homeassistant"),
     Key("keepalive", Duration(lo=1, hi=65535, whole=True), "MQTT keepalive", "60s"),
-    Key("client_id", Text(), "MQTT client id", default_doc="stm32ota-<agent id>"),
+    Key("client_id", Text(), "MQTT client id", default_doc="`stm32ota-<agent id>`"),
     Key("reconnect_max", Duration(lo=1), "longest wait between reconnect attempts", "60s"),
 )
 
@@ -233,9 +236,11 @@ def pin_table(active_low: bool) -> Table:
 PINS = Table(
     Key("backend", Choice("auto", "libgpiod", "rpigpio", "modem", "none", "mock"),
         "how NRST and BOOT0 are driven", REQUIRED, example="auto"),
-    Key("chip", Text(what="gpiochip"), "GPIO chip (libgpiod, auto, mock); on a Pi 5 the header "
-        "is gpiochip4 on older kernels, gpiochip0 on newer (see `gpiodetect`)",
-        default_doc="/dev/gpiochip0"),
+    # Pi 5: the header's RP1 chip was gpiochip4 until the late-2024 kernels renumbered it to
+    # gpiochip0 (keeping gpiochip4 as an alias); `gpiodetect` lists it as pinctrl-rp1
+    Key("chip", Text(what="gpiochip"), "GPIO chip (libgpiod, auto, mock); a bare name means "
+        "/dev/NAME. Pi 5: the header is gpiochip4 on kernels before late 2024, gpiochip0 on "
+        "newer ones (gpiodetect: pinctrl-rp1)", default_doc="`/dev/gpiochip0`"),
     Key("nrst", pin_table(True), "the reset line (required unless backend is none)"),
     Key("boot0", pin_table(False), "the BOOT0 line (required unless backend is none)"),
 )
@@ -259,7 +264,7 @@ def _seconds(value: float) -> str:
 # Overrides of agent.stm32.bootloader.Timeouts; busy_poll_interval comes from link.busy_poll.
 TIMEOUTS = Table(*(
     Key(f.name, POSITIVE, _TIMEOUT_DOCS.get(f.name, f"Timeouts.{f.name}"),
-        default_doc=_seconds(f.default))
+        default_doc=f"`{_seconds(f.default)}`")
     for f in dataclasses.fields(Timeouts) if f.name != "busy_poll_interval"
 ))
 
@@ -283,9 +288,9 @@ TARGET = Table(
         example="{type: uart, port: /dev/ttyAMA0}"),
     Key("pins", PINS, "how NRST and BOOT0 are driven", REQUIRED, example="{backend: none}"),
     Key("enter_bootloader", Sequence(), "steps that start the ROM bootloader",
-        default_doc="agent.pins.sequence default"),
+        default_doc=f"`[{', '.join(DEFAULT_ENTER)}]`; none with backend none"),
     Key("exit_bootloader", Sequence(), "steps that start the application",
-        default_doc="agent.pins.sequence default"),
+        default_doc=f"`[{', '.join(DEFAULT_EXIT)}]`; none with backend none"),
     Key("expect_chip", Integer(0, 0xFFF, hex=True), "PID the chip must answer (e.g. 0x435)",
         default_doc="any"),
     Key("verify", Choice("auto", "crc", "readback", refused={
@@ -294,7 +299,7 @@ TARGET = Table(
         "how written flash is checked (auto: CRC where the bootloader has it)", "auto"),
     Key("auto_install", Boolean(), "install announced releases without a command", False),
     Key("allow_downgrade", Boolean(), "override trust.allow_downgrade for this target",
-        default_doc="trust.allow_downgrade"),
+        default_doc="`trust.allow_downgrade`"),
     Key("retries", RETRIES, "retry limits", {}),
     Key("timeouts", TIMEOUTS, "bootloader deadline overrides", {}),
     Key("quirks", QUIRKS, "chip workarounds", {}),
@@ -309,16 +314,17 @@ ROOT = Table(
 )
 
 
-def _sections(table: Table, prefix: str, title: str) -> list[tuple[str, str, Table]]:
-    out = [(prefix, title, table)]
+def _sections(table: Table, prefix: str, title: str,
+              variant: str = "") -> list[tuple[str, str, Table, str]]:
+    out = [(prefix, title, table, variant)]
     for key in table.keys.values():
         kind = key.kind.item if isinstance(key.kind, ListOf) else key.kind
         path = join(prefix, key.name) + ("[]" if isinstance(key.kind, ListOf) else "")
         if isinstance(kind, Table):
             out += _sections(kind, path, f"`{path}`")
         elif isinstance(kind, Link):
-            for name, variant in kind.variants.items():
-                out += _sections(variant, path, f"`{path}` with `type: {name}`")
+            for name, sub in kind.variants.items():
+                out += _sections(sub, path, f"`{path}` with `type: {name}`", name)
     return out
 
 
@@ -341,9 +347,12 @@ def reference_markdown() -> str:
     lines = ["Durations carry a unit (`10ms`, `2s`, `5m`, `1h`), sizes too (`512KiB`, `64MiB`);",
              "addresses and PIDs may be hex (`0x48`). Relative paths are taken from the",
              "folder of the config file. Unknown keys are errors.", ""]
-    for prefix, title, table in _sections(ROOT, "", "Top level"):
+    for prefix, title, table, variant in _sections(ROOT, "", "Top level"):
         lines += [f"### {title}", "", "| key | type | default | description |",
                   "|---|---|---|---|"]
+        if variant:
+            lines.append(f"| `{prefix}.type` | `{variant}` | **required** | "
+                         f"selects this kind of link ({' or '.join(Link.DOCS)}) |")
         for key in table.keys.values():
             full = join(prefix, key.name)
             lines.append(f"| `{full}` | {key.kind.describe()} | {_default_text(key)} | "

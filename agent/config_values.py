@@ -310,7 +310,8 @@ class Duration:
             return INVALID
         text = value.replace(" ", "") if isinstance(value, str) else ""
         if not text or not re.fullmatch(f"(?:{_DURATION_PART.pattern})+", text):
-            ctx.add(where, f"expected a duration such as 10ms, 2s, 5m or 1h, got {type_name(value)}")
+            ctx.add(where, "expected a duration such as 10ms, 2s, 5m or 1h, "
+                    f"got {type_name(value)}")
             return INVALID
         seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
         if seconds < self.lo or (self.hi is not None and seconds > self.hi):
@@ -319,7 +320,8 @@ class Duration:
             return INVALID
         if self.whole:
             if seconds != int(seconds):
-                ctx.add(where, f"{value} is not a whole number of seconds", "MQTT counts in seconds")
+                ctx.add(where, f"{value} is not a whole number of seconds",
+                        "MQTT counts in seconds")
                 return INVALID
             return int(seconds)
         return seconds
