@@ -45,11 +45,13 @@ RejectHandler = Callable[[str, int], None]
 
 @dataclass(frozen=True)
 class TlsOptions:
-    """TLS settings: `ca` file (None = system CAs), client `cert`/`key`, `insecure` = no hostname check."""
+    """TLS settings: `ca` file (None = system CAs), client `cert`/`key` (+ `key_password`),
+    `insecure` = skip the host name check only (the certificate chain is still verified)."""
 
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
+    key_password: str | None = None
     insecure: bool = False
 
 
@@ -113,7 +115,10 @@ class MqttClient:
         if username is not None:
             self._client.username_pw_set(username, password)
         if tls is not None:
-            self._client.tls_set(ca_certs=tls.ca, certfile=tls.cert, keyfile=tls.key, cert_reqs=ssl.CERT_REQUIRED)
+            self._client.tls_set(
+                ca_certs=tls.ca, certfile=tls.cert, keyfile=tls.key, cert_reqs=ssl.CERT_REQUIRED,
+                keyfile_password=tls.key_password,
+            )
             self._client.tls_insecure_set(tls.insecure)
         if will is not None:
             topic, _, retain = will

@@ -296,3 +296,11 @@ def test_constructor_refuses_bad_arguments() -> None:
         MqttClient("127.0.0.1", 1, client_id="")
     with pytest.raises(ValueError):
         MqttClient("127.0.0.1", 1, client_id="x", protocol=3)
+
+
+def test_tls_client_without_a_tls_broker_never_connects(broker: Mosquitto, make_client) -> None:
+    from agent.mqtt import TlsOptions
+
+    c = make_client(tls=TlsOptions())  # system CAs, verification on; the broker speaks plain MQTT
+    c.start()
+    assert not c.wait_connected(1.0)  # bounded wait for something that must not happen
