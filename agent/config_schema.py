@@ -90,7 +90,7 @@ class Link:
                     "e.g. link: {type: uart, port: /dev/ttyAMA0}")
             return INVALID
         kind = value.get("type")
-        if kind not in self.variants:
+        if not isinstance(kind, str) or kind not in self.variants:
             msg = "missing: the link type" if kind is None else f"unknown link type {kind!r}"
             ctx.add(join(where, "type"), msg, did_you_mean(str(kind), self.variants))
             return INVALID

@@ -363,3 +363,26 @@ def test_reference_markdown_mentions_every_key() -> None:
     missing = [k for k in keys if f"`{k}`" not in md]
     assert missing == []
     assert "targets[].link` with `type: i2c" in md and "gpiochip4" in md
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    items = node.items() if isinstance(node, dict) else \
+        enumerate(node) if isinstance(node, list) else []
+    for key, value in items:
+        out += _paths(value, prefix + (key,))
+    return out
+
+
+@pytest.mark.parametrize("bad", [None, -1, "x", [], {}, True, ["a"], {"a": 1}])
+def test_any_wrong_value_anywhere_gives_problems_not_a_crash(bad: Any) -> None:
+    for path in _paths(BASE):
+        data = copy.deepcopy(BASE)
+        node: Any = data
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = bad
+        try:
+            config.loads(yaml.safe_dump(data))
+        except ConfigInvalid as err:
+            assert err.problems and all(p.where for p in err.problems if p.line), path
