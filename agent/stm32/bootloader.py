@@ -226,19 +226,32 @@ class Bootloader:
                                f"parity (the bootloader needs 8E1), or not the bootloader")
 
     def resync(self) -> None:
-        """After a timeout mid-command: send FF 00 until NACK so the bootloader awaits a command."""
+        """After a timeout mid-command: feed 0xFF until the bootloader awaits a new command."""
         deadline = self._clock() + self.timeouts.sync * 20
-        while self._clock() < deadline:
-            self.link.flush_input()
-            try:
-                self.link.write(bytes([0xFF, 0x00]))  # unknown opcode or bad checksum: NACK
-                if self.link.read(1, self.timeouts.byte)[0] == NACK:
-                    self._sleep(self.timeouts.byte / 10)  # let queued NACKs arrive, then drop
-                    self.link.flush_input()
-                    return
-            except LinkTimeout:
-                continue
-        raise NoBootloader(f"bootloader on {self.link!r} did not come back after a timeout")
+        short = self.timeouts.byte / 5
+        while not self._answered(b"\xff" * 16 if self.caps.byte_stream else b"\xff\x00", short):
+            if self._clock() >= deadline:
+                raise NoBootloader(f"bootloader on {self.link!r} did not come back after a "
+                                   f"timeout: reset the chip into its bootloader")
+        if not self.caps.byte_stream:
+            return  # a frame that is not a command earns a NACK and leaves nothing pending
+        # AN3155 2: a command is a byte and its complement; 0xFF 0xFF pairs are NACKed. After
+        # the first answer one 0xFF may be pending: one more 0xFF either pairs it (NACK) or
+        # becomes pending itself (silence), and then a second one surely pairs it.
+        self._sleep(short)
+        self.link.flush_input()
+        if not self._answered(b"\xff", short) and not self._answered(b"\xff", self.timeouts.byte):
+            raise NoBootloader(f"bootloader on {self.link!r} stopped answering during resync")
+        self.link.flush_input()
+
+    def _answered(self, filler: bytes, timeout: float) -> bool:
+        """Send filler bytes; True once the bootloader answers anything (an ACK or NACK)."""
+        self.link.write(filler)
+        try:
+            self.link.read(1, timeout)
+        except LinkTimeout:
+            return False
+        return True
 
     def connect(self) -> BootloaderInfo:
         """Sync (if the link needs it), GET_VERSION, GET, GET_ID -> BootloaderInfo."""
@@ -372,10 +385,11 @@ class Bootloader:
             # AN3155 3.13 (USART V3.3): size in words, then polynomial and initial value
             self._send(_with_xor(struct.pack(">I", length // 4)), f"{what}: size")
             self._send(_with_xor(struct.pack(">I", _STM32_CRC_POLY)), f"{what}: polynomial")
+            # the ACK to the initial value comes once the CRC is computed (AN3155 3.13)
             self.link.write(_with_xor(struct.pack(">I", _STM32_CRC_INIT)))
         else:
-            # AN4221 2.20: size in bytes, then BUSY until the CRC is ready
-            self.link.write(_with_xor(struct.pack(">I", length)))
+            # AN4221 2.20 / stm32flash: size in bytes is ACKed, then BUSY until the CRC is ready
+            self._send(_with_xor(struct.pack(">I", length)), f"{what}: size")
         self._wait_ack(f"{what}: result", self.timeouts.checksum)
         reply = self._read(5, self.timeouts.byte, f"{what}: CRC")
         if _xor(reply) != 0:
