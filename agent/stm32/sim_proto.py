@@ -390,12 +390,13 @@ class Bootrom:
             poly = yield from self._word()
             self.emit(bytes([ACK]))
             init = yield from self._word()
+            # the ACK after the initial value comes once the CRC is computed, with the result
         else:
             nbytes = size  # AN4221 2.20: size in bytes, a non-zero multiple of 4
             if size % 4:
                 raise Nack(f"checksum size {size} is not a multiple of 4")
             self._check_crc_range(addr, nbytes)
-        self.emit(bytes([ACK]))
+            self.emit(bytes([ACK]))  # then BUSY until the result: ACK, CRC, xor
         crc = stm32_crc32(self.mem.read(addr, nbytes), poly=poly, init=init).to_bytes(4, "big")
         self.chip.note("checksum", addr, nbytes)
         self.answer(bytes([ACK]) + crc + bytes([xor(crc)]), 0.0, op)
