@@ -11,13 +11,14 @@ import bisect
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
-from agent.errors import (Aborted, ChipMismatch, LinkTimeout, Nack, Stm32OtaError, UsageError,
-                          VerifyFailed)
+from agent.errors import (Aborted, ChipMismatch, LinkTimeout, ProtocolError, Stm32OtaError,
+                          Unsupported, UsageError, VerifyFailed)
 from agent.firmware import Image
 from agent.progress import ProgressCallback, no_progress
 from agent.stm32.chips import Chip
+from agent.stm32.crc import stm32_crc32
 
 log = logging.getLogger(__name__)
 
@@ -145,29 +146,6 @@ class Result:
     seconds: dict[str, float] = field(default_factory=dict)  # per phase
 
 
-def stm32_crc32(data: bytes) -> int:
-    """CRC of the STM32 CRC unit in its reset state (what 0xA1 returns, AN4221 2.20)."""
-    # poly 0x04C11DB7, init 0xFFFFFFFF, 32-bit words taken little-endian, MSB first, no xorout
-    crc = 0xFFFFFFFF
-    for i in range(0, len(data), 4):
-        for byte in reversed(data[i:i + 4]):
-            crc = ((crc << 8) & 0xFFFFFFFF) ^ _CRC_TABLE[(crc >> 24) ^ byte]
-    return crc
-
-
-def _crc_table() -> list[int]:
-    table = []
-    for n in range(256):
-        c = n << 24
-        for _ in range(8):
-            c = ((c << 1) ^ 0x04C11DB7) if c & 0x80000000 else c << 1
-        table.append(c & 0xFFFFFFFF)
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
 def execute(plan: Plan, bl: Any, progress: Optional[ProgressCallback] = None, *,
             verify: str = "auto", retries: int = 3, cancel: Any = None,
             clock: Callable[[], float] = time.monotonic) -> Result:
@@ -179,7 +157,10 @@ def execute(plan: Plan, bl: Any, progress: Optional[ProgressCallback] = None, *,
     return run.go(verify)
 
 
-def _tag(err: Exception, phase: str, address: int) -> Exception:
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _tag(err: _E, phase: str, address: int) -> _E:
     """Name the phase and the failing address in an error (once; innermost wins)."""
     if getattr(err, "phase", None) is None:
         err.phase = phase  # type: ignore[attr-defined]
@@ -228,12 +209,14 @@ class _Run:
             raise _tag(err, phase, address)
 
     def _retry(self, phase: str, address: int, fn: Callable[[], Any]) -> Any:
-        """Call fn; on NACK or timeout re-sync and call again, at most `retries` more times."""
+        """Call fn; on NACK, garbled answer or timeout re-sync and retry, `retries` times at most."""
         for attempt in range(self.retries + 1):
             self._check_cancel(phase, address)
             try:
                 return fn()
-            except (Nack, LinkTimeout) as err:
+            except Unsupported:
+                raise
+            except (ProtocolError, LinkTimeout) as err:  # NACK, noise, lost bytes: transient
                 if attempt == self.retries:
                     raise _tag(err, phase, address)
                 self.result.retries += 1
@@ -258,6 +241,11 @@ class _Run:
         if method == "crc":
             crc = self._retry(phase, address, lambda: self.bl.checksum(address, len(data)))
             return crc == stm32_crc32(data)
+        if self._read(phase, address, len(data)) == data:
+            return True
+        # AN3155 3.4: read data carries no checksum, so a mismatch may be noise: read again
+        self.result.retries += 1
+        log.warning("%s: read-back of 0x%08X differs; reading again", phase, address)
         return self._read(phase, address, len(data)) == data
 
     def _blank_method(self) -> str:
@@ -391,6 +379,6 @@ class _Run:
             if g != want:
                 return _tag(VerifyFailed(f"flash reads 0x{g:02X}, the image has 0x{want:02X}"),
                             "verify", block.address + i)
-        return _tag(VerifyFailed(f"the bootloader's checksum of 0x{block.address:08X}.."
-                                 f"0x{block.end - 1:08X} differs from the image, yet read-back "
-                                 "matches"), "verify", block.address)
+        return _tag(VerifyFailed(f"the {self.method} check of 0x{block.address:08X}.."
+                                 f"0x{block.end - 1:08X} kept failing, yet a last read-back "
+                                 "matches: the link corrupts data"), "verify", block.address)
