@@ -195,3 +195,25 @@ def test_busy_polling_stops_at_ack():
     bl.erase_pages([7])
     assert len(bus.polls) == 26 and clock.now == pytest.approx(0.25)
     assert not bl.last_erase_unconfirmed
+
+
+def test_get_reply_longer_than_guessed_is_read_to_the_end():
+    newer = dataclasses.replace(L432, i2c_version=0x13)  # not in the length table: guess 17
+    sim, rec, bl = start(newer)
+    info = bl.connect()
+    assert len(info.commands) == 18 and 0xA1 in info.commands
+    assert rec.frames.count(b"\x00\xff") == 1
+
+
+def test_no_stretch_protection_commands():
+    sim, rec, bl = start()
+    bl.connect()
+    bl.write_memory(FLASH, b"\x12" * 8)
+    bl.readout_protect()
+    bl.connect()
+    with pytest.raises(ReadProtected):
+        bl.read_memory(FLASH, 8)
+    bl.readout_unprotect()
+    bl.connect()
+    assert bl.read_memory(FLASH, 8) == b"\xff" * 8
+    assert b"\x83\x7c" in rec.frames and b"\x93\x6c" in rec.frames

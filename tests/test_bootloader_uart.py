@@ -227,3 +227,91 @@ def test_silent_chip_is_no_bootloader():
     finally:
         bl.close()
         pty.stop()
+
+
+def test_legacy_erase_0x43_uses_one_byte_pages_and_splits_at_255():
+    old = dataclasses.replace(L432, uart_version=0x22, flash_size=600 * 256, pages=((600, 256),))
+    sim, pty, link, bl = start(old)
+    try:
+        bl.connect()
+        assert bl.opcode("erase") == 0x43
+        bl.write_memory(FLASH + 254 * 256, bytes(8))
+        link.frames.clear()
+        bl.erase_pages(range(254, 256))
+        assert link.frames == [b"\x43\xbc", b"\x01\xfe\xff\x00"]  # N-1, pages, xor
+        assert bytes(sim.flash[254 * 256:254 * 256 + 8]) == b"\xff" * 8
+        link.frames.clear()
+        bl.erase_pages(range(256))
+        counts = [link.frames[i + 1][0] + 1 for i, f in enumerate(link.frames) if f == b"\x43\xbc"]
+        assert counts == [255, 1]
+        with pytest.raises(UsageError, match="0..255"):
+            bl.erase_pages(range(300))
+        with pytest.raises(Unsupported, match="Extended Erase"):
+            bl.bank_erase(2)
+        bl.write_memory(FLASH, bytes(8))
+        link.frames.clear()
+        bl.mass_erase()
+        assert link.frames == [b"\x43\xbc", b"\xff\x00"]
+        assert bytes(sim.flash[:8]) == b"\xff" * 8
+    finally:
+        bl.close()
+        pty.stop()
+
+
+def test_readout_protect_then_unprotect_mass_erases_and_resyncs(session):
+    sim, _, _, bl = session
+    bl.connect()
+    bl.write_memory(FLASH, b"\x12" * 8)
+    bl.readout_protect()
+    bl.connect()
+    with pytest.raises(ReadProtected):
+        bl.read_memory(FLASH, 8)
+    bl.readout_unprotect()
+    bl.connect()
+    assert bl.read_memory(FLASH, 8) == b"\xff" * 8
+    bl.write_unprotect()
+    assert bl.connect().pid == 0x435
+
+
+def test_l412_extra_ack_after_sync_is_absorbed(pty_device):
+    """flashers.md 1.2: bootloader V13.1 sends one ACK too many after the 0x7F sync."""
+    path, script = pty_device
+    script[b"\x7f"] = b"\x79\x79"
+    script[b"\x01\xfe"] = b"\x79\x31\x00\x00\x79"
+    bl = Bootloader(UartLink(path), timeouts=FAST)
+    bl.sync()
+    assert bl._get_version() == (0x31, b"\x00\x00")
+    bl.close()
+
+
+@pytest.fixture
+def pty_device():
+    """A real pty whose far end answers scripted requests (a device we can make misbehave)."""
+    import os
+    import threading
+    import tty
+
+    master, slave = os.openpty()
+    tty.setraw(master)
+    script: dict[bytes, bytes] = {}
+    stop = threading.Event()
+
+    def serve() -> None:
+        pending = b""
+        while not stop.is_set():
+            import select
+            if not select.select([master], [], [], 0.05)[0]:
+                continue
+            pending += os.read(master, 64)
+            for request, answer in script.items():
+                if pending.endswith(request):
+                    os.write(master, answer)
+                    pending = b""
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield os.ttyname(slave), script
+    stop.set()
+    thread.join()
+    os.close(master)
+    os.close(slave)

@@ -292,12 +292,11 @@ class Bootloader:
             guess = _I2C_GET_N.get(version, 17)
             frame = self._read(guess + 2, self.timeouts.byte, what)
             count = frame[0]
-            if count != guess:
-                # stm32flash does the same: the frame length was a guess, ask again exactly
-                log.debug("GET said N=%d, guessed %d: asking again", count, guess)
-                self.resync()
-                self._command(0x00, what)
-                frame = self._read(count + 2, self.timeouts.byte, what)
+            if count > guess:
+                # the length was a guess from the version (as in stm32flash); the target still
+                # holds the rest of its answer, so read that as the next frame
+                log.debug("GET said N=%d, guessed %d: reading the rest", count, guess)
+                frame += self._read(count - guess, self.timeouts.byte, what)
             body = frame[1:count + 2]
         self._wait_ack(what, self.timeouts.byte)
         return tuple(body[1:])
@@ -411,7 +410,7 @@ class Bootloader:
         pages = list(pages)
         op = self._op("erase")
         extended = op != 0x43
-        top = 0xFFEF if extended else 0xFE
+        top = 0xFFEF if extended else 0xFF  # 0x43: one byte per page number
         bad = [p for p in pages if not isinstance(p, int) or not 0 <= p <= top]
         if bad or not pages:
             raise UsageError(f"ERASE: page numbers must be 0..{top}, got {bad or 'none'}",
