@@ -93,9 +93,10 @@ def plan(image: Image, chip: Chip, *, flash_size: Optional[int] = None, max_writ
         raise UsageError(f"erase must be one of {', '.join(ERASE_MODES)}, not {erase!r}",
                          code="bad_erase_mode")
     align = max(chip.write_align, MIN_ALIGN)
-    if max_write < align or max_write % align:
-        raise UsageError(f"max_write {max_write} must be a positive multiple of {chip.name}'s "
-                         f"write unit ({align} bytes)", code="bad_max_write")
+    if max_write < align:
+        raise UsageError(f"max_write {max_write} is smaller than {chip.name}'s write unit "
+                         f"({align} bytes)", code="bad_max_write")
+    max_write -= max_write % align  # a link's frame limit need not be a multiple of it
     table = page_table(chip, flash_size)
     if not table:
         raise ChipMismatch(f"{chip.name} has no flash pages within {flash_size} bytes",
@@ -144,6 +145,15 @@ class Result:
     retries: int = 0  # block/page/command repetitions after a failure
     verify: str = "none"  # "crc", "readback" or "none"
     seconds: dict[str, float] = field(default_factory=dict)  # per phase
+
+    def summary(self) -> str:
+        """One line for people: what was done and how long each phase took."""
+        total = sum(self.seconds.values())
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+        verified = "not verified" if self.verify == "none" else f"verified by {self.verify}"
+        retries = f", {self.retries} retries" if self.retries else ""
+        return (f"erased {self.pages_erased} pages, wrote {self.bytes_written} bytes, "
+                f"{verified}{retries} in {total:.1f} s ({phases})")
 
 
 def execute(plan: Plan, bl: Any, progress: Optional[ProgressCallback] = None, *,

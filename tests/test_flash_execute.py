@@ -299,9 +299,12 @@ def test_cancel_before_start_touches_nothing() -> None:
     assert bytes(sim.flash[:8]) == b"\x00" * 8
 
 
-def test_result_is_a_plain_record() -> None:
-    r = Result(bytes_written=1, pages_erased=2, retries=3, verify="crc", seconds={"write": 0.5})
-    assert r.seconds["write"] == 0.5 and r.verify == "crc"
+def test_result_summary_for_people() -> None:
+    r = Result(bytes_written=1024, pages_erased=2, retries=3, verify="crc",
+               seconds={"erase": 0.3, "write": 1.0, "verify": 0.2})
+    assert r.summary() == ("erased 2 pages, wrote 1024 bytes, verified by crc, 3 retries in "
+                           "1.5 s (erase 0.3 s, write 1.0 s, verify 0.2 s)")
+    assert "not verified" in Result(verify="none").summary()
 
 
 # --- ProgressPrinter --------------------------------------------------------------------------

@@ -183,10 +183,18 @@ def test_small_max_write_for_i2c_links() -> None:
     check_invariants(p, img, 8, 64)
 
 
-@pytest.mark.parametrize("max_write", [0, 4, 60, 257])
-def test_max_write_must_be_a_multiple_of_the_write_unit(max_write: int) -> None:
-    with pytest.raises(UsageError, match="multiple"):
+@pytest.mark.parametrize("max_write", [0, 4, 7])
+def test_max_write_below_the_write_unit_is_refused(max_write: int) -> None:
+    with pytest.raises(UsageError, match="write unit"):
         plan(image((BASE, 8)), L432, max_write=max_write)
+
+
+@pytest.mark.parametrize("max_write,used", [(60, 56), (257, 256), (255, 248)])
+def test_max_write_is_rounded_down_to_the_write_unit(max_write: int, used: int) -> None:
+    img = image((BASE, 1024))
+    p = plan(img, L432, max_write=max_write)
+    assert len(p.blocks[0].data) == used
+    check_invariants(p, img, 8, used)
 
 
 def test_erase_mode_is_checked_and_kept() -> None:
