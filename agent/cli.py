@@ -13,6 +13,8 @@ from agent.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Stm3
 log = logging.getLogger(__name__)
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+# Modules that register subcommands, in the order `stm32ota --help` lists them.
+CLI_MODULES = ("cli_commands", "cli_agent", "cli_demo", "cli_fleet")
 
 
 def command(name: str) -> Callable:
@@ -68,7 +70,16 @@ def add_link_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (contract: DESIGN.md)."""
-    from agent import cli_commands  # noqa: F401  registers the handlers
+    import importlib
+
+    from agent import cli_commands
+
+    for name in CLI_MODULES:  # each registers its subcommands
+        try:
+            importlib.import_module(f"agent.{name}")
+        except ModuleNotFoundError as err:  # a module not written yet; any other import error raises
+            if err.name != f"agent.{name}":
+                raise
 
     p = argparse.ArgumentParser(prog="stm32ota", description=(
         "Flash STM32 microcontrollers through ST's ROM bootloader (UART or I2C), "
@@ -77,8 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: protocol)")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more log output (-vv: protocol)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="only errors")
     for name, (helptext, setup) in cli_commands.PARSERS.items():
-        sp = sub.add_parser(name, help=helptext, description=helptext)
+        sp = sub.add_parser(name, help=helptext, description=helptext, parents=[common])
         setup(sp)
     return p
 

@@ -50,7 +50,7 @@ def _pin(line: str | None, active_low: bool):
 def session_specs(args: argparse.Namespace) -> tuple[LinkSpec, PinsSpec, int | None]:
     """Link, pins and expected chip from the link options (or a configured target)."""
     if args.config:
-        from agent.cli_config import target_specs
+        from agent.targets import target_specs
 
         return target_specs(args.config, args.target)
     if args.target:
@@ -155,7 +155,8 @@ def cmd_flash(args: argparse.Namespace) -> int:
     from agent.flash import execute, plan
     from agent.progress import ProgressPrinter
 
-    image = firmware.load(args.file, fmt=args.format, address=args.address)  # rejects bad files first
+    image = firmware.load(args.file, fmt=args.format, address=args.address,  # bad files: before
+                          bin_default=firmware.DEFAULT_BIN_ADDRESS)       # touching the chip
     link, pins, expect = session_specs(args)
     out = _out(args)
     with open_session(link, pins, expect_pid=expect) as s:

@@ -161,8 +161,13 @@ def detect_format(data: bytes, name: str | None = None) -> str:
     return "bin"
 
 
-def load(path: str | os.PathLike, fmt: str | None = None, address: int | None = None) -> Image:
-    """Read a firmware file; `fmt` None picks it from the extension or the content."""
+def load(path: str | os.PathLike, fmt: str | None = None, address: int | None = None, *,
+         bin_default: int | None = None) -> Image:
+    """Read a firmware file; `fmt` None picks it from the extension or the content.
+
+    `bin_default` is the address a raw binary gets when `address` is None (the command line
+    passes DEFAULT_BIN_ADDRESS; the agent does not, because a manifest must say it).
+    """
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -171,6 +176,8 @@ def load(path: str | os.PathLike, fmt: str | None = None, address: int | None = 
                             code="image_unreadable") from e
     if fmt is None:
         fmt = detect_format(data, os.fspath(path))
+    if address is None and _canonical(fmt) == "bin":
+        address = bin_default
     return parse(data, fmt, address, name=os.fspath(path))
 
 

@@ -291,12 +291,13 @@ def state_payload(
     latest_version: str,
     title: str,
     release_summary: str,
-    release_url: str,
+    release_url: str | None,
     in_progress: bool,
     update_percentage: int | float | None,
 ) -> dict[str, Any]:
-    """Home Assistant's update-entity JSON: exactly its 8 keys, no nulls except
-    update_percentage (which must be None when not in progress); raises PayloadError."""
+    """Home Assistant's update-entity JSON: its keys and no others, no nulls except
+    update_percentage (which must be None when not in progress); release_url is left out
+    when there is none. Raises PayloadError."""
     summary = _need_str("release_summary", release_summary)
     if len(summary) > RELEASE_SUMMARY_MAX:
         log.debug("release_summary cut from %d to %d characters", len(summary), RELEASE_SUMMARY_MAX)
@@ -308,15 +309,20 @@ def state_payload(
             # HA turns in_progress on for any percentage; a stale one would block Install
             raise PayloadError("update_percentage must be None when in_progress is False")
         update_percentage = _percent("update_percentage", update_percentage)
-    return {
+    state = {
         "installed_version": _need_str("installed_version", installed_version),
         "latest_version": _need_str("latest_version", latest_version),
         "title": _need_str("title", title),
         "release_summary": summary,
-        "release_url": _http_url("release_url", release_url),
+        "release_url": None,
         "in_progress": in_progress,
         "update_percentage": update_percentage,
     }
+    if release_url is None:  # HA treats the key as optional; a null would be rejected
+        del state["release_url"]
+    else:
+        state["release_url"] = _http_url("release_url", release_url)
+    return state
 
 
 def rfc3339(when: datetime) -> str:

@@ -75,6 +75,7 @@ class Job:
     attempt: int = 1
     created: str = field(default_factory=now_iso)
     updated: str = field(default_factory=now_iso)
+    started: Optional[str] = None
     finished: Optional[str] = None
     note: Optional[str] = None  # extra words for people, e.g. "target left in the bootloader"
 
@@ -86,6 +87,8 @@ class Job:
     def advance(self, **changes: Any) -> "Job":
         """A copy with the changes and a fresh `updated` stamp (and `finished` when terminal)."""
         job = replace(self, updated=now_iso(), **changes)
+        if job.status == IN_PROGRESS and job.started is None:
+            job = replace(job, started=job.updated)
         if job.status in TERMINAL and job.finished is None:
             job = replace(job, finished=job.updated)
         return job

@@ -178,6 +178,18 @@ class MqttClient:
             return False
         return True
 
+    def publish_wait(self, topic: str, payload: Payload, retain: bool = False,
+                     timeout: float = 10.0) -> bool:
+        """Publish and wait until the broker acknowledged it (for one-shot tools); True if it did."""
+        with self._lock:
+            info = self._client.publish(topic, encode(payload), qos=QOS, retain=retain)
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("publish to %s not confirmed: %s", topic, exc)
+            return False
+        return info.is_published()
+
     def publish_sticky(self, topic: str, payload: Payload, retain: bool = True) -> None:
         """Publish a retained message and remember it as the latest for its topic: it is
         re-published on every reconnect and by republish_sticky(). Plain publish() calls to

@@ -71,22 +71,33 @@ class Pipeline:
         except Stm32OtaError as err:
             log.error("%s: job %s failed in %s: [%s] %s", self.t.name, self.job.job_id,
                       self.job.phase, err.code, err)
-            return self.u._finish(self.job, FAILED, err.as_dict(), self._flash_note())
+            return self.u._finish(self.job, FAILED, self._error(err), self._flash_note())
         self.u.store.set_installed(self.t.name, manifest.version, manifest.sha256)
         log.info("%s: %s installed and verified", self.t.name, manifest.version)
         return self.u._finish(self.job, SUCCEEDED, None, None)
 
     def _flash_note(self) -> Optional[str]:
         if self.job.phase in TOUCHES_FLASH:
-            return ("the flash was being changed: the target stays in the bootloader and the "
+            return ("the flash was being changed, so the target stays in the bootloader; the "
                     "next install repairs it")
         return None
 
+    def _error(self, err: Stm32OtaError) -> dict:
+        note = self._flash_note()
+        d = err.as_dict()
+        if note:
+            d["message"] = f"{d['message']} ({note})"
+        return d
+
     def _aborted(self, err: Aborted) -> Job:
+        if self.u.stopping:
+            # The agent is shutting down, not the job: leave it open so recover() repeats it.
+            log.warning("%s: agent stopping during %s; job %s resumes at the next start",
+                        self.t.name, self.job.phase, self.job.job_id)
+            return self.job
         log.warning("%s: job %s aborted in %s", self.t.name, self.job.job_id, self.job.phase)
-        message = f"aborted during {self.job.phase}"
-        return self.u._finish(self.job, CANCELED, {"code": "aborted", "message": message},
-                              self._flash_note())
+        err = Aborted(f"aborted during {self.job.phase}")
+        return self.u._finish(self.job, CANCELED, self._error(err), self._flash_note())
 
     def _install(self, m: "mf.Manifest") -> None:
         p = self.u.policy

@@ -62,16 +62,14 @@ class PinsSpec:
 
 def open_link(spec: LinkSpec) -> Link:
     """Open the serial port or I2C bus the spec names."""
-    if spec.type == "uart":
-        from agent.link.uart import UartLink
+    from agent.link import open_link as open_any
 
-        return UartLink(spec.port, baud=spec.baud, parity=spec.parity,
+    if spec.type == "uart":
+        return open_any(port=spec.port, baud=spec.baud, parity=spec.parity,
                         inter_byte_delay=spec.inter_byte_delay)
     if spec.type == "i2c":
-        from agent.link.i2c import I2cLink
-
-        return I2cLink(spec.bus, spec.address, read_chunk=spec.read_chunk,
-                       write_chunk=spec.write_chunk, busy_poll=spec.busy_poll)
+        return open_any(i2c_bus=spec.bus, i2c_address=spec.address, read_chunk=spec.read_chunk,
+                        write_chunk=spec.write_chunk, busy_poll=spec.busy_poll)
     raise LinkError(f"unknown link type {spec.type!r}: use uart or i2c", code="usage")
 
 
@@ -146,15 +144,15 @@ def _enter(link: Link, pins: Any, bl: Bootloader, spec: LinkSpec, attempts: int,
             log.info("no bootloader answer on %s (attempt %d/%d): %s",
                      spec.describe(), attempt, attempts, err)
             sleep(0.05 * attempt)
-    hint = ("check wiring (TX<->RX crossed, common GND), that BOOT0 is high during reset, "
-            "and the baud rate")
+    hint = "check the wiring (TX and RX crossed, a common GND) and that BOOT0 is high at reset"
     if spec.type == "uart":
-        hint += ("; a Raspberry Pi's mini UART (ttyS0) and some USB adapters cannot send even "
-                 "parity: use the PL011 (ttyAMA0) or --parity none only if the bootloader was set up for it")
+        hint += ("; the bootloader needs 8 data bits with even parity, which a Raspberry Pi's "
+                 "mini UART (ttyS0) and some USB adapters cannot send: use the PL011 (ttyAMA0)")
     if pins is None or not getattr(pins, "can_reset", False):
         hint += "; no reset pins are configured, so put the chip in bootloader mode by hand"
+    log.debug("last connect error: %s", last)
     raise NoBootloader(f"no answer from the STM32 bootloader on {spec.describe()} after "
-                       f"{attempts} attempts ({last}); {hint}")
+                       f"{attempts} attempts: {hint}")
 
 
 @contextmanager

@@ -113,6 +113,11 @@ class Updater:
         for w in self._workers:
             w.join(timeout)
 
+    @property
+    def stopping(self) -> bool:
+        """True once stop() was called: an interrupted job is left for the next start."""
+        return self._stopping.is_set()
+
     def recover(self) -> None:
         """Safety rule 5/6: every unfinished job is repeated (bounded) or ends FAILED."""
         for name in self.targets:

@@ -196,10 +196,17 @@ def test_idle_state_publishes_null_percentage_only() -> None:
     assert [k for k, v in s.items() if v is None] == ["update_percentage"]
 
 
-@pytest.mark.parametrize("key", ["installed_version", "latest_version", "title", "release_summary", "release_url", "in_progress"])
+@pytest.mark.parametrize("key", ["installed_version", "latest_version", "title", "release_summary", "in_progress"])
 def test_state_refuses_none(key: str) -> None:
     with pytest.raises(PayloadError, match=key):
         _state(**{key: None})
+
+
+def test_state_without_release_url_leaves_the_key_out_rather_than_null() -> None:
+    s = _state(release_url=None)
+    assert "release_url" not in s
+    assert [k for k, v in s.items() if v is None] == []
+    assert set(s) <= HA_STATE_SCHEMA_KEYS
 
 
 @pytest.mark.parametrize("pct", [-1, 100.5, 101, float("nan"), "50", True])

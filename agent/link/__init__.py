@@ -23,6 +23,7 @@ def open_link(
     i2c_address: int | None = None,
     read_chunk: int = 256,
     write_chunk: int = 256,
+    busy_poll: float = 0.002,
 ) -> Link:
     """Open a UART link (`port`) or an I2C link (`i2c_bus` + `i2c_address`); exactly one kind."""
     if (port is None) == (i2c_bus is None):
@@ -37,4 +38,5 @@ def open_link(
                          code="link_choice")
     from agent.link.i2c import I2cLink  # smbus2 only when I2C is used
 
-    return I2cLink(i2c_bus, i2c_address, read_chunk=read_chunk, write_chunk=write_chunk)
+    return I2cLink(i2c_bus, i2c_address, read_chunk=read_chunk, write_chunk=write_chunk,
+                   busy_poll=busy_poll)

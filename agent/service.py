@@ -1,0 +1,278 @@
+"""Composition root of `stm32ota run`: config -> targets, MQTT, the updater, systemd.
+
+MQTT callbacks only parse and enqueue (one bounded inbox, one dispatcher thread); flashing
+runs on the updater's per-link workers; every job change comes back through `_on_job` and is
+published as retained state/job messages plus one event per status change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
+
+from agent import homeassistant as ha
+from agent import systemd
+from agent.config import Config
+from agent.errors import ImageRejected, Stm32OtaError
+from agent.jobs import IN_PROGRESS, QUEUED, Job, StateStore
+from agent.update import FlashTarget, Policy, Updater
+
+log = logging.getLogger(__name__)
+
+COMMAND_OPS = ("install", "abort", "check")
+MAX_COMMAND_BYTES = 32 * 1024
+INBOX_SIZE = 256
+UNKNOWN_VERSION = "unknown"
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    d: dict = {}
+    for k, v in pairs:
+        if k in d:
+            raise ImageRejected(f"the key {k!r} appears twice", code="duplicate_key")
+        d[k] = v
+    return d
+
+
+def _no_constant(name: str) -> Any:
+    raise ImageRejected(f"{name} is not a JSON number", code="bad_json")
+
+
+def parse_command(payload: bytes) -> dict:
+    """`install` / `abort` / `check`, or JSON {"op": ..., "manifest": {...}}; strict."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise ImageRejected(f"command of {len(payload)} bytes is larger than "
+                            f"{MAX_COMMAND_BYTES}", code="too_large")
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ImageRejected("command is not UTF-8 text", code="bad_command") from None
+    if text in COMMAND_OPS:
+        return {"op": text}
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except ValueError as err:
+        if isinstance(err, ImageRejected):
+            raise
+        raise ImageRejected(f"command is neither one of {', '.join(COMMAND_OPS)} nor JSON: "
+                            f"{err}", code="bad_command") from None
+    if not isinstance(obj, dict):
+        raise ImageRejected("a JSON command must be an object like {\"op\": \"install\"}",
+                            code="bad_command")
+    unknown = sorted(set(obj) - {"op", "manifest"})
+    if unknown:
+        raise ImageRejected(f"unknown field(s) {', '.join(unknown)} in the command; "
+                            "allowed: op, manifest", code="unknown_field")
+    if obj.get("op") not in COMMAND_OPS:
+        raise ImageRejected(f"op must be one of {', '.join(COMMAND_OPS)}, not {obj.get('op')!r}",
+                            code="bad_command")
+    if "manifest" in obj and (obj["op"] != "install" or not isinstance(obj["manifest"], dict)):
+        raise ImageRejected("manifest goes with op install and must be a JSON object",
+                            code="bad_command")
+    return obj
+
+
+def _when(text: Optional[str]) -> Optional[datetime]:
+    if not text:
+        return None
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+class Service:
+    """The running agent."""
+
+    def __init__(self, cfg: Config, targets: list[FlashTarget], *,
+                 client_factory: Optional[Callable[..., Any]] = None) -> None:
+        from agent.keys import load_public_key
+
+        self.cfg = cfg
+        self.agent_id = cfg.agent.id
+        self.topics = ha.Topics(cfg.mqtt.base_topic, self.agent_id, cfg.mqtt.discovery_prefix)
+        self.targets = {t.name: t for t in targets}
+        self.store = StateStore(cfg.agent.state_dir)
+        keys = tuple(load_public_key(p) for p in cfg.trust.keys)
+        d = cfg.trust.download
+        policy = Policy(trusted_keys=keys, allow_unsigned=cfg.trust.allow_unsigned,
+                        cache_dir=str(cfg.agent.cache_dir), max_image_size=cfg.trust.max_image_size,
+                        download_timeout=d.timeout, download_retries=d.retries,
+                        download_backoff=d.backoff)
+        self.updater = Updater(self.agent_id, targets, self.store, policy, self._on_job)
+        self.client = (client_factory or self._make_client)()
+        self.inbox: queue.Queue = queue.Queue(INBOX_SIZE)
+        self._stop = threading.Event()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="mqtt inbox", daemon=True)
+        self._last_status: dict[str, tuple[str, str]] = {}
+
+    def _make_client(self) -> Any:
+        from agent.mqtt import MqttClient, TlsOptions
+
+        m = self.cfg.mqtt
+        tls = None
+        if m.tls is not None:
+            tls = TlsOptions(ca=m.tls.ca, cert=m.tls.cert, key=m.tls.key,
+                             key_password=m.tls.key_password.resolve(), insecure=m.tls.insecure)
+        return MqttClient(m.host, m.port, client_id=m.client_id, username=m.username,
+                          password=m.password.resolve(), tls=tls, keepalive=m.keepalive,
+                          will=(self.topics.availability, "offline", True),
+                          reconnect_max=m.reconnect_max, max_payload=MAX_COMMAND_BYTES)
+
+    # ----- start / stop ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Subscribe, announce every target, start MQTT, the dispatcher and the workers."""
+        c, t = self.client, self.topics
+        for product in sorted({x.product for x in self.targets.values()}):
+            c.subscribe(t.release(product), self._enqueue)
+        for name, target in self.targets.items():
+            c.subscribe(t.cmd(name), self._enqueue)
+            for group in target.groups:
+                c.subscribe(t.group_cmd(group), self._enqueue)
+        c.subscribe(t.fleet_cmd, self._enqueue)
+        c.on_ha_birth(self.cfg.mqtt.discovery_prefix, self.publish_discovery)
+        self.publish_discovery()
+        for name in self.targets:
+            self.publish_state(name, self.store.load_job(name))
+            job = self.store.load_job(name)
+            if job is not None:
+                self._publish_job(name, job, retain=True, event=False)
+        self._dispatcher.start()
+        c.start()
+        self.updater.start()
+        systemd.notify("READY=1")
+        systemd.notify(f"STATUS=watching {len(self.targets)} target(s)")
+        log.info("agent %s started with %d target(s)", self.agent_id, len(self.targets))
+
+    def run_forever(self) -> None:
+        """Block until stop(), pinging the systemd watchdog when one is configured."""
+        interval = systemd.watchdog_interval()
+        while not self._stop.wait(interval if interval else 3600):
+            if self._dispatcher.is_alive():
+                systemd.notify("WATCHDOG=1")
+
+    def stop(self) -> None:
+        """Stop workers (an interrupted flash resumes at the next start), then MQTT."""
+        systemd.notify("STOPPING=1")
+        self._stop.set()
+        self.updater.stop()
+        self.inbox.put(None)
+        self.client.stop()
+
+    # ----- inbound ---------------------------------------------------------------------------
+
+    def _enqueue(self, topic: str, payload: bytes, retained: bool) -> None:
+        """paho's thread: never block, never parse much."""
+        try:
+            self.inbox.put_nowait((topic, payload, retained))
+        except queue.Full:
+            log.error("inbox full: dropped a message on %s", topic)
+
+    def _dispatch(self) -> None:
+        while True:
+            item = self.inbox.get()
+            if item is None:
+                return
+            try:
+                self.handle(*item)
+            except Exception:  # a bug in one message must not stop the next ones
+                log.exception("error handling a message on %s", item[0])
+
+    def handle(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        """Route one inbound message (called on the dispatcher thread)."""
+        kind, params = self.topics.parse_topic(topic)
+        if kind == "release":
+            self._release(params["product"], payload)
+            return
+        if kind == "cmd":
+            names, direct = [params["target"]], True
+        elif kind == "group_cmd":
+            names = [n for n, t in self.targets.items() if params["group"] in t.groups]
+            direct = False
+        elif kind == "fleet_cmd":
+            names, direct = list(self.targets), False
+        else:
+            return
+        names = [n for n in names if n in self.targets]
+        if retained:
+            log.warning("ignoring a retained command on %s: commands must not be retained", topic)
+            return
+        try:
+            cmd = parse_command(payload)
+        except Stm32OtaError as err:
+            for name in names:
+                self.updater._reject(name, err, to_version=None)
+            return
+        self.updater.handle_command(names, cmd, direct=direct)
+
+    def _release(self, product: str, payload: bytes) -> None:
+        if not payload:  # a cleared retained release
+            return
+        try:
+            changed = self.updater.handle_release(product, payload)
+        except Stm32OtaError as err:
+            log.warning("rejected release on %s: [%s] %s", self.topics.release(product), err.code, err)
+            for name, t in self.targets.items():
+                if t.product == product:
+                    self.client.publish(self.topics.events(name), {
+                        "event_type": "rejected", "job_id": None, "status": "REJECTED",
+                        "error": err.as_dict(), "updated_at": ha.rfc3339(datetime.now(timezone.utc))})
+            return
+        for name in changed:
+            self.publish_state(name, self.store.load_job(name))
+
+    # ----- outbound --------------------------------------------------------------------------
+
+    def publish_discovery(self) -> None:
+        """Home Assistant device discovery for every target (also on HA's birth message)."""
+        device = {"manufacturer": "STMicroelectronics", "model": "STM32", "via": self.agent_id}
+        for name, t in self.targets.items():
+            payload = ha.discovery_payload(self.agent_id, name, base_topic=self.cfg.mqtt.base_topic,
+                                           device_info=device, product=t.product)
+            self.client.publish_sticky(self.topics.discovery(name), payload)
+
+    def state_of(self, name: str, job: Optional[Job]) -> dict:
+        """Home Assistant's update-entity state for a target."""
+        t = self.targets[name]
+        installed = self.updater.installed_version(name) or UNKNOWN_VERSION
+        rel = self.store.release(t.product) or {}
+        running = job is not None and job.status in (QUEUED, IN_PROGRESS)
+        latest = rel.get("version") or installed
+        if running and job.to_version:
+            latest = job.to_version
+        return ha.state_payload(
+            installed_version=installed, latest_version=latest,
+            title=rel.get("title") or t.product,
+            release_summary=rel.get("release_summary") or "",
+            release_url=rel.get("release_url") or rel.get("url"),
+            in_progress=bool(running),
+            update_percentage=job.percent if running else None)
+
+    def publish_state(self, name: str, job: Optional[Job]) -> None:
+        """Retained state for Home Assistant."""
+        self.client.publish_sticky(self.topics.state(name), self.state_of(name, job))
+
+    def _publish_job(self, name: str, job: Job, *, retain: bool, event: bool) -> None:
+        doc = ha.job_payload(job.job_id, job.status, phase=job.phase, percent=job.percent,
+                             from_version=job.from_version, to_version=job.to_version,
+                             error=job.error, queued_at=_when(job.created),
+                             started_at=_when(job.started), finished_at=_when(job.finished),
+                             updated_at=_when(job.updated))
+        if retain:
+            self.client.publish_sticky(self.topics.job(name), doc)
+        else:
+            self.client.publish(self.topics.job(name), doc)
+        if event:
+            self.client.publish(self.topics.events(name), ha.event_payload(doc))
+
+    def _on_job(self, name: str, job: Job, retain: bool) -> None:
+        """Updater callback (any thread): job, state, and an event on status changes."""
+        key = (job.job_id, job.status)
+        changed = self._last_status.get(name) != key
+        self._last_status[name] = key
+        self._publish_job(name, job, retain=retain, event=changed)
+        if retain:
+            self.publish_state(name, job)
+
