@@ -227,7 +227,8 @@ class Service:
 
     def publish_discovery(self) -> None:
         """Home Assistant device discovery for every target (also on HA's birth message)."""
-        device = {"manufacturer": "STMicroelectronics", "model": "STM32", "via": self.agent_id}
+        # no via_device: it must name another discovered device, and the agent is not one
+        device = {"manufacturer": "STMicroelectronics", "model": "STM32"}
         for name, t in self.targets.items():
             payload = ha.discovery_payload(self.agent_id, name, base_topic=self.cfg.mqtt.base_topic,
                                            device_info=device, product=t.product)
