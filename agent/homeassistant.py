@@ -203,10 +203,15 @@ def discovery_payload(
     title: str | None = None,
 ) -> dict[str, Any]:
     """One Home Assistant device-discovery message (for `Topics.discovery(target)`, retained):
-    an update entity, a job status sensor, an abort button and a job event entity."""
+    an update entity, a job status sensor, an abort button and a job event entity. The
+    device's `model_id` is the product (the state payload cannot carry it; `stm32ota fleet`
+    reads it from here), so device_info must not set its own."""
     t = Topics(base_topic, agent_id)
     oid = t.object_id(target_name)
     check_id("product", product)
+    if "model_id" in device_info:
+        raise PayloadError("device_info must not set model_id: it carries the product",
+                           code="bad_device_info")
     update = {
         "platform": "update",
         "unique_id": f"{oid}_firmware",
@@ -252,7 +257,7 @@ def discovery_payload(
         "event_types": list(EVENT_TYPES),
     }
     return {
-        "device": _device(device_info, oid, f"{target_name} on {agent_id}"),
+        "device": {**_device(device_info, oid, f"{target_name} on {agent_id}"), "model_id": product},
         "origin": {"name": ORIGIN_NAME, "sw_version": __version__},
         "availability_topic": t.availability,
         "payload_available": AVAILABLE,
