@@ -96,16 +96,27 @@ def fetch(source: Union[Manifest, str], size: Optional[int] = None, sha256: Opti
     cache.mkdir(parents=True, exist_ok=True)
     final = cache / sha256
     report = progress or (lambda phase, done, total: None)
-    if _cached_ok(final, size, sha256):
-        log.info("using cached image %s", final)
-        report("download", size, size)
-        return final
-    job = _Job(url, size, sha256, final.with_name(sha256 + ".part"), timeout, report, cancel)
-    _check_space(cache, size - job.have())
-    with requests.Session() as session:
-        _run_attempts(job, session, retries, backoff, sleep)
-    _verify_and_commit(job.part, final, size, sha256)
+    with _lock_for(final):  # two workers fetching one image must not share the .part file
+        if _cached_ok(final, size, sha256):
+            log.info("using cached image %s", final)
+            report("download", size, size)
+            return final
+        job = _Job(url, size, sha256, final.with_name(sha256 + ".part"), timeout, report, cancel)
+        _check_space(cache, size - job.have())
+        with requests.Session() as session:
+            _run_attempts(job, session, retries, backoff, sleep)
+        _verify_and_commit(job.part, final, size, sha256)
     return final
+
+
+_LOCKS: dict[Path, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(final: Path) -> threading.Lock:
+    """One lock per cached image path, shared by every thread of this process."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(final.resolve(), threading.Lock())
 
 
 def _check_space(cache: Path, needed: int) -> None:
