@@ -132,7 +132,9 @@ class Service:
             for group in target.groups:
                 c.subscribe(t.group_cmd(group), self._enqueue)
         c.subscribe(t.fleet_cmd, self._enqueue)
-        c.on_ha_birth(self.cfg.mqtt.discovery_prefix, self.publish_discovery)
+        # HA's birth: re-send everything retained (discovery first, then state and job), so
+        # entities created from the fresh discovery get their state even without a retained copy
+        c.on_ha_birth(self.cfg.mqtt.discovery_prefix)
         self.publish_discovery()
         for name in self.targets:
             self.publish_state(name, self.store.load_job(name))
