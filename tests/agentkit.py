@@ -397,6 +397,14 @@ class AgentKit:
         """Send to `<base>/fleet/cmd`."""
         self.publish(self.topics.fleet_cmd, payload)
 
+    def retained(self, topic: str, timeout: float = 10.0) -> Message:
+        """What a subscriber arriving now gets on `topic`: the retained message (retain flag set)."""
+        late = Observer(self.broker.host, self.broker.port, [topic])
+        try:
+            return late.wait_topic(topic, lambda m: m.retain, timeout=timeout)
+        finally:
+            late.close()
+
     def jobs(self, target: str) -> list[dict]:
         """Every job document the agent published for the target, oldest first."""
         return [m.json() for m in self.obs.on(self.topics.job(target)) if m.payload]
@@ -425,3 +433,33 @@ class AgentKit:
                                   lambda m: bool(m.payload) and predicate(m.json()),
                                   timeout=timeout, after=after)
         return msg.json()
+
+
+# ----- Home Assistant schema checks (reference/ha-mqtt.md section 1.2) -------------------------
+
+HA_STATE_KEYS = frozenset({"installed_version", "latest_version", "title", "release_summary",
+                           "release_url", "entity_picture", "in_progress", "update_percentage"})
+
+
+def assert_ha_state(doc: Any) -> None:
+    """Raise AssertionError unless `doc` passes HA's MQTT update JSON state schema as the
+    contract narrows it: only HA's keys, strings non-null, in_progress a bool, release_url
+    http(s), update_percentage null or a number 0..100 (and null when not in progress)."""
+    assert isinstance(doc, dict), doc
+    assert set(doc) <= HA_STATE_KEYS, f"keys HA rejects: {sorted(set(doc) - HA_STATE_KEYS)}"
+    for k, v in doc.items():
+        if k == "update_percentage":
+            continue
+        assert v is not None, f"{k} is null: HA drops the whole message"
+    for k in ("installed_version", "latest_version", "title", "release_summary"):
+        if k in doc:
+            assert isinstance(doc[k], str), (k, doc[k])
+    if "in_progress" in doc:
+        assert isinstance(doc["in_progress"], bool), doc["in_progress"]
+    if "release_url" in doc:
+        assert doc["release_url"].startswith(("http://", "https://")), doc["release_url"]
+    pct = doc.get("update_percentage")
+    if pct is not None:
+        assert not isinstance(pct, bool) and isinstance(pct, (int, float)), pct
+        assert 0 <= pct <= 100, pct
+        assert doc.get("in_progress") is True, "a percentage while not in progress"
