@@ -71,19 +71,7 @@ class Plan:
 
 def page_table(chip: Chip, flash_size: Optional[int] = None) -> tuple[tuple[int, int], ...]:
     """(address, size) per erasable page/sector number, limited to `flash_size` bytes."""
-    own = getattr(chip, "page_table", None)
-    if callable(own):  # chips.py's own table (dual-bank numbering etc.) wins when present
-        return tuple(own(flash_size))
-    limit = chip.flash_size if flash_size is None else flash_size
-    out: list[tuple[int, int]] = []
-    address = chip.flash_start
-    for count, size in chip.pages:
-        for _ in range(count):
-            if address + size > chip.flash_start + limit:
-                return tuple(out)
-            out.append((address, size))
-            address += size
-    return tuple(out)
+    return chip.page_table(flash_size)  # one layout for planner, simulator and CLI (chips.py)
 
 
 def plan(image: Image, chip: Chip, *, flash_size: Optional[int] = None, max_write: int = 256,

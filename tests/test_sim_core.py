@@ -56,3 +56,14 @@ def test_realtime_mode_spends_line_time(l432) -> None:
         elapsed = time.monotonic() - start
     assert reply[:1] == b"\x79" and len(reply) == 16
     assert elapsed >= 19 * 11 / 9600 * 0.9  # 3 bytes in, 16 out at 11 bits each
+
+
+def test_sim_takes_page_layout_and_bootloader_id_from_the_chip_table() -> None:
+    from agent.stm32.chips import lookup
+    from agent.stm32.sim_memory import SimMemory
+    l432, f407 = lookup(0x435), lookup(0x413)
+    mem = SimMemory(l432)
+    assert mem.read(l432.bootloader_id_addr, 1) == bytes([l432.bootloader_id]) == b"\x91"
+    assert mem.pages == list(l432.page_table())
+    assert SimMemory(f407, 512 * 1024).pages == list(f407.page_table(512 * 1024))
+    assert SimMemory(f407).pages[4:6] == [(0x08010000, 0x10000), (0x08020000, 0x20000)]

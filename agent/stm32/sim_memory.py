@@ -18,9 +18,6 @@ log = logging.getLogger(__name__)
 # programmed again except to all zeros (RM0394 3.3.7 PROGERR for L4; same scheme on G0/G4/WB/WL).
 _ECC_FAMILIES = frozenset({"L4", "L4+", "L5", "U5", "G0", "G4", "WB", "WL", "H7", "C0", "U0", "H5"})
 
-# AN2606 product tables: bootloader ID byte per PID where chips.Chip does not carry it yet.
-_BOOTLOADER_IDS = {0x435: 0x91}
-
 RDP_LEVEL0 = 0xAA  # option byte value that means "no read-out protection" (RM0394 3.5.1)
 RDP_LEVEL1 = 0xBB  # any value other than 0xAA/0xCC is level 1
 
@@ -50,19 +47,6 @@ class Region:
         return self.start <= addr and addr + n <= self.end
 
 
-def page_table(chip: Chip, flash_size: int) -> list[tuple[int, int]]:
-    """(address, size) of every page/sector in erase-number order, cut at `flash_size`."""
-    pages: list[tuple[int, int]] = []
-    addr = chip.flash_start
-    for count, size in chip.pages:
-        for _ in range(count):
-            if addr - chip.flash_start + size > flash_size:
-                return pages
-            pages.append((addr, size))
-            addr += size
-    return pages
-
-
 class SimMemory:
     """Flash, RAM, system memory, option bytes and the ID registers of one simulated chip."""
 
@@ -70,7 +54,7 @@ class SimMemory:
         self.chip = chip
         size = flash_size if flash_size is not None else chip.flash_size
         self.flash = bytearray(b"\xff" * size)
-        self.pages = page_table(chip, size)
+        self.pages = list(chip.page_table(size))  # the table's layout, cut at the flash size
         self.ecc = chip.family in _ECC_FAMILIES or chip.write_align >= 8
         self.write_protected: set[int] = set()
         self.flash_region = Region("flash", chip.flash_start, self.flash, True)
@@ -81,9 +65,9 @@ class SimMemory:
         sysmem = bytearray(b"\xff" * (chip.sysmem_end - chip.sysmem_start))
         self.sysmem = Region("system memory", chip.sysmem_start, sysmem, False)
         self.regions = [self.flash_region, self.ram, self.options, self.sysmem]
-        bl_id = getattr(chip, "bootloader_id", None) or _BOOTLOADER_IDS.get(chip.pid)
-        if chip.bootloader_id_addr is not None and bl_id is not None:
-            self._put_readonly("bootloader id", chip.bootloader_id_addr, bytes([bl_id]))
+        if chip.bootloader_id_addr is not None and chip.bootloader_id is not None:
+            self._put_readonly("bootloader id", chip.bootloader_id_addr,
+                               bytes([chip.bootloader_id]))
         if chip.flash_size_reg is not None:
             # AN2606/RM: flash size register holds the size in KiB, 16 bit little-endian
             self._put_readonly("flash size", chip.flash_size_reg, (size // 1024).to_bytes(2, "little"))

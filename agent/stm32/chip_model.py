@@ -1,0 +1,138 @@
+"""The `Chip` record: the facts about one STM32 product ID that flashing depends on.
+
+Page numbering is over the whole flash from flash_start, in the order of `pages` (the erase
+commands take these numbers). Helpers for the flash planner and the simulator:
+`Chip.page_table(flash_size)` lists (address, size) per page number; `Chip.page_index(address)`,
+`Chip.pages_covering(address, length)`, `Chip.erase_ms(page)`. The rows live in chip_table.py;
+lookups in chips.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+
+from agent.errors import ChipMismatch, UsageError
+
+log = logging.getLogger(__name__)
+
+KiB = 1024
+
+
+@dataclass(frozen=True)
+class Chip:
+    """Facts about one product ID that flashing depends on."""
+
+    pid: int
+    name: str  # e.g. "STM32L43xxx/44xxx"
+    family: str  # "F0", "F1", ..., "L4", "WB"
+    flash_start: int
+    flash_size: int  # largest flash of the PID, bytes (the flash-size register may say less)
+    pages: tuple[tuple[int, int], ...]  # runs of (count, size in bytes), from flash_start
+    write_align: int  # bytes a WRITE_MEMORY start and length must be a multiple of (4, 8, 32)
+    ram_start: int  # first RAM byte free for us (after the bootloader's own RAM)
+    ram_end: int  # one past the last RAM byte
+    sysmem_start: int
+    sysmem_end: int
+    option_start: int  # option_start == option_end == 0: no memory-mapped option bytes
+    option_end: int  # one past the last option byte
+    mass_erase: bool = True  # False where AN2606/stm32flash say global erase does not work
+    flash_size_reg: int | None = None  # address of the flash-size register (KiB, 16 bit LE)
+    bootloader_id_addr: int | None = None  # where AN2606 says the bootloader ID byte lives
+    bootloader_id: int | None = None  # that byte on the bootloader version AN2606 names, if known
+    dual_bank: bool = False
+    uart_version: int = 0x31  # USART bootloader protocol version (AN2606 per product), 0 = none
+    i2c_version: int = 0  # I2C bootloader protocol version, 0 = no I2C bootloader
+    i2c_address: int | None = None  # 7-bit I2C address of the bootloader (AN2606)
+    erase_ms_per_page: float = 25.0  # typical page/sector erase time (datasheet), for the simulator
+    program_us_per_word: float = 90.0  # typical programming time per write_align unit
+    # Added fields (defaults keep the seed contract):
+    parts: tuple[str, ...] = ()  # part-number patterns for find(); "x" matches any one character
+    erase_ms_by_size: tuple[tuple[int, float], ...] = ()  # (sector size, ms) where sizes differ
+    note: str = ""  # known quirk or doubt, shown by `info`
+
+    @property
+    def flash_end(self) -> int:
+        """One past the last byte of the largest flash of this PID."""
+        return self.flash_start + self.flash_size
+
+    @property
+    def uart_erase_opcode(self) -> int:
+        """0x44 Extended Erase from USART protocol V3.0 on, else the legacy 0x43 (AN3155)."""
+        return 0x44 if self.uart_version >= 0x30 else 0x43
+
+    @property
+    def has_option_bytes(self) -> bool:
+        """True when the option bytes are memory mapped and reachable with READ/WRITE."""
+        return self.option_end > self.option_start
+
+    def page_table(self, flash_size: int | None = None) -> tuple[tuple[int, int], ...]:
+        """(address, size) of each erasable page/sector number, in number order.
+
+        With `flash_size` (bytes, from the flash-size register) the table is cut to the pages
+        inside that size; a size larger than this PID's flash or not on a page boundary is an
+        error, because then the chip is not the one this table describes.
+        """
+        table = _expand(self.flash_start, self.pages)
+        if flash_size is None or flash_size == self.flash_size:
+            return table
+        if flash_size <= 0 or flash_size > self.flash_size:
+            raise ChipMismatch(
+                f"{self.name} has at most {self.flash_size // KiB} KiB of flash, but the "
+                f"flash-size register says {flash_size // KiB} KiB: wrong chip or bad read",
+                code="flash_size_mismatch")
+        end = self.flash_start + flash_size
+        cut = tuple(p for p in table if p[0] < end)
+        if cut[-1][0] + cut[-1][1] != end:
+            raise ChipMismatch(
+                f"{flash_size // KiB} KiB does not end on a page boundary of {self.name}",
+                code="flash_size_mismatch")
+        if self.dual_bank:
+            log.warning("%s is dual-bank: with %d KiB instead of %d KiB the second bank moves; "
+                        "page numbers above the first bank are not verified", self.name,
+                        flash_size // KiB, self.flash_size // KiB)
+        return cut
+
+    def page_index(self, address: int, flash_size: int | None = None) -> int:
+        """Number of the page/sector holding `address` (ChipMismatch outside the flash)."""
+        table = self.page_table(flash_size)
+        for index, (start, size) in enumerate(table):
+            if start <= address < start + size:
+                return index
+        top = table[-1][0] + table[-1][1]
+        raise ChipMismatch(
+            f"address 0x{address:08X} is outside the flash of {self.name} "
+            f"(0x{self.flash_start:08X}..0x{top - 1:08X})", code="out_of_flash")
+
+    def pages_covering(self, address: int, length: int,
+                       flash_size: int | None = None) -> list[int]:
+        """Page numbers that [address, address+length) touches, in order ([] for length 0)."""
+        if length < 0:
+            raise UsageError(f"length must not be negative (got {length})")
+        if length == 0:
+            return []
+        first = self.page_index(address, flash_size)
+        last = self.page_index(address + length - 1, flash_size)
+        return list(range(first, last + 1))
+
+    def erase_ms(self, page: int) -> float:
+        """Typical erase time of page/sector number `page` (uneven F2/F4/F7 sectors differ)."""
+        size = _expand(self.flash_start, self.pages)[page][1]
+        for sector_size, ms in self.erase_ms_by_size:
+            if sector_size == size:
+                return ms
+        return self.erase_ms_per_page
+
+
+@lru_cache(maxsize=256)
+def _expand(start: int, runs: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+    """Turn runs of (count, size) into (address, size) per page."""
+    out: list[tuple[int, int]] = []
+    address = start
+    for count, size in runs:
+        for _ in range(count):
+            out.append((address, size))
+            address += size
+    return tuple(out)
+
