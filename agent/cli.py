@@ -108,7 +108,10 @@ def setup_logging(verbose: int, quiet: bool) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `stm32ota` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version (0) or a usage error argparse printed (2)
+        return done.code if isinstance(done.code, int) else EXIT_USAGE
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

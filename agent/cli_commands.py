@@ -8,11 +8,12 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Callable
+from typing import Callable, Optional
 
 from agent.cli import add_link_options, command, int_auto
+from agent.cli_connection import Connection, connection
 from agent.errors import ReadProtected, UsageError
-from agent.session import LinkSpec, PinsSpec, Session, open_session
+from agent.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -39,47 +40,23 @@ def parser(name: str, helptext: str) -> Callable:
     return register
 
 
-def _pin(line: str | None, active_low: bool):
-    from agent.pins import PinSpec
-
-    if line is None:
-        return None
-    return PinSpec(line=int(line) if line.isdigit() else line, active_low=active_low)
-
-
-def session_specs(args: argparse.Namespace) -> tuple[LinkSpec, PinsSpec, int | None]:
-    """Link, pins and expected chip from the link options (or a configured target)."""
-    if args.config:
-        from agent.targets import target_specs
-
-        return target_specs(args.config, args.target)
-    if args.target:
-        raise UsageError("--target needs --config PATH")
-    if args.port and args.i2c_bus is not None:
-        raise UsageError("give either --port or --i2c-bus, not both")
-    if args.port:
-        link = LinkSpec("uart", port=args.port, baud=args.baud, parity=args.parity,
-                        inter_byte_delay=args.inter_byte_delay)
-    elif args.i2c_bus is not None:
-        if not 0x03 <= args.i2c_address <= 0x77:
-            raise UsageError(f"I2C address 0x{args.i2c_address:x} is not a 7-bit device address "
-                             "(0x03-0x77); the L43x bootloader answers at 0x48")
-        link = LinkSpec("i2c", bus=args.i2c_bus, address=args.i2c_address,
-                        read_chunk=args.i2c_read_chunk, write_chunk=args.i2c_write_chunk)
-    else:
-        raise UsageError("say how the STM32 is connected: --port DEV, --i2c-bus N, "
-                         "or --config PATH --target NAME")
-    backend = args.pins_backend
-    if backend != "none" and not (args.nrst or args.boot0):
-        raise UsageError(f"--pins {backend} needs --nrst LINE and --boot0 LINE")
-    pins = PinsSpec(backend=backend, chip=args.gpiochip,
-                    nrst=_pin(args.nrst, not args.nrst_active_high),
-                    boot0=_pin(args.boot0, args.boot0_active_low))
-    return link, pins, args.expect_chip
-
-
 def _out(args: argparse.Namespace) -> Callable[[str], None]:
     return (lambda text: None) if args.quiet else (lambda text: print(text))
+
+
+def page_layout(pages: tuple) -> list[list[int]]:
+    """Runs of equal pages, e.g. [[4, 16384], [1, 65536], [7, 131072]] for an F4's sectors."""
+    runs: list[list[int]] = []
+    for _, size in pages:
+        if runs and runs[-1][1] == size:
+            runs[-1][0] += 1
+        else:
+            runs.append([1, size])
+    return runs
+
+
+def _size(n: int) -> str:
+    return f"{n // 1024} KiB" if n >= 1024 and n % 1024 == 0 else f"{n} B"
 
 
 def describe_session(s: Session) -> dict:
@@ -98,10 +75,24 @@ def describe_session(s: Session) -> dict:
         "flash_size": s.flash_size,
         "pages": len(pages),
         "page_sizes": sizes,
+        "page_layout": page_layout(pages),
         "write_align": chip.write_align,
         "bootloader_id": None if s.bootloader_id is None else f"0x{s.bootloader_id:02X}",
         "read_protected": s.read_protected,
     }
+
+
+def info_text(d: dict) -> str:
+    """The `info` report for people, from describe_session()."""
+    layout = " + ".join(f"{n} x {_size(size)}" for n, size in d["page_layout"])
+    return "\n".join([
+        f"Bootloader : version {d['bootloader_version']}"
+        + (f", ID {d['bootloader_id']}" if d["bootloader_id"] else ""),
+        f"Commands   : {' '.join(d['commands'])}",
+        f"Chip       : {d['pid']} {d['chip']} ({d['family']})",
+        f"Flash      : {_size(d['flash_size'])} at {d['flash_start']}, {d['pages']} pages "
+        f"({layout}), writes aligned to {d['write_align']} bytes",
+        f"Protection : read-out protection {'ACTIVE' if d['read_protected'] else 'off'}"])
 
 
 @parser("info", "show bootloader version, command set, PID, chip name, flash size and page layout")
@@ -111,26 +102,20 @@ def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--go", action="store_true", help="start the application afterwards")
 
 
+def run_info(conn: Connection, *, go: bool = False) -> dict:
+    """Connect, describe the chip and optionally start its application."""
+    with conn.open() as s:
+        d = describe_session(s)
+        if go:
+            s.start_application()
+    return d
+
+
 @command("info")
 def cmd_info(args: argparse.Namespace) -> int:
     """Connect and describe the chip."""
-    link, pins, expect = session_specs(args)
-    with open_session(link, pins, expect_pid=expect) as s:
-        d = describe_session(s)
-        if args.go:
-            s.start_application()
-    if args.json:
-        print(json.dumps(d, indent=2))
-        return 0
-    layout = " + ".join(f"{n} x {size // 1024 if size >= 1024 else size}"
-                        f"{' KiB' if size >= 1024 else ' B'}" for n, size in s.chip.pages)
-    print(f"Bootloader : version {d['bootloader_version']}"
-          + (f", ID {d['bootloader_id']}" if d["bootloader_id"] else ""))
-    print(f"Commands   : {' '.join(d['commands'])}")
-    print(f"Chip       : {d['pid']} {d['chip']} ({d['family']})")
-    print(f"Flash      : {s.flash_size // 1024} KiB at {d['flash_start']}, {d['pages']} pages "
-          f"({layout}), writes aligned to {d['write_align']} bytes")
-    print(f"Protection : read-out protection {'ACTIVE' if s.read_protected else 'off'}")
+    d = run_info(connection(args), go=args.go)
+    print(json.dumps(d, indent=2) if args.json else info_text(d))
     return 0
 
 
@@ -141,39 +126,58 @@ def _flash_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", type=int_auto, help="load address of a .bin (default: flash start)")
     p.add_argument("--format", choices=["hex", "srec", "bin"], help="override detection by extension")
     p.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
-    p.add_argument("--verify", choices=["auto", "crc", "readback"], default="auto",
-                   help="how to verify: the bootloader's checksum where offered (auto), or read back")
+    p.add_argument("--verify", choices=["auto", "crc", "readback"],
+                   help="how to verify: the bootloader's checksum where offered (auto, the "
+                        "default or the target's verify), or read back")
     p.add_argument("--go", nargs="?", const=-1, type=int_auto, metavar="ADDR",
                    help="start the application afterwards: reset through the pins, or GO to ADDR")
-    p.add_argument("--retries", type=int, default=3, help="attempts per block (default 3)")
+    p.add_argument("--retries", type=int, help="attempts per block (default 3 or the target's)")
+
+
+def run_flash(conn: Connection, image, *, verify: Optional[str] = None,
+              retries: Optional[int] = None, go: Optional[int] = None,
+              progress=None) -> tuple:
+    """Erase the pages `image` covers, write, verify ("none" skips) and start it if `go` is set.
+
+    `go` is None (stay in the bootloader), -1 (reset through the pins, or GO to the flash
+    start) or an address for GO. Returns (flash.Result, how the application was started).
+    """
+    from agent.flash import execute, plan
+
+    with conn.open() as s:
+        if s.read_protected:
+            raise ReadProtected(
+                f"{s.chip.name} has read-out protection active: nothing was written. Removing it "
+                "mass-erases the chip; if that is what you want, do it explicitly.")
+        p = plan(image, s.chip, flash_size=s.flash_size, max_write=s.link.caps.max_write)
+        result = execute(p, s.bl, progress, verify=verify or conn.verify,
+                         retries=conn.write_retries if retries is None else retries)
+        how = None
+        if go is not None:
+            how = s.start_application(None if go == -1 else go)
+    return result, how
 
 
 @command("flash")
 def cmd_flash(args: argparse.Namespace) -> int:
     """Erase the pages the image covers, write, verify, optionally start it."""
     from agent import firmware
-    from agent.flash import execute, plan
     from agent.progress import ProgressPrinter
 
+    conn = connection(args)
     image = firmware.load(args.file, fmt=args.format, address=args.address,  # bad files: before
                           bin_default=firmware.DEFAULT_BIN_ADDRESS)       # touching the chip
-    link, pins, expect = session_specs(args)
     out = _out(args)
-    with open_session(link, pins, expect_pid=expect) as s:
-        if s.read_protected:
-            raise ReadProtected(
-                f"{s.chip.name} has read-out protection active: nothing was written. Removing it "
-                "mass-erases the chip; if that is what you want, do it explicitly.")
-        p = plan(image, s.chip, flash_size=s.flash_size, max_write=s.link.caps.max_write)
-        printer = None if args.quiet else ProgressPrinter(sys.stderr)
-        result = execute(p, s.bl, printer, verify="none" if args.no_verify else args.verify,
-                         retries=args.retries)
+    printer = None if args.quiet else ProgressPrinter(sys.stderr)
+    try:
+        result, how = run_flash(conn, image, verify="none" if args.no_verify else args.verify,
+                                retries=args.retries, go=args.go, progress=printer)
+    finally:
         if printer is not None:
             printer.close()
-        out(f"{args.file}: {result.summary()}")
-        if args.go is not None:
-            how = s.start_application(None if args.go == -1 else args.go)
-            out(f"application started ({how})")
+    out(f"{args.file}: {result.summary()}")
+    if how is not None:
+        out(f"application started ({how})")
     return 0
 
 
@@ -185,6 +189,22 @@ def _read_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length", type=int_auto, required=True, help="number of bytes")
 
 
+def run_read(conn: Connection, address: int, length: int, progress=None) -> bytes:
+    """Read `length` bytes from `address`, in the largest chunks the link allows."""
+    with conn.open() as s:
+        if s.read_protected:
+            raise ReadProtected(f"{s.chip.name} has read-out protection active; memory cannot "
+                                "be read (removing it mass-erases the chip)")
+        data = bytearray()
+        step = min(256, s.link.caps.max_read)
+        while len(data) < length:
+            n = min(step, length - len(data))
+            data += s.bl.read_memory(address + len(data), n)
+            if progress:
+                progress("read", len(data), length)
+    return bytes(data)
+
+
 @command("read")
 def cmd_read(args: argparse.Namespace) -> int:
     """Read memory in chunks into a file written atomically."""
@@ -192,21 +212,14 @@ def cmd_read(args: argparse.Namespace) -> int:
 
     if args.length <= 0:
         raise UsageError("--length must be positive")
-    link, pins, expect = session_specs(args)
-    with open_session(link, pins, expect_pid=expect) as s:
-        if s.read_protected:
-            raise ReadProtected(f"{s.chip.name} has read-out protection active; memory cannot be read")
-        printer = None if args.quiet else ProgressPrinter(sys.stderr)
-        data = bytearray()
-        step = s.link.caps.max_read
-        while len(data) < args.length:
-            n = min(step, args.length - len(data))
-            data += s.bl.read_memory(args.address + len(data), n)
-            if printer:
-                printer("read", len(data), args.length)
-        if printer:
+    conn = connection(args)
+    printer = None if args.quiet else ProgressPrinter(sys.stderr)
+    try:
+        data = run_read(conn, args.address, args.length, printer)
+    finally:
+        if printer is not None:
             printer.close()
-    _write_atomically(args.out, bytes(data))
+    _write_atomically(args.out, data)
     _out(args)(f"read {len(data)} bytes from 0x{args.address:08X} into {args.out}")
     return 0
 
@@ -234,15 +247,35 @@ def _erase_args(p: argparse.ArgumentParser) -> None:
 def pages_of_range(pages: tuple, start: int, length: int) -> list[int]:
     """Page numbers exactly covering [start, start+length); UsageError if not page aligned."""
     end = start + length
+    flash_start, flash_end = pages[0][0], pages[-1][0] + pages[-1][1]
+    if length <= 0 or start < flash_start or end > flash_end:
+        raise UsageError(f"0x{start:08X}+0x{max(length, 0):X} is not inside the flash "
+                         f"(0x{flash_start:08X}-0x{flash_end - 1:08X})")
     chosen = [i for i, (addr, size) in enumerate(pages) if addr < end and addr + size > start]
-    if not chosen or length <= 0:
-        raise UsageError(f"0x{start:08X}+{length} is not inside the flash")
     first, last = pages[chosen[0]], pages[chosen[-1]]
     if first[0] != start or last[0] + last[1] != end:
         raise UsageError(
             f"erase works on whole pages: the range 0x{start:08X}-0x{end - 1:08X} cuts pages; use "
             f"--address 0x{first[0]:08X} --length 0x{last[0] + last[1] - first[0]:X}")
     return chosen
+
+
+def run_erase(conn: Connection, address: Optional[int] = None,
+              length: Optional[int] = None) -> str:
+    """Erase all flash (no address) or the whole pages of a range; says what was erased."""
+    with conn.open() as s:
+        if s.read_protected:
+            raise ReadProtected(f"{s.chip.name} has read-out protection active: nothing erased")
+        pages = s.chip.page_table(s.flash_size)
+        if address is None:
+            if s.chip.mass_erase and s.flash_size == s.chip.flash_size:
+                s.bl.mass_erase()
+            else:  # AN2606 / stm32flash: L0/L1 cannot mass erase; erase page by page
+                s.bl.erase_pages(list(range(len(pages))))
+            return f"erased all {_size(s.flash_size)} of {s.chip.name}"
+        chosen = pages_of_range(pages, address, length or 0)
+        s.bl.erase_pages(chosen)
+        return f"erased pages {chosen[0]}-{chosen[-1]} ({length} bytes)"
 
 
 @command("erase")
@@ -252,21 +285,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
         raise UsageError("give --all, or --address A --length N")
     if args.address is not None and args.length is None:
         raise UsageError("--address needs --length")
-    link, pins, expect = session_specs(args)
-    with open_session(link, pins, expect_pid=expect) as s:
-        if s.read_protected:
-            raise ReadProtected(f"{s.chip.name} has read-out protection active: nothing erased")
-        pages = s.chip.page_table(s.flash_size)
-        if args.all:
-            if s.chip.mass_erase and s.flash_size == s.chip.flash_size:
-                s.bl.mass_erase()
-            else:  # AN2606 / stm32flash: L0/L1 cannot mass erase; erase page by page
-                s.bl.erase_pages(list(range(len(pages))))
-            _out(args)(f"erased all {s.flash_size // 1024} KiB of {s.chip.name}")
-        else:
-            chosen = pages_of_range(pages, args.address, args.length)
-            s.bl.erase_pages(chosen)
-            _out(args)(f"erased pages {chosen[0]}-{chosen[-1]} ({args.length} bytes)")
+    message = run_erase(connection(args), None if args.all else args.address, args.length)
+    _out(args)(message)
     return 0
 
 
