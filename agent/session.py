@@ -60,6 +60,20 @@ class PinsSpec:
     listener: Optional[Callable[[str, bool], None]] = None  # mock backend: drives a simulator
 
 
+# Mock pins named by their `chip` (config: `pins: {backend: mock, chip: NAME}`) drive the
+# listener wired here, e.g. a simulator's SimChip.set_line: how a simulated chip stands in for
+# hardware behind `--config PATH --target NAME`, with the target's own reset sequences.
+MOCK_WIRING: dict[str, Callable[[str, bool], None]] = {}
+
+
+def wire_mock_pins(chip: str, listener: Optional[Callable[[str, bool], None]]) -> None:
+    """Connect mock pins on `chip` to `listener` (None disconnects them)."""
+    if listener is None:
+        MOCK_WIRING.pop(chip, None)
+    else:
+        MOCK_WIRING[chip] = listener
+
+
 def open_link(spec: LinkSpec) -> Link:
     """Open the serial port or I2C bus the spec names."""
     from agent.link import open_link as open_any
@@ -164,12 +178,15 @@ def open_session(link_spec: LinkSpec, pins_spec: PinsSpec | None = None, *,
     from agent.pins import open_pins
 
     pins_spec = pins_spec or PinsSpec()
+    listener = pins_spec.listener
+    if listener is None and pins_spec.backend == "mock":
+        listener = MOCK_WIRING.get(pins_spec.chip)
     link = open_link(link_spec)
     pins = None
     try:
         pins = open_pins(pins_spec.backend, pins_spec.nrst, pins_spec.boot0,
                          chip=pins_spec.chip, serial=getattr(link, "serial", None),
-                         listener=pins_spec.listener)
+                         listener=listener)
         bl = Bootloader(link, timeouts=timeouts or Timeouts(), **(bootloader_options or {}))
         info = _enter(link, pins, bl, link_spec, attempts, pins_spec.enter, sleep)
         chip = lookup(info.pid)
