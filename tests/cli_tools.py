@@ -1,0 +1,89 @@
+"""Helpers for the command-line tests: images in every format, written independently of the parser."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+
+from agent.cli import main
+from agent.stm32.chips import CHIPS
+from agent.stm32.sim import SimChip
+
+log = logging.getLogger(__name__)
+
+L432 = CHIPS[0x435]
+BASE = L432.flash_start
+PAGE = 2048
+Segments = Sequence[tuple[int, bytes]]
+
+
+def blob(n: int, seed: int = 0) -> bytes:
+    """n bytes of a pattern that differs per seed and is never all 0xFF."""
+    return bytes((i * 31 + seed * 7 + 1) & 0xFF for i in range(n))
+
+
+def _ihex_record(addr: int, typ: int, data: bytes) -> str:
+    body = bytes([len(data)]) + addr.to_bytes(2, "big") + bytes([typ]) + data
+    return ":" + (body + bytes([-sum(body) & 0xFF])).hex().upper()
+
+
+def ihex(segments: Segments) -> str:
+    """Intel HEX text with extended linear address records."""
+    lines, upper = [], None
+    for address, data in segments:
+        for off in range(0, len(data), 16):
+            a = address + off
+            if a >> 16 != upper:
+                upper = a >> 16
+                lines.append(_ihex_record(0, 4, upper.to_bytes(2, "big")))
+            lines.append(_ihex_record(a & 0xFFFF, 0, data[off:off + 16]))
+    return "\n".join(lines + [":00000001FF"]) + "\n"
+
+
+def srec(segments: Segments) -> str:
+    """Motorola S-record text (S3 data, S7 end)."""
+    lines = ["S00600004844521B"]
+    for address, data in segments:
+        for off in range(0, len(data), 16):
+            chunk = data[off:off + 16]
+            body = bytes([5 + len(chunk)]) + (address + off).to_bytes(4, "big") + chunk
+            lines.append("S3" + (body + bytes([~sum(body) & 0xFF])).hex().upper())
+    return "\n".join(lines + ["S70508000000F2"]) + "\n"
+
+
+def write_image(folder: Path, name: str, segments: Segments) -> Path:
+    """Write the segments as NAME (.hex, .srec or .bin by its extension) and return the path."""
+    path = folder / name
+    if name.endswith(".hex"):
+        path.write_text(ihex(segments))
+    elif name.endswith(".srec"):
+        path.write_text(srec(segments))
+    else:
+        assert len(segments) == 1, "a .bin holds one segment"
+        path.write_bytes(segments[0][1])
+    return path
+
+
+def flash_bytes(sim: SimChip, address: int, n: int) -> bytes:
+    """What the simulated flash holds at an absolute address."""
+    return bytes(sim.flash[address - BASE:address - BASE + n])
+
+
+def erased_pages(sim: SimChip) -> list[int]:
+    """Every page number the simulator was asked to erase, in order."""
+    return [p for e in sim.events if e[0] == "erase" for p in e[1]]
+
+
+def commands_seen(sim: SimChip) -> list[tuple]:
+    """Simulator events other than resets: anything a host made the chip do."""
+    return [e for e in sim.events if e[0] != "reset"]
+
+
+def cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    """Run `stm32ota ARGV` in-process: (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err

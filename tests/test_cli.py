@@ -1,0 +1,286 @@
+"""The local flasher as a user runs it: `stm32ota flash/info/read/erase` against the simulator.
+
+Most tests call `agent.cli.main([...])` in-process on a simulated STM32L432 behind a real pty
+(8N1: a pty carries no parity). I2C goes through the same handler cores (`run_flash`, ...)
+with the simulator's bus in place of /dev/i2c-N.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from cli_tools import BASE, L432, PAGE, blob, cli, erased_pages, flash_bytes, write_image
+
+from agent.cli_commands import run_flash, run_info, run_read
+from agent.cli_connection import Connection
+from agent.firmware import load
+from agent.progress import ProgressPrinter
+from agent.session import LinkSpec, wire_mock_pins
+from agent.stm32.sim import PtySim, SimChip, SimI2CBus
+
+# Gaps inside a page and across pages, an odd start and an unaligned end: real HEX shapes.
+GAPPY = [(BASE + 0x100, blob(700)), (BASE + 0x100 + 703, blob(9, 1)),
+         (BASE + 3 * PAGE - 5, blob(300, 2)), (BASE + 10 * PAGE + 1, blob(13, 3))]
+GAPPY_PAGES = [0, 2, 3, 10]
+
+
+@pytest.fixture
+def port(sim_pty: PtySim) -> list[str]:
+    """The link options for the simulator's pty."""
+    return ["--port", sim_pty.path, "--parity", "none"]
+
+
+def assert_holds(sim: SimChip, segments: list) -> None:
+    for address, data in segments:
+        assert flash_bytes(sim, address, len(data)) == data, f"0x{address:08X}"
+
+
+@pytest.mark.parametrize("name", ["fw.hex", "fw.srec"])
+def test_text_image_with_gaps_is_written_byte_for_byte_erasing_only_its_pages(
+        tmp_path: Path, sim_chip: SimChip, port: list, capsys, name: str) -> None:
+    sim = sim_chip
+    sim.flash[5 * PAGE:6 * PAGE] = b"\x00" * PAGE  # a page of old data the image does not touch
+    image = write_image(tmp_path, name, GAPPY)
+    code, out, err = cli(capsys, "flash", str(image), *port)
+    assert code == 0, err
+    assert_holds(sim, GAPPY)
+    assert flash_bytes(sim, BASE + 0x100 + 700, 3) == b"\xff" * 3  # the gap stays erased
+    assert flash_bytes(sim, BASE, 0x100) == b"\xff" * 0x100
+    assert erased_pages(sim) == GAPPY_PAGES
+    assert bytes(sim.flash[5 * PAGE:6 * PAGE]) == b"\x00" * PAGE
+    assert f"{image}: erased 4 pages, wrote" in out and "verified by readback" in out
+    assert sim.mode == "bootloader"  # no --go: it stays there
+
+
+def test_bin_at_a_non_zero_base_with_an_unaligned_end(tmp_path: Path, sim_chip: SimChip,
+                                                      port: list, capsys) -> None:
+    data = blob(2 * PAGE + 1001, 4)
+    image = write_image(tmp_path, "app.bin", [(0, data)])
+    code, out, err = cli(capsys, "flash", str(image), *port, "--address", "0x08004000")
+    assert code == 0, err
+    assert flash_bytes(sim_chip, 0x08004000, len(data)) == data
+    assert flash_bytes(sim_chip, 0x08004000 + len(data), 8) == b"\xff" * 8
+    assert erased_pages(sim_chip) == [8, 9, 10]
+
+
+def test_bin_without_address_goes_to_the_start_of_flash(tmp_path: Path, sim_chip: SimChip,
+                                                        port: list, capsys) -> None:
+    image = write_image(tmp_path, "app.bin", [(0, blob(100))])
+    assert cli(capsys, "flash", str(image), *port)[0] == 0
+    assert flash_bytes(sim_chip, BASE, 100) == blob(100)
+
+
+def test_go_without_pins_jumps_to_the_start_of_flash(tmp_path: Path, sim_chip: SimChip,
+                                                     port: list, capsys) -> None:
+    image = write_image(tmp_path, "fw.hex", [(BASE, blob(64))])
+    code, out, _ = cli(capsys, "flash", str(image), *port, "--go")
+    assert code == 0
+    assert ("go", BASE) in sim_chip.events and sim_chip.mode == "application"
+    assert "application started (go)" in out
+
+
+def test_go_to_an_address(tmp_path: Path, sim_chip: SimChip, port: list, capsys) -> None:
+    image = write_image(tmp_path, "fw.hex", [(BASE + 0x100, blob(64))])
+    assert cli(capsys, "flash", str(image), *port, "--go", "0x08000100")[0] == 0
+    assert [e for e in sim_chip.events if e[0] == "go"] == [("go", 0x08000100)]
+
+
+def test_no_verify_writes_without_reading_back(tmp_path: Path, sim_chip: SimChip, port: list,
+                                               capsys) -> None:
+    image = write_image(tmp_path, "fw.hex", GAPPY)
+    code, out, _ = cli(capsys, "flash", str(image), *port, "--no-verify")
+    assert code == 0 and "not verified" in out
+    assert_holds(sim_chip, GAPPY)
+    last_write = max(i for i, e in enumerate(sim_chip.events) if e[0] == "write")
+    assert not [e for e in sim_chip.events[last_write:] if e[0] in ("read", "checksum")]
+
+
+def test_progress_in_a_log_is_plain_lines(tmp_path: Path, port: list, capsys) -> None:
+    image = write_image(tmp_path, "fw.hex", GAPPY)
+    code, _, err = cli(capsys, "flash", str(image), *port)
+    assert code == 0 and "\r" not in err
+    lines = err.splitlines()
+    for phase, unit in (("erase", "pages"), ("write", "bytes"), ("verify", "bytes")):
+        assert f"{phase}:   0% 0/" in err
+        assert any(line.startswith(f"{phase}: 100%") and unit in line for line in lines)
+
+
+def test_quiet_prints_nothing_on_success(tmp_path: Path, port: list, capsys) -> None:
+    image = write_image(tmp_path, "fw.hex", GAPPY)
+    assert cli(capsys, "flash", str(image), *port, "-q") == (0, "", "")
+
+
+def test_progress_on_a_terminal_is_one_updating_bar_per_phase(sim_pty: PtySim,
+                                                              tmp_path: Path) -> None:
+    out = io.StringIO()
+    printer = ProgressPrinter(out, tty=True, redraw=0.0)
+    conn = Connection(LinkSpec("uart", port=sim_pty.path, parity="none"))
+    image = load(write_image(tmp_path, "fw.hex", GAPPY))
+    run_flash(conn, image, progress=printer)
+    printer.close()
+    text = out.getvalue()
+    lines = text.split("\n")
+    assert lines.pop() == ""  # the bar line is ended when the work is
+    assert [line.split("\r")[-1].split("[")[0].strip() for line in lines] == \
+        ["erase", "write", "verify"]  # one line each, redrawn in place with \r
+    assert all(line.count("\r") >= 2 and "100%" in line.split("\r")[-1] for line in lines)
+
+
+def test_info_describes_the_chip(sim_chip: SimChip, port: list, capsys) -> None:
+    code, out, _ = cli(capsys, "info", *port)
+    assert code == 0
+    assert "version 3.1" in out and "0x435 STM32L43" in out
+    assert "GET_VERSION" in out and "EXTENDED_ERASE" in out
+    assert "256 KiB at 0x08000000, 128 pages (128 x 2 KiB)" in out
+    assert "read-out protection off" in out
+    assert sim_chip.mode == "bootloader"
+
+
+def test_info_json_is_for_scripts(port: list, capsys) -> None:
+    code, out, _ = cli(capsys, "info", *port, "--json")
+    d = json.loads(out)
+    assert code == 0
+    assert (d["pid"], d["chip"], d["flash_size"], d["pages"]) == ("0x435", L432.name, 262144, 128)
+    assert d["page_layout"] == [[128, 2048]] and d["read_protected"] is False
+    assert {"GET", "READ_MEMORY", "WRITE_MEMORY", "EXTENDED_ERASE", "GO"} <= set(d["commands"])
+
+
+def test_info_reports_the_flash_size_register_not_the_family_maximum(capsys) -> None:
+    sim = SimChip(L432, flash_size=128 * 1024)  # an L431xB: 128 KiB in the same PID
+    with PtySim(sim) as pty:
+        code, out, _ = cli(capsys, "info", "--port", pty.path, "--parity", "none")
+    assert code == 0 and "128 KiB at 0x08000000, 64 pages (64 x 2 KiB)" in out
+
+
+def test_read_writes_exactly_the_range_into_a_new_file(tmp_path: Path, sim_chip: SimChip,
+                                                       port: list, capsys) -> None:
+    sim_chip.flash[:3 * PAGE] = blob(3 * PAGE, 5)
+    out_file = tmp_path / "backup.bin"
+    code, out, _ = cli(capsys, "read", str(out_file), *port, "--address", "0x08000010",
+                       "--length", "5000")
+    assert code == 0 and "read 5000 bytes from 0x08000010" in out
+    assert out_file.read_bytes() == blob(3 * PAGE, 5)[0x10:0x10 + 5000]
+    assert [p.name for p in tmp_path.iterdir()] == ["backup.bin"]  # no temporary left behind
+
+
+def test_erase_all_clears_the_whole_flash(sim_chip: SimChip, port: list, capsys) -> None:
+    sim_chip.flash[:] = b"\x00" * len(sim_chip.flash)
+    code, out, _ = cli(capsys, "erase", *port, "--all")
+    assert code == 0 and "erased all 256 KiB" in out
+    assert bytes(sim_chip.flash) == b"\xff" * len(sim_chip.flash)
+
+
+def test_erase_a_page_range_leaves_its_neighbours(sim_chip: SimChip, port: list, capsys) -> None:
+    sim_chip.flash[:6 * PAGE] = b"\x00" * (6 * PAGE)
+    code, out, _ = cli(capsys, "erase", *port, "--address", "0x08001000", "--length", "0x1000")
+    assert code == 0 and "erased pages 2-3" in out
+    assert erased_pages(sim_chip) == [2, 3]
+    assert bytes(sim_chip.flash[2 * PAGE:4 * PAGE]) == b"\xff" * (2 * PAGE)
+    assert bytes(sim_chip.flash[PAGE:2 * PAGE]) == bytes(sim_chip.flash[4 * PAGE:5 * PAGE]) \
+        == b"\x00" * PAGE
+
+
+def test_a_range_that_cuts_pages_is_refused_with_the_range_to_use(sim_chip: SimChip, port: list,
+                                                                  capsys) -> None:
+    code, _, err = cli(capsys, "erase", *port, "--address", "0x08001004", "--length", "0x1000")
+    assert code == 2 and "cuts pages" in err
+    assert "--address 0x08001000 --length 0x1800" in err
+    assert erased_pages(sim_chip) == []
+
+
+def test_a_range_beyond_the_flash_is_refused_as_such(sim_chip: SimChip, port: list,
+                                                     capsys) -> None:
+    code, _, err = cli(capsys, "erase", *port, "--address", "0x0803F800", "--length", "0x1000")
+    assert code == 2 and "not inside the flash (0x08000000-0x0803FFFF)" in err
+    assert erased_pages(sim_chip) == []
+
+
+# ---- I2C: the same handler cores with the simulator's bus in place of /dev/i2c-N ------------
+
+
+@pytest.fixture
+def i2c(sim_chip: SimChip) -> Connection:
+    bus = SimI2CBus()
+    bus.attach(0x48, sim_chip)
+    return Connection(LinkSpec("i2c", bus=bus, address=0x48, busy_poll=0.0))
+
+
+def test_i2c_flash_verify_and_go(tmp_path: Path, sim_chip: SimChip, i2c: Connection) -> None:
+    image = load(write_image(tmp_path, "fw.srec", GAPPY))
+    result, how = run_flash(i2c, image, go=-1)
+    assert_holds(sim_chip, GAPPY)
+    assert erased_pages(sim_chip) == GAPPY_PAGES
+    assert result.verify in ("crc", "readback") and how == "go"
+    assert ("go", BASE) in sim_chip.events
+
+
+def test_i2c_info_and_read(sim_chip: SimChip, i2c: Connection) -> None:
+    sim_chip.flash[:600] = blob(600, 9)
+    d = run_info(i2c)
+    assert (d["pid"], d["flash_size"]) == ("0x435", 256 * 1024)
+    assert run_read(i2c, BASE + 1, 599) == blob(600, 9)[1:]
+
+
+# ---- --config --target with the mock pins backend driving the simulator ---------------------
+
+
+def write_config(tmp_path: Path, port: str, *, chip: str = "sim-bench", extra: str = "") -> Path:
+    """A minimal valid config with one UART target on `port` and mock pins."""
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""\
+agent: {{state_dir: ./state, cache_dir: ./cache}}
+mqtt: {{host: localhost}}
+trust: {{allow_unsigned: true}}
+targets:
+  - name: bench
+    product: demo
+    link: {{type: uart, port: {port}, parity: none}}
+    pins: {{backend: mock, chip: {chip}, nrst: {{line: 17}}, boot0: {{line: 27}}}}
+    expect_chip: 0x435
+{extra}""")
+    return path
+
+
+@pytest.fixture
+def running() -> SimChip:
+    """An L432 running its application (BOOT0 pulled down, flash not empty)."""
+    sim = SimChip(L432, boot0=False)
+    sim.flash[:8] = bytes.fromhex("0030002009000008")
+    sim.power_cycle()  # AN2606: the L4 empty check is latched at power-on
+    assert sim.mode == "application"
+    return sim
+
+
+@pytest.fixture
+def wired(running: SimChip) -> SimChip:
+    """`running`, with the config's mock pins (chip /dev/sim-bench) wired to its NRST/BOOT0."""
+    wire_mock_pins("/dev/sim-bench", running.set_line)
+    yield running
+    wire_mock_pins("/dev/sim-bench", None)
+
+
+def test_config_target_resets_into_the_bootloader_and_back_out(tmp_path: Path, wired: SimChip,
+                                                               capsys) -> None:
+    image = write_image(tmp_path, "fw.hex", [(BASE + PAGE, blob(500))])
+    with PtySim(wired) as pty:
+        cfg = write_config(tmp_path, pty.path)
+        code, out, err = cli(capsys, "flash", str(image), "--config", str(cfg),
+                             "--target", "bench", "--go")
+    assert code == 0, err
+    assert flash_bytes(wired, BASE + PAGE, 500) == blob(500)
+    resets = [e[1:3] for e in wired.events if e[0] == "reset"]
+    assert resets[-2:] == [("nrst", "bootloader"), ("nrst", "application")]
+    assert not [e for e in wired.events if e[0] == "go"]  # started by reset, BOOT0 low
+    assert wired.mode == "application" and "application started (reset)" in out
+
+
+def test_the_only_target_of_a_config_needs_no_name(tmp_path: Path, wired: SimChip,
+                                                   capsys) -> None:
+    with PtySim(wired) as pty:
+        cfg = write_config(tmp_path, pty.path)
+        code, out, _ = cli(capsys, "info", "--config", str(cfg), "--json")
+    assert code == 0 and json.loads(out)["pid"] == "0x435"
+    assert wired.mode == "bootloader"  # without --go, releasing the pins resets nothing
