@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from agent.cli import add_link_options, command, int_auto
 from agent.cli_connection import Connection, connection
-from agent.errors import ReadProtected, UsageError
+from agent.errors import Nack, ReadProtected, UsageError
 from agent.session import Session
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,13 @@ def run_read(conn: Connection, address: int, length: int, progress=None) -> byte
         step = min(256, s.link.caps.max_read)
         while len(data) < length:
             n = min(step, length - len(data))
-            data += s.bl.read_memory(address + len(data), n)
+            try:
+                data += s.bl.read_memory(address + len(data), n)
+            except Nack as err:
+                start, end = s.chip.flash_start, s.chip.flash_start + s.flash_size - 1
+                raise Nack(f"{err}; the bootloader reads only mapped memory (flash of "
+                           f"{s.chip.name}: 0x{start:08X}-0x{end:08X}): check --address and "
+                           f"--length") from err
             if progress:
                 progress("read", len(data), length)
     return bytes(data)
