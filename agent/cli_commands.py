@@ -129,9 +129,18 @@ def _flash_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify", choices=["auto", "crc", "readback"],
                    help="how to verify: the bootloader's checksum where offered (auto, the "
                         "default or the target's verify), or read back")
-    p.add_argument("--go", nargs="?", const=-1, type=int_auto, metavar="ADDR",
+    p.add_argument("--go", nargs="?", const=-1, type=_go_address, metavar="ADDR",
                    help="start the application afterwards: reset through the pins, or GO to ADDR")
     p.add_argument("--retries", type=int, help="attempts per block (default 3 or the target's)")
+
+
+def _go_address(text: str) -> int:
+    """--go's optional address; a file name here means FILE came after a bare --go."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an address: put FILE before a bare --go, or write --go=0x08000000")
 
 
 def run_flash(conn: Connection, image, *, verify: Optional[str] = None,
@@ -218,6 +227,9 @@ def cmd_read(args: argparse.Namespace) -> int:
 
     if args.length <= 0:
         raise UsageError("--length must be positive")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):  # know before reading for minutes
+        raise UsageError(f"cannot write {args.out}: folder {folder} does not exist")
     conn = connection(args)
     printer = None if args.quiet else ProgressPrinter(sys.stderr)
     try:

@@ -55,6 +55,17 @@ def test_a_bad_number_is_named_by_argparse(capsys) -> None:
     assert code == 2 and "'0x8zz' is not a number (use 0x08000000 or 134217728)" in err
 
 
+def test_a_file_after_a_bare_go_is_explained(capsys) -> None:
+    code, _, err = cli(capsys, "flash", "--go", "fw.hex", "--port", "/dev/null")
+    assert code == 2 and "put FILE before a bare --go, or write --go=0x08000000" in err
+
+
+def test_read_into_a_missing_folder_fails_before_connecting(tmp_path: Path, capsys) -> None:
+    code, _, err = cli(capsys, "read", str(tmp_path / "no" / "x.bin"), "--port", "/dev/null",
+                       "--address", "0x08000000", "--length", "16")
+    assert code == 2 and "does not exist" in err
+
+
 def test_no_command_prints_help_and_exits_2(capsys) -> None:
     code, _, err = cli(capsys)
     assert code == 2 and "flash" in err and "info" in err
