@@ -1,0 +1,41 @@
+"""The `demo` subcommand: a whole update on simulated STM32s with no hardware and no setup."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from agent.cli import command
+from agent.cli_commands import parser
+
+log = logging.getLogger(__name__)
+
+
+@parser("demo", "a whole signed update end to end on two simulated STM32s: broker, web "
+                "server, agent and live progress, nothing to set up")
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fast", action="store_true",
+                   help="skip UART/I2C line time and flash timing (a few seconds instead of ~20)")
+    p.add_argument("--faults", action="store_true",
+                   help="inject a NACK storm, the L432's missing I2C erase ACK, slow erases and "
+                        "a broker restart mid-flash, and show the agent riding through them")
+    p.add_argument("--broker", metavar="HOST:PORT",
+                   help="use this MQTT broker (e.g. Home Assistant's) instead of an embedded one")
+    p.add_argument("--workdir", metavar="DIR", type=Path,
+                   help="keep keys, images, manifests, config, state and the final flash "
+                        "contents (flash-<target>.bin) here (default: a temporary directory)")
+    p.add_argument("--keep", action="store_true",
+                   help="after the update, keep broker, chips and agent running until Ctrl-C")
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the demo; exit 0 when both targets end verified on the new version."""
+    from agent.cli_agent import parse_broker
+    from agent.demo import DemoOptions, run_demo
+
+    broker = parse_broker(args.broker) if args.broker else None
+    run_demo(DemoOptions(fast=args.fast, faults=args.faults, keep=args.keep, broker=broker,
+                         workdir=args.workdir))
+    return 0
