@@ -1,0 +1,219 @@
+"""The wire of the AN3155/AN4221 client: opcodes, framing, the command choke point, sync.
+
+Everything here is about getting bytes to and answers from the bootloader: the opcode table
+and the choice between variants from the GET reply (AN3155 3 / AN4221 2), the XOR checksum,
+`Timeouts`, and `Wire`, the base of `Bootloader` that owns the one choke point (`_command`:
+opcode + complement, then ACK, NACK -> `Nack`, silence -> `LinkTimeout`), the BUSY polling of
+no-stretch commands (AN4221) and the 0x7F sync / resync of the USART bootloader (AN3155 2).
+The operations (GET, READ, WRITE, ERASE, ...) are in bootloader.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from dataclasses import dataclass, field
+from functools import reduce
+from typing import Callable, Iterable, Sequence
+
+from agent.errors import LinkTimeout, Nack, NoBootloader, ProtocolError, Unsupported, UsageError
+from agent.link.base import Link
+
+log = logging.getLogger(__name__)
+
+ACK = 0x79
+NACK = 0x1F
+BUSY = 0x76  # AN4221: answer to a poll while a no-stretch command is still running
+SYNC = 0x7F
+
+# function -> (stretching opcodes, best first; no-stretch opcodes). AN3155 3 / AN4221 2.
+_OPCODES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "get": ((0x00,), ()),
+    "get_version": ((0x01,), ()),
+    "get_id": ((0x02,), ()),
+    "read": ((0x11,), ()),
+    "go": ((0x21,), ()),
+    "write": ((0x31,), (0x32,)),
+    "erase": ((0x44, 0x43), (0x45,)),  # 0x43 and 0x44 are exclusive on one device (AN3155 3.7)
+    "write_protect": ((0x63,), (0x64,)),
+    "write_unprotect": ((0x73,), (0x74,)),
+    "readout_protect": ((0x82,), (0x83,)),
+    "readout_unprotect": ((0x92,), (0x93,)),
+    "checksum": ((0xA1,), ()),
+}
+_NAMES = {op: name for name, (std, ns) in _OPCODES.items() for op in std + ns}
+# stm32flash stm32_guess_len_cmd: GET's N per I2C protocol version (11, 17 or 18 commands)
+_I2C_GET_N = {0x10: 11, 0x11: 17, 0x12: 18}
+_STM32_CRC_POLY = 0x04C11DB7
+_STM32_CRC_INIT = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Deadlines in seconds per kind of operation (a page erase is not a byte read)."""
+
+    sync: float = 0.5
+    byte: float = 0.5  # ACK of an ordinary command or a short reply
+    write_block: float = 1.0  # ACK after WRITE_MEMORY data
+    erase_page: float = 5.0  # per page/sector in one erase command (F4 128 KiB sectors ~2 s)
+    mass_erase: float = 35.0
+    checksum: float = 5.0
+    unprotect: float = 35.0  # readout unprotect mass-erases first
+    busy_poll_interval: float = 0.002  # AN4221: host polls one byte until ACK/NACK
+    reset_settle: float = 0.1  # after WP/WUP/RP/RUP the chip resets (AN3155 3.8-3.11)
+
+
+@dataclass(frozen=True)
+class BootloaderInfo:
+    """What the bootloader told us about itself on connect()."""
+
+    version: int  # e.g. 0x31 for V3.1
+    option_bytes: bytes  # UART GET_VERSION's two legacy bytes; b"" on I2C
+    commands: tuple[int, ...] = field(default_factory=tuple)  # opcodes from GET, in order
+    pid: int = 0  # product ID from GET_ID
+
+
+def _xor(data: Iterable[int], start: int = 0) -> int:
+    return reduce(lambda a, b: a ^ b, data, start)
+
+
+def _with_xor(data: bytes) -> bytes:
+    return data + bytes([_xor(data)])
+
+
+def pick_opcodes(offered: Sequence[int], no_stretch: bool) -> dict[str, int]:
+    """Map function names to the opcode to use, from GET's list and the link's preference."""
+    chosen: dict[str, int] = {}
+    for name, (std, ns) in _OPCODES.items():
+        for op in (ns + std if no_stretch else std + ns):
+            if op in offered:
+                chosen[name] = op
+                break
+    return chosen
+
+
+
+class Wire:
+    """The link plus the choke point every bootloader command goes through."""
+
+    def __init__(
+        self,
+        link: Link,
+        timeouts: Timeouts = Timeouts(),
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.link = link
+        self.caps = link.caps
+        self.timeouts = timeouts
+        self._clock = clock
+        self._sleep = sleep
+        self.info: BootloaderInfo | None = None
+        self._ops: dict[str, int] = {}
+
+    def _read(self, n: int, timeout: float, what: str) -> bytes:
+        try:
+            return self.link.read(n, timeout)
+        except LinkTimeout as exc:
+            raise LinkTimeout(f"{what}: no answer within {timeout:.3g} s ({exc})") from exc
+
+    def _line_time(self, n: int) -> float:
+        rate = self.caps.line_bytes_per_s
+        return 2.0 * n / rate if rate else 0.0
+
+    def _wait_ack(self, what: str, timeout: float) -> None:
+        """Read the answer byte; on a BUSY-polling link poll while 0x76 (AN4221 2.x no-stretch)."""
+        deadline = self._clock() + timeout
+        while True:
+            remaining = max(deadline - self._clock(), 0.0)
+            answer = self._read(1, remaining, what)[0]
+            if answer == ACK:
+                return
+            if answer == NACK:
+                raise Nack(f"{what}: bootloader answered NACK")
+            if answer == BUSY and self.caps.polls_busy:
+                if self._clock() >= deadline:
+                    raise LinkTimeout(f"{what}: still BUSY after {timeout:.3g} s")
+                self._sleep(self.timeouts.busy_poll_interval)
+                continue
+            raise ProtocolError(f"{what}: expected ACK, got 0x{answer:02X}")
+
+    def _send(self, data: bytes, what: str, timeout: float | None = None) -> None:
+        """Send one frame and wait for its ACK (default: the short `byte` deadline)."""
+        self.link.write(data)
+        self._wait_ack(what, self.timeouts.byte if timeout is None else timeout)
+
+    def _op(self, name: str) -> int:
+        if name not in self._ops:
+            raise Unsupported(f"the bootloader does not offer {name.replace('_', ' ')} "
+                              f"(GET listed {self._offered()})")
+        return self._ops[name]
+
+    def _offered(self) -> str:
+        cmds = self.info.commands if self.info else ()
+        return " ".join(f"{c:02X}" for c in cmds) or "nothing yet: call connect() first"
+
+    def _command(self, opcode: int, what: str | None = None) -> None:
+        """The choke point: send opcode + complement, wait for ACK, raise Nack/LinkTimeout."""
+        label = what or f"{_NAMES.get(opcode, 'command')} (0x{opcode:02X})"
+        log.debug("command 0x%02X %s", opcode, label)
+        self._send(bytes([opcode, opcode ^ 0xFF]), label)
+
+    def _address(self, addr: int, what: str) -> None:
+        if not 0 <= addr <= 0xFFFFFFFF:
+            raise UsageError(f"{what}: address 0x{addr:X} is not a 32-bit address",
+                             code="bad_address")
+        self._send(_with_xor(struct.pack(">I", addr)), f"{what}: address 0x{addr:08X}")
+
+    # ---- connection -----------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """AN3155 2 / stm32flash init: 0x7F -> ACK; NACK means it was already synced."""
+        self.link.flush_input()
+        self.link.write(bytes([SYNC]))
+        try:
+            answer = self.link.read(1, self.timeouts.sync)[0]
+        except LinkTimeout:
+            # the first 0x7F may have been taken as the first byte of a command: a second one
+            # completes that command (wrong complement) and earns a NACK
+            self.link.write(bytes([SYNC]))
+            try:
+                answer = self.link.read(1, self.timeouts.sync)[0]
+            except LinkTimeout as exc:
+                raise NoBootloader(
+                    f"no answer to 0x7F sync on {self.link!r}: check BOOT0/NRST wiring, TX/RX "
+                    f"crossing, baud rate and that the chip is in its bootloader") from exc
+        if answer == NACK:
+            log.info("sync answered NACK: the bootloader was already synced")
+        elif answer != ACK:
+            raise NoBootloader(f"sync answered 0x{answer:02X} instead of ACK: wrong baud rate or "
+                               f"parity (the bootloader needs 8E1), or not the bootloader")
+
+    def resync(self) -> None:
+        """After a timeout mid-command: feed 0xFF until the bootloader awaits a new command."""
+        deadline = self._clock() + self.timeouts.sync * 20
+        short = self.timeouts.byte / 5
+        while not self._answered(b"\xff" * 16 if self.caps.byte_stream else b"\xff\x00", short):
+            if self._clock() >= deadline:
+                raise NoBootloader(f"bootloader on {self.link!r} did not come back after a "
+                                   f"timeout: reset the chip into its bootloader")
+        if not self.caps.byte_stream:
+            return  # a frame that is not a command earns a NACK and leaves nothing pending
+        # AN3155 2: a command is a byte and its complement; 0xFF 0xFF pairs are NACKed. After
+        # the first answer one 0xFF may be pending: one more 0xFF either pairs it (NACK) or
+        # becomes pending itself (silence), and then a second one surely pairs it.
+        self._sleep(short)
+        self.link.flush_input()
+        if not self._answered(b"\xff", short) and not self._answered(b"\xff", self.timeouts.byte):
+            raise NoBootloader(f"bootloader on {self.link!r} stopped answering during resync")
+        self.link.flush_input()
+
+    def _answered(self, filler: bytes, timeout: float) -> bool:
+        """Send filler bytes; True once the bootloader answers anything (an ACK or NACK)."""
+        self.link.write(filler)
+        try:
+            self.link.read(1, timeout)
+        except LinkTimeout:
+            return False
+        return True
