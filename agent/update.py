@@ -243,9 +243,11 @@ class Updater:
             if job is None or job.terminal:
                 log.info("%s: nothing to abort", name)
                 return
-            if job.status == QUEUED:
+            if job.status == QUEUED and name not in self._cancel:
                 self._finish(job, CANCELED, {"code": "aborted", "message": "aborted before it started"})
                 return
+            # A worker has claimed the job (it may still read QUEUED): it ends it as CANCELED,
+            # so the job gets one terminal status, not CANCELED here and SUCCEEDED there.
             self._cancel.setdefault(name, threading.Event()).set()
 
     # ----- worker ----------------------------------------------------------------------------
@@ -286,8 +288,11 @@ class Updater:
 
         with self._lock:
             job = self.store.load_job(name)
-            if job is None or job.terminal:
-                raise RuntimeError(f"no open job for {name}")
+            if job is None:
+                raise RuntimeError(f"no job for {name}")
+            if job.terminal:  # e.g. aborted while it waited in the queue
+                log.info("%s: job %s is already %s", name, job.job_id, job.status)
+                return job
             cancel = self._cancel[name] = threading.Event()
         pipeline = Pipeline(self, self.targets[name], job, cancel)
         try:

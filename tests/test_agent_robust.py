@@ -102,11 +102,12 @@ class Rig:
         u.handle_command([name], {"op": "install", "manifest": self.manifest(version)}, direct=True)
 
     def wait_terminal(self, name: str, job_id: Optional[str] = None) -> Job:
-        """Poll the state file until the target's job (or `job_id`) is terminal."""
+        """Poll until the target's job (or `job_id`) is terminal in the state file and reported."""
         deadline = time.monotonic() + DEADLINE
         while time.monotonic() < deadline:
             job = self.store().load_job(name)
-            if job is not None and job.terminal and (job_id is None or job.job_id == job_id):
+            if (job is not None and job.terminal and (job_id is None or job.job_id == job_id)
+                    and self.terminal_reports(name, job.job_id)):  # saved, then reported
                 return job
             time.sleep(0.01)
         raise AssertionError(f"{name}: no terminal job within {DEADLINE}s: {self.store().load_job(name)}")
@@ -114,7 +115,7 @@ class Rig:
     def terminal_reports(self, name: str, job_id: str) -> list[Job]:
         """Distinct terminal status changes reported for one job."""
         out: list[Job] = []
-        for _, n, job, _ in self.seen:
+        for _, n, job, _ in list(self.seen):
             if n == name and job.job_id == job_id and job.terminal:
                 if not out or out[-1].status != job.status:
                     out.append(job)
@@ -355,3 +356,31 @@ def test_starting_the_updater_never_resets_a_running_mcu(rig: Rig, last: Optiona
     time.sleep(0.2)  # a wrongly queued job would start within this
     assert rig.lines["a"] == [] and rig.resets("a") == 0
     assert rig.sims["a"].mode == "application" and rig.sims["a"].events == before
+
+
+def test_abort_racing_the_worker_that_claimed_the_job_gives_one_terminal_status(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent import pipeline
+
+    rig.add_target("a", SimI2CBus())
+    claimed, go = threading.Event(), threading.Event()
+    original = pipeline.Pipeline.run
+
+    def run_after_abort(self: pipeline.Pipeline) -> Job:
+        claimed.set()  # the worker owns the job, but has not saved IN_PROGRESS yet
+        go.wait(DEADLINE)
+        return original(self)
+
+    monkeypatch.setattr(pipeline.Pipeline, "run", run_after_abort)
+    u = rig.updater()
+    u.start()
+    rig.install(u, "a")
+    assert claimed.wait(DEADLINE)
+    assert rig.store().load_job("a").status == QUEUED
+    u.abort("a")
+    go.set()
+    job = rig.wait_terminal("a")
+    time.sleep(0.2)  # a second terminal status would follow within this
+    assert job.status == CANCELED
+    assert [j.status for j in rig.terminal_reports("a", job.job_id)] == [CANCELED]
+    assert rig.store().load_job("a").status == CANCELED and rig.resets("a") == 0
