@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -240,11 +240,12 @@ def test_an_agent_that_stops_shows_offline(two_agents: Any, capsys: Any) -> None
 # --- live view (a real process, stopped with Ctrl-C) ------------------------------------------
 
 
-def _read_until(fd: int, needle: bytes, timeout: float = 20.0) -> bytes:
-    """Read fd until `needle` appears; fail with what was read on timeout."""
+def _read_until(fd: int, needle: bytes | Callable[[bytes], bool], timeout: float = 20.0) -> bytes:
+    """Read fd until `needle` appears (or needle(output) holds); fail with the output on timeout."""
+    done = needle if callable(needle) else lambda out: needle in out
     got = b""
     deadline = time.monotonic() + timeout
-    while needle not in got:
+    while not done(got):
         left = deadline - time.monotonic()
         if left <= 0:
             raise AssertionError(f"{needle!r} not seen within {timeout}s; got {got!r}")
@@ -278,7 +279,8 @@ def test_live_view_prints_changes_as_lines_and_exits_0_on_ctrl_c(two_agents: Any
     a, b = two_agents
     proc = _live(a, subprocess.PIPE)
     fd = proc.stdout.fileno()  # type: ignore[union-attr]
-    _read_until(fd, b"gw-b/pump: product=pump-ctrl online=True")
+    # discovery, state and availability may come in any order; all three products must show
+    _read_until(fd, lambda out: out.count(b"product=pump-ctrl") == 2 and b"product=sensor-node" in out)
     mark = a.obs.mark()
     b.stop_service()
     a.obs.wait_topic(b.topics.availability, lambda m: m.payload == b"offline", after=mark)
