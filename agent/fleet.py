@@ -231,10 +231,12 @@ def describe(row: Row) -> str:
     bits = [f"installed {row.installed or 'unknown'}"]
     if row.online is False:
         bits.append("agent offline")
-    if row.status:
-        bits.append(f"job {row.status}" + (f" in {row.phase}" if row.phase and row.status == "IN_PROGRESS" else ""))
+    if row.status == "IN_PROGRESS" and row.phase:
+        bits.append(f"job IN_PROGRESS in {row.phase}")
+    elif row.status:
+        bits.append(f"job {row.status}")
     if row.error_code:
-        bits.append(f"error {row.error_code}: {row.error_message or ''}".rstrip(": "))
+        bits.append(f"error {row.error_code}" + (f": {row.error_message}" if row.error_message else ""))
     return f"{row.agent}/{row.target} ({', '.join(bits)})"
 
 
