@@ -46,6 +46,8 @@ def _fleet_args(p: argparse.ArgumentParser) -> None:
                    help="the retained messages are all in after this long without one (default 1)")
     p.add_argument("--settle", type=float, default=5.0, metavar="SECONDS",
                    help="collect retained messages for at most this long (default 5)")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="give up when the broker does not answer within this long (default 10)")
     p.add_argument("--wait-for", metavar="VERSION",
                    help="exit 0 once every target of --product reports VERSION installed")
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
@@ -57,14 +59,16 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     """Connect read-only, then print once, wait for a version, or show changes until Ctrl-C."""
     if args.wait_for and not args.product:
         raise UsageError("--wait-for needs --product: the version belongs to one product")
-    for name in ("quiet_for", "settle", "timeout"):
+    for name in ("quiet_for", "settle", "timeout", "connect_timeout"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must not be negative")
     fleet = Fleet(args.base_topic, args.discovery_prefix)
     watcher = Watcher(fleet, _client_factory(args))
-    if not watcher.start():
+    if not watcher.start(args.connect_timeout):
         watcher.stop()
-        raise ConfigError(f"cannot connect to the MQTT broker at {args.broker}", code="broker_unreachable")
+        raise ConfigError(f"cannot connect to the MQTT broker at {args.broker} within "
+                          f"{args.connect_timeout:g} s; check --broker, --username and "
+                          "--password-file", code="broker_unreachable")
     try:
         if args.wait_for:
             return _wait(args, watcher)

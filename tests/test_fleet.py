@@ -237,6 +237,14 @@ def test_an_agent_that_stops_shows_offline(two_agents: Any, capsys: Any) -> None
         ("gw-a", True), ("gw-b", False)}
 
 
+def test_an_unreachable_broker_is_a_clear_error(capsys: Any) -> None:
+    from mosquitto import free_port
+
+    rc = main(["fleet", "--broker", f"127.0.0.1:{free_port()}", "--once", "--connect-timeout", "0.5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "[broker_unreachable]" in err and "cannot connect" in err
+
+
 # --- live view (a real process, stopped with Ctrl-C) ------------------------------------------
 
 
