@@ -178,3 +178,18 @@ def test_a_truncated_download_is_completed_and_flashed(kit: AgentKit, second: Be
     assert len(gets) == 2
     start = int(gets[1].headers["Range"].removeprefix("bytes=").rstrip("-"))
     assert 0 < start <= 68_000  # asked to resume; the range-ignoring server sent it all again
+
+
+def test_starting_the_service_never_resets_a_running_mcu(kit: AgentKit) -> None:
+    pump = kit.uart_target("pump")  # mock pins driving the simulator's NRST/BOOT0
+    pump.sim.flash[:8] = bytes.fromhex("0030002009000008")
+    pump.sim.set_line("boot0", False)
+    pump.sim.power_cycle()
+    assert pump.sim.mode == "application"
+    before = list(pump.sim.events)
+    kit.start_service()
+    kit.wait_state("pump", lambda s: s["in_progress"] is False)
+    kit.stop_service()
+    kit.start_service()  # and a restart
+    time.sleep(0.2)
+    assert pump.sim.mode == "application" and pump.sim.events == before
