@@ -180,11 +180,11 @@ def _update(w: World) -> Outcome:
                   f"retained on {w.topics.release(t.product)}")
     if not _wait(lambda: all(r.latest == NEW for r in rows.values()), RELEASE_TIMEOUT, board):
         raise DemoFailed(f"the agent did not take the {NEW} releases; see the log above")
-    board.ignore_jobs.update(r.job_id for r in rows.values() if r.job_id)  # an earlier run's
     started = time.monotonic()
     for name in rows:
         w.viewer.publish(w.topics.cmd(name), "install")
     board.say(f"sent install to {', '.join(w.topics.cmd(n) for n in rows)}\n")
+    board.start()
     chaos = _Chaos(w)
     timeout = w.o.timeout or (60.0 if w.o.fast else 180.0)
     deadline = started + timeout
@@ -195,7 +195,7 @@ def _update(w: World) -> Outcome:
     chaos.join()
     _wait(lambda: all(r.installed == NEW or r.status != SUCCEEDED for r in rows.values()),
           STATE_TIMEOUT, board)
-    board.render()
+    board.stop()
     w.before, w.chaos_note = before, chaos.note
     return _check(w, time.monotonic() - started, timeout)
 
@@ -315,6 +315,7 @@ def _keep(w: World) -> None:
     say(f"  commands mosquitto_pub -h {w.host} -p {w.port} -q 1 -t {w.topics.cmd(t0)} -m check "
         "(or abort, install)")
     say(f"  files    {w.work}")
+    w.board.start()
     try:
         while True:
             w.board.changed.wait(1.0)

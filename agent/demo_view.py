@@ -74,6 +74,7 @@ class Board:
             self.tty = self.out.isatty()
         self._lock = threading.RLock()
         self._drawn = 0
+        self.live = False  # bars are drawn (terminal) only between start() and stop()
         self.changed = threading.Event()
 
     # ----- input (MQTT network thread) ---------------------------------------------------------
@@ -109,6 +110,14 @@ class Board:
                 row.finished = now
         self.changed.set()
 
+    def forget(self) -> None:
+        """Drop everything seen so far (an earlier run's retained messages); ignore its jobs."""
+        with self._lock:
+            for name, row in self.rows.items():
+                if row.job_id:
+                    self.ignore_jobs.add(row.job_id)
+                self.rows[name] = Row(row.name, row.label, row.image_size)
+
     # ----- output (main thread) ------------------------------------------------------------
 
     def all_done(self) -> bool:
@@ -130,12 +139,25 @@ class Board:
             text += f" [{row.error.get('code')}] {row.error.get('message')}"
         return text
 
+    def start(self) -> None:
+        """Show the bars from now on (below everything said so far)."""
+        with self._lock:
+            self.live = True
+        self.render()
+
+    def stop(self) -> None:
+        """Draw the bars a last time and leave them where they are; say() writes below them."""
+        self.render()
+        with self._lock:
+            self.live, self._drawn = False, 0
+
     def render(self) -> None:
         """Redraw the bars (terminal) or print what is new (plain lines)."""
         with self._lock:
             self.changed.clear()
             if self.tty:
-                self._redraw()
+                if self.live:
+                    self._redraw()
                 return
             for row in self.rows.values():
                 key = (row.status, row.phase, row.percent // 25)
@@ -159,6 +181,6 @@ class Board:
                 self.out.write(f"\x1b[{self._drawn}F\x1b[J")
                 self._drawn = 0
             self.out.write(text + "\n")
-            if self.tty:
+            if self.tty and self.live:
                 self._redraw()
             self.out.flush()

@@ -305,8 +305,15 @@ class World:
         if not self.viewer.wait_connected(CONNECT_TIMEOUT):
             raise UsageError(f"cannot connect to the MQTT broker at {self.host}:{self.port}",
                              code="broker_unreachable")
-        for t in TARGETS:  # a release signed by an earlier demo's key would only be rejected
-            self.viewer.publish_wait(self.topics.release(t.product), b"", retain=True)
+        # An earlier run on this broker left retained messages: its release (signed by a key
+        # thrown away since: the agent would reject it) and its job and state. Clear them, then
+        # forget what the viewer already got of them, so only this run's agent is shown.
+        for t in TARGETS:
+            for topic in (self.topics.release(t.product), self.topics.job(t.name),
+                          self.topics.state(t.name)):
+                self.viewer.publish_wait(topic, b"", retain=True)
+        assert self.board is not None
+        self.board.forget()
         self.svc.start()
         self.stack.callback(self.svc.stop)
         if not self.svc.client.wait_connected(CONNECT_TIMEOUT):
