@@ -151,7 +151,9 @@ def test_checksum_uses_the_usart_v33_layout():
         crc = bl.checksum(FLASH, 64)
         assert crc == stm32_crc32(bytes(sim.flash[:64]))
         assert link.frames[2] == b"\x00\x00\x00\x10\x10"  # 16 words, then its xor
-        assert link.frames[3][:4] == b"\x04\xc1\x1d\xb7"  # polynomial
+        assert link.frames[3] == b"\x04\xc1\x1d\xb7\x6f"  # polynomial, then its xor
+        assert link.frames[4] == b"\xff\xff\xff\xff\x00"  # initial value, then its xor
+        assert len(link.frames) == 5
         with pytest.raises(UsageError):
             bl.checksum(FLASH, 6)
     finally:

@@ -378,4 +378,5 @@ def test_checksum_in_the_usart_v33_layout(l432) -> None:
                      + packet((0x04C11DB7).to_bytes(4, "big")) + packet((0xFFFFFFFF).to_bytes(4, "big")))
     data, _ = sim.uart_pop()
     crc = stm32_crc32(bytes(range(8))).to_bytes(4, "big")
-    assert data == ACK * 6 + crc + bytes([xor(crc)])
+    # sync, command, address, size, polynomial, initial value, then the result's own ACK
+    assert data == ACK * 7 + crc + bytes([xor(crc)])

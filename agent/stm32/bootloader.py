@@ -203,14 +203,15 @@ class Bootloader(Wire):
         self._command(self._op("checksum"), what)
         self._address(addr, what)
         if self.caps.byte_stream:
-            # AN3155 3.13 (USART V3.3): size in words, then polynomial and initial value
+            # AN3155 3.13 (USART V3.3): size in 32-bit words, CRC polynomial, CRC initial
+            # value, each with its XOR and its own ACK (flashers.md 4.3)
             self._send(_with_xor(struct.pack(">I", length // 4)), f"{what}: size")
             self._send(_with_xor(struct.pack(">I", _STM32_CRC_POLY)), f"{what}: polynomial")
-            # the ACK to the initial value comes once the CRC is computed (AN3155 3.13)
-            self.link.write(_with_xor(struct.pack(">I", _STM32_CRC_INIT)))
+            self._send(_with_xor(struct.pack(">I", _STM32_CRC_INIT)), f"{what}: initial value")
         else:
-            # AN4221 2.20 / stm32flash: size in bytes is ACKed, then BUSY until the CRC is ready
+            # AN4221 2.20 (I2C V1.2, no-stretch): size in bytes, a non-zero multiple of 4
             self._send(_with_xor(struct.pack(">I", length)), f"{what}: size")
+        # both: the chip computes (I2C answers BUSY meanwhile), then ACK, CRC MSB first, XOR
         self._wait_ack(f"{what}: result", self.timeouts.checksum)
         reply = self._read(5, self.timeouts.byte, f"{what}: CRC")
         if _xor(reply) != 0:

@@ -390,7 +390,9 @@ class Bootrom:
             poly = yield from self._word()
             self.emit(bytes([ACK]))
             init = yield from self._word()
-            # the ACK after the initial value comes once the CRC is computed, with the result
+            # AN3155 3.13 (flashers.md 4.3): the initial value is ACKed like the other
+            # parameters; once computed, the result comes as ACK, CRC, XOR
+            self.emit(bytes([ACK]))
         else:
             nbytes = size  # AN4221 2.20: size in bytes, a non-zero multiple of 4
             if size % 4:
