@@ -220,9 +220,8 @@ def test_wait_for_fails_when_no_target_of_the_product_is_seen(two_agents: Any, c
     assert rc != 0 and "[no_targets]" in err and "'pump-ctrI'" in err and "gw-a, gw-b" in err
 
 
-def test_wait_for_needs_a_product(two_agents: Any, capsys: Any) -> None:
-    a, b = two_agents
-    assert main(_fleet(a, "--wait-for", "1.0.0")) == 2
+def test_wait_for_needs_a_product(capsys: Any) -> None:
+    assert main(["fleet", "--wait-for", "1.0.0"]) == 2  # refused before connecting anywhere
     assert "--product" in capsys.readouterr().err
 
 
