@@ -308,3 +308,13 @@ def test_live_view_draws_a_table_on_a_terminal(two_agents: Any) -> None:
     finally:
         os.close(slave)
         os.close(master)
+
+
+def test_once_without_a_format_prints_the_table(two_agents: Any, capsys: Any) -> None:
+    a, b = two_agents
+    assert main(_fleet(a, "--once", *QUIET, "--agent", "gw-a")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["agent", "target", "product", "online", "installed", "latest",
+                                "status", "phase", "progress", "error"]
+    assert [line.split()[:4] for line in lines[1:]] == [["gw-a", "pump", "pump-ctrl", "yes"],
+                                                        ["gw-a", "sensor", "sensor-node", "yes"]]
