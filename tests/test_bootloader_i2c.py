@@ -33,14 +33,16 @@ class RecordingBus:
         self.bus.i2c_rdwr(*msgs)
 
 
-def start(chip=L432, faults: Faults | None = None, read_chunk=256, write_chunk=256, **kw):
+def start(chip=L432, faults: Faults | None = None, read_chunk=256, write_chunk=256,
+          max_frame=8192, **kw):
     """A simulated chip on a simulated bus, and a client on it."""
     sim = SimChip(chip, realtime=False, faults=faults or Faults())
     sim.reset(boot0=True)
     bus = SimI2CBus()
     bus.attach(0x48, sim)
     rec = RecordingBus(bus)
-    link = I2cLink(rec, 0x48, read_chunk=read_chunk, write_chunk=write_chunk, busy_poll=0.0)
+    link = I2cLink(rec, 0x48, read_chunk=read_chunk, write_chunk=write_chunk, busy_poll=0.0,
+                   max_frame=max_frame)
     return sim, rec, Bootloader(link, timeouts=kw.pop("timeouts", FAST), **kw)
 
 
@@ -76,23 +78,32 @@ def test_erase_sends_count_with_its_own_checksum_first():
     assert bytes(sim.flash[2048:2056]) == b"\xff" * 8
 
 
-def test_erase_splits_by_frame_size_and_at_511():
-    big = dataclasses.replace(L432, flash_size=1200 * 256, pages=((1200, 256),))
-    sim, rec, bl = start(big, write_chunk=1024)
-    bl.connect()
-    rec.frames.clear()
-    bl.erase_pages(range(1200))
-    counts = [int.from_bytes(rec.frames[i + 1][:2], "big") + 1
-              for i, f in enumerate(rec.frames) if f == b"\x45\xba"]
-    assert counts == [511, 511, 178]
+def _erase_counts(rec: RecordingBus) -> list[int]:
+    return [int.from_bytes(rec.frames[i + 1][:2], "big") + 1
+            for i, f in enumerate(rec.frames) if f == b"\x45\xba"]
 
-    sim, rec, bl = start(big)  # 256-byte frames hold 128 page numbers + checksum
+
+def test_erase_splits_at_511_pages_whatever_the_write_chunk():
+    big = dataclasses.replace(L432, flash_size=1200 * 256, pages=((1200, 256),))
+    for write_chunk in (64, 256):  # the seed's small writes do not shrink the page list
+        sim, rec, bl = start(big, write_chunk=write_chunk)
+        bl.connect()
+        rec.frames.clear()
+        bl.erase_pages(range(1200))
+        assert _erase_counts(rec) == [511, 511, 178]
+        assert max(len(f) for f in rec.frames) == 2 * 511 + 1
+        erased = [p for e in sim.events if e[0] == "erase" for p in e[1]]
+        assert erased == list(range(1200))
+
+
+def test_erase_splits_by_the_links_frame_limit():
+    big = dataclasses.replace(L432, flash_size=1200 * 256, pages=((1200, 256),))
+    sim, rec, bl = start(big, max_frame=258)  # 258-byte frames hold 128 page numbers + XOR
     bl.connect()
     rec.frames.clear()
     bl.erase_pages(range(300))
-    counts = [int.from_bytes(rec.frames[i + 1][:2], "big") + 1
-              for i, f in enumerate(rec.frames) if f == b"\x45\xba"]
-    assert counts == [128, 128, 44]
+    assert _erase_counts(rec) == [128, 128, 44]
+    assert max(len(f) for f in rec.frames) == 257
 
 
 def test_checksum_uses_the_i2c_layout_and_matches_the_crc_unit():

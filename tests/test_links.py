@@ -170,14 +170,24 @@ def test_i2c_frames_are_single_transfers():
 
 def test_i2c_chunk_limits_are_enforced():
     bus = StrictBus(0x48, [])
-    link = I2cLink(bus, 0x48, read_chunk=32, write_chunk=64)
+    link = I2cLink(bus, 0x48, read_chunk=32, write_chunk=64, max_frame=1025)
     assert link.caps.max_read == 32 and link.caps.max_write == 64
+    assert link.caps.max_frame == 1025
     with pytest.raises(UsageError, match="read_chunk 32"):
         link.read(33, 0.5)
-    with pytest.raises(UsageError, match="write_chunk 64"):
-        link.write(bytes(67))
-    link.write(bytes(66))  # 64 data bytes + count + checksum fit
-    assert bus.writes == [bytes(66)]
+    with pytest.raises(UsageError, match="max_frame 1025"):
+        link.write(bytes(1026))
+    assert bus.writes == []  # refused before touching the bus
+    link.write(bytes(1025))  # write_chunk bounds WRITE_MEMORY data, not an erase page list
+    assert bus.writes == [bytes(1025)]
+
+
+def test_i2c_frame_limit_defaults_to_i2c_dev_and_must_hold_a_write():
+    link = I2cLink(StrictBus(0x48, []), 0x48)
+    assert link.caps.max_frame == 8192  # linux i2c-dev: I2C_RDWR messages up to 8192 bytes
+    for bad in (65, 8193):
+        with pytest.raises(UsageError, match="max_frame"):
+            I2cLink(StrictBus(0x48, []), 0x48, write_chunk=64, max_frame=bad)
 
 
 def test_i2c_address_nack_is_polled_then_times_out_naming_bus_and_address():

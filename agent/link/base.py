@@ -25,6 +25,7 @@ class Capabilities:
     max_read: int  # largest READ_MEMORY per command (AN3155: 256)
     max_write: int  # largest WRITE_MEMORY per command (AN3155: 256)
     line_bytes_per_s: float | None  # the wire's payload limit, for progress and benchmarks
+    max_frame: int | None = None  # largest single write a frame link can send; None: a stream
 
 
 class Link(Protocol):

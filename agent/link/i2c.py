@@ -14,6 +14,10 @@ from agent.link.base import Capabilities
 
 log = logging.getLogger(__name__)
 
+# Linux i2c-dev (drivers/i2c/i2c-dev.c) refuses I2C_RDWR messages longer than 8192 bytes; that,
+# not write_chunk, bounds a frame such as an erase page list (AN4221 allows 512 pages = 1025 B)
+I2C_DEV_MAX_MESSAGE = 8192
+
 # Errors the i2c-dev drivers report when the target does not acknowledge its address or a byte
 # (a bootloader that is busy, reset, or absent): worth polling again until the deadline.
 _NO_ANSWER = {errno.EREMOTEIO, errno.ENXIO, errno.EIO, errno.ETIMEDOUT, errno.EAGAIN}
@@ -31,6 +35,7 @@ class I2cLink:
         busy_poll: float = 0.002,
         frame_timeout: float = 0.5,
         *,
+        max_frame: int = I2C_DEV_MAX_MESSAGE,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -41,9 +46,14 @@ class I2cLink:
             if not 1 <= value <= 256 * 4:
                 raise UsageError(f"I2C {name} must be 1..1024 bytes, got {value}",
                                  code="bad_chunk")
+        if not write_chunk + 2 <= max_frame <= I2C_DEV_MAX_MESSAGE:
+            raise UsageError(f"I2C max_frame must be {write_chunk + 2}..{I2C_DEV_MAX_MESSAGE} "
+                             f"bytes (write_chunk + 2 .. the i2c-dev limit), got {max_frame}",
+                             code="bad_chunk")
         self.address = address
         self.read_chunk = read_chunk
         self.write_chunk = write_chunk
+        self.max_frame = max_frame
         self.busy_poll = busy_poll
         self.frame_timeout = frame_timeout
         self._sleep = sleep
@@ -53,6 +63,7 @@ class I2cLink:
             erase_count_checksum=True, no_stretch=True, polls_busy=True,
             max_read=read_chunk, max_write=write_chunk,
             line_bytes_per_s=400_000 / 9,  # 400 kHz fast mode, 8 bits + ACK per byte
+            max_frame=max_frame,
         )
         self._owns_bus = not hasattr(bus, "i2c_rdwr")
         self.name = f"/dev/i2c-{bus}" if isinstance(bus, int) else str(bus) if self._owns_bus \
@@ -80,10 +91,14 @@ class I2cLink:
         return f"I2C {self.name} address 0x{self.address:02X}"
 
     def write(self, data: bytes) -> None:
-        """Send one frame; frames longer than write_chunk + 2 (count and checksum) are refused."""
-        if len(data) > self.write_chunk + 2:
-            raise UsageError(f"{self._where()}: frame of {len(data)} bytes exceeds write_chunk "
-                             f"{self.write_chunk} + 2", code="frame_too_long")
+        """Send one frame; frames longer than max_frame are refused before touching the bus.
+
+        write_chunk bounds WRITE_MEMORY data (the client asks caps.max_write), not frames: an
+        erase page list may be longer than a write (AN4221 2.7: up to 512 page numbers).
+        """
+        if len(data) > self.max_frame:
+            raise UsageError(f"{self._where()}: frame of {len(data)} bytes exceeds max_frame "
+                             f"{self.max_frame}", code="frame_too_long")
         try:
             self.bus.i2c_rdwr(i2c_msg.write(self.address, bytes(data)))
         except OSError as exc:

@@ -221,11 +221,12 @@ class Bootloader(Wire):
     # ---- erase ----------------------------------------------------------------------------
 
     def _erase_limit(self, extended: bool) -> int:
-        # stm32flash: "STM32L152 cannot erase more than 512 pages ... even 511 for STM32L082";
-        # 0x43 numbers pages with one byte (AN3155 3.7); frames must fit the link's chunk
+        # AN4221 2.7: at most 512 pages per erase; stm32flash: "STM32L152 cannot erase more
+        # than 512 pages ... even 511 for STM32L082". 0x43: N+1 <= 255, N=255 is the global
+        # erase (AN3155 3.7). A frame link must also fit 2 bytes a page + XOR in one frame.
         limit = 511 if extended else 255
-        if not self.caps.byte_stream:
-            limit = min(limit, (self.caps.max_write + 1) // 2)
+        if self.caps.max_frame is not None:
+            limit = min(limit, (self.caps.max_frame - 1) // 2)
         return limit
 
     def erase_pages(self, pages: Iterable[int]) -> None:
