@@ -11,6 +11,7 @@ import json
 import logging
 import queue
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
@@ -18,7 +19,7 @@ from agent import homeassistant as ha
 from agent import systemd
 from agent.config import Config
 from agent.errors import ImageRejected, Stm32OtaError
-from agent.jobs import IN_PROGRESS, QUEUED, Job, StateStore
+from agent.jobs import IN_PROGRESS, QUEUED, TERMINAL, Job, StateStore
 from agent.update import FlashTarget, Policy, Updater
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,18 @@ def parse_command(payload: bytes) -> dict:
     return obj
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """Stands in for a payload the MQTT client dropped unread because it was too large."""
+
+    size: int
+
+    def check(self) -> None:
+        """Raise the rejection the sender should see."""
+        raise ImageRejected(f"message of {self.size} bytes is larger than the limit of "
+                            f"{MAX_COMMAND_BYTES}; it was dropped unread", code="too_large")
+
+
 def _when(text: Optional[str]) -> Optional[datetime]:
     if not text:
         return None
@@ -106,6 +119,7 @@ class Service:
         self._stop = threading.Event()
         self._dispatcher = threading.Thread(target=self._dispatch, name="mqtt inbox", daemon=True)
         self._last_status: dict[str, tuple[str, str]] = {}
+        self._publish_lock = threading.Lock()
 
     def _make_client(self) -> Any:
         from agent.mqtt import MqttClient, TlsOptions
@@ -118,7 +132,8 @@ class Service:
         return MqttClient(m.host, m.port, client_id=m.client_id, username=m.username,
                           password=m.password.resolve(), tls=tls, keepalive=m.keepalive,
                           will=(self.topics.availability, "offline", True),
-                          reconnect_max=m.reconnect_max, max_payload=MAX_COMMAND_BYTES)
+                          reconnect_max=m.reconnect_max, max_payload=MAX_COMMAND_BYTES,
+                          on_reject=self._on_oversize)
 
     # ----- start / stop ----------------------------------------------------------------------
 
@@ -172,6 +187,10 @@ class Service:
         except queue.Full:
             log.error("inbox full: dropped a message on %s", topic)
 
+    def _on_oversize(self, topic: str, size: int) -> None:
+        """paho's thread: a too-large payload was dropped unread; still tell its sender."""
+        self._enqueue(topic, Dropped(size), False)  # type: ignore[arg-type]
+
     def _dispatch(self) -> None:
         while True:
             item = self.inbox.get()
@@ -202,6 +221,8 @@ class Service:
             log.warning("ignoring a retained command on %s: commands must not be retained", topic)
             return
         try:
+            if isinstance(payload, Dropped):
+                payload.check()
             cmd = parse_command(payload)
         except Stm32OtaError as err:
             for name in names:
@@ -213,6 +234,8 @@ class Service:
         if not payload:  # a cleared retained release
             return
         try:
+            if isinstance(payload, Dropped):
+                payload.check()
             changed = self.updater.handle_release(product, payload)
         except Stm32OtaError as err:
             log.warning("rejected release on %s: [%s] %s", self.topics.release(product), err.code, err)
@@ -271,11 +294,24 @@ class Service:
             self.client.publish(self.topics.events(name), ha.event_payload(doc))
 
     def _on_job(self, name: str, job: Job, retain: bool) -> None:
-        """Updater callback (any thread): job, state, and an event on status changes."""
-        key = (job.job_id, job.status)
-        changed = self._last_status.get(name) != key
-        self._last_status[name] = key
-        self._publish_job(name, job, retain=retain, event=changed)
-        if retain:
+        """Updater callback (any thread): job, state, and an event on status changes.
+
+        Serialized: the dispatcher (QUEUED) and a fast worker (FAILED a moment later) may call
+        at once, and the retained state must end with the newer one, never a stale
+        `in_progress: true`. A non-retained notice (a refusal while another job runs) gets its
+        event but does not disturb the running job's record.
+        """
+        with self._publish_lock:
+            if not retain:
+                self._publish_job(name, job, retain=False, event=True)
+                return
+            last = self._last_status.get(name)
+            if last and last[0] == job.job_id and last[1] in TERMINAL and not job.terminal:
+                log.debug("%s: dropping a stale %s update of finished job %s", name, job.status,
+                          job.job_id)
+                return
+            key = (job.job_id, job.status)
+            self._last_status[name] = key
+            self._publish_job(name, job, retain=True, event=last != key)
             self.publish_state(name, job)
 
