@@ -313,9 +313,15 @@ class AgentKit:
         self.service = Service(cfg, self.flash_targets(cfg))
         self.service.start()
         if wait_online:
-            self.obs.wait_topic(self.topics.availability, lambda m: m.payload == b"online",
-                                after=mark)
+            self._wait_started(mark)
         return self.service
+
+    def _wait_started(self, mark: int) -> None:
+        """Availability online and every target's first state seen, so a later mark()
+        only covers what the test caused."""
+        self.obs.wait_topic(self.topics.availability, lambda m: m.payload == b"online", after=mark)
+        for name in self.targets:
+            self.obs.wait_topic(self.topics.state(name), after=mark)
 
     def stop_service(self) -> None:
         """Stop the in-process Service, if any."""
@@ -334,8 +340,7 @@ class AgentKit:
                                           str(path)], stdout=logf, stderr=logf, env=env,
                                          cwd=str(REPO))
         if wait_online:
-            self.obs.wait_topic(self.topics.availability, lambda m: m.payload == b"online",
-                                after=mark)
+            self._wait_started(mark)
         return self.proc
 
     def stop_process(self, kill: bool = False) -> Optional[int]:
@@ -425,6 +430,13 @@ class AgentKit:
                                   lambda m: bool(m.payload) and m.json().get("status") in want,
                                   timeout=timeout, after=after)
         return msg.json()
+
+    def wait_settled(self, target: str, job: dict, timeout: float = 20.0) -> dict:
+        """The state published after `job` (a terminal job document) was: in_progress false."""
+        topic = self.topics.job(target)
+        idx = next(i for i, m in enumerate(self.obs.messages)
+                   if m.topic == topic and m.payload and m.json() == job)
+        return self.wait_state(target, lambda s: True, after=idx + 1, timeout=timeout)
 
     def wait_state(self, target: str, predicate: Callable[[dict], bool], *, after: int = 0,
                    timeout: float = 20.0) -> dict:
