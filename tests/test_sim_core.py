@@ -67,3 +67,18 @@ def test_sim_takes_page_layout_and_bootloader_id_from_the_chip_table() -> None:
     assert mem.pages == list(l432.page_table())
     assert SimMemory(f407, 512 * 1024).pages == list(f407.page_table(512 * 1024))
     assert SimMemory(f407).pages[4:6] == [(0x08010000, 0x10000), (0x08020000, 0x20000)]
+
+
+def test_sim_erase_time_follows_the_tables_uneven_f4_sectors() -> None:
+    from agent.stm32.chips import lookup
+    from agent.stm32.sim_proto import ACK
+    f407 = lookup(0x413)
+    now = [0.0]
+    sim = SimChip(f407, faults=Faults(erase_factor=2), clock=lambda: now[0])  # timed, not realtime
+    # 0x44 erase of sectors 0 (16 KiB) and 11 (128 KiB): N-1 = 1, pages 0 and 11, XOR
+    body = b"\x00\x01\x00\x00\x00\x0b"
+    sim.uart_receive(b"\x7f\x44\xbb" + body + bytes([0x01 ^ 0x0B]))
+    data, wait = sim.uart_pop()
+    assert data == bytes([ACK]) * 2
+    assert wait == pytest.approx(2 * (f407.erase_ms(0) + f407.erase_ms(11)) / 1000)
+    assert f407.erase_ms(11) > 4 * f407.erase_ms(0)  # 128 KiB vs 16 KiB (DS typical)

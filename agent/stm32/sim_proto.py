@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from functools import reduce
-from typing import TYPE_CHECKING, Callable, Generator
+from typing import TYPE_CHECKING, Callable, Generator, Iterable
 
 from agent.errors import ProtocolError
 from agent.stm32.crc import stm32_crc32
@@ -303,7 +303,7 @@ class Bootrom:
             self.chip.note("mass_erase")
         else:
             self.chip.note("erase", self.mem.erase_pages(pages))
-        seconds = len(pages) * self.chip.chip.erase_ms_per_page / 1000
+        seconds = self._erase_seconds(pages)
         if self.iface == "i2c" and self.chip.faults.i2c_erase_no_ack:
             # seed-notes.md: the L432 erases but never sends the final ACK; polls read NACK
             self.chip.i2c_swallow_answer()
@@ -311,6 +311,10 @@ class Bootrom:
         self.answer(bytes([ACK]), seconds, op, erase=True)
         return
         yield  # pragma: no cover
+
+    def _erase_seconds(self, pages: Iterable[int]) -> float:
+        """Typical erase time from the chip table: F2/F4/F7 sectors of 16..256 KiB differ."""
+        return sum(self.chip.chip.erase_ms(p) for p in pages) / 1000
 
     # -- protection -------------------------------------------------------------------------
 
@@ -367,7 +371,7 @@ class Bootrom:
         self.mem.mass_erase()
         self.mem.options.data[0] = RDP_LEVEL0
         self.chip.note("readout_unprotect")
-        seconds = len(self.mem.pages) * self.chip.chip.erase_ms_per_page / 1000
+        seconds = self._erase_seconds(range(len(self.mem.pages)))
         self.answer(bytes([ACK]), seconds, op, erase=True, then=self._reset_after())
         return
         yield  # pragma: no cover
