@@ -4,7 +4,8 @@
 
 What runs, all real except the chips and their reset wires (see `agent.demo_world`):
 
-- an MQTT broker (in-process amqtt, or a mosquitto binary, or `--broker HOST:PORT`);
+- an MQTT broker (amqtt from the `demo` extra in a child process, or a mosquitto binary, or
+  `--broker HOST:PORT`);
 - two simulated STM32L432s running firmware 1.0.0: `pump` on a UART (a pty, AN3155) and
   `sensor` on an I2C bus (AN4221, 0x48), both reset through mock NRST/BOOT0 pins;
 - one agent (`agent.service.Service`) configured by a generated config.yaml, whose state says
@@ -16,8 +17,8 @@ What runs, all real except the chips and their reset wires (see `agent.demo_worl
   1.1.0 and written to `<workdir>/flash-<target>.bin`.
 
 `faults=True` adds a NACK storm on both chips (every 5th write packet refused), the L432's
-missing ACK after an I2C erase, slow erases, and a restart of the embedded broker while the
-flash is being changed.
+missing ACK after an I2C erase, slow erases, and a crash and restart of the demo's own broker
+while the flash is being changed.
 """
 
 from __future__ import annotations
@@ -222,8 +223,13 @@ class _Chaos:
 
     def _restart(self, name: str, phase: str) -> None:
         w = self.w
-        w.board.say(f"fault: stopping the MQTT broker while {name} is in {phase}")
-        w.broker.restart(down=BROKER_DOWN)
+        w.board.say(f"fault: killing the MQTT broker while {name} is in {phase}")
+        try:
+            w.broker.restart(down=BROKER_DOWN)
+        except Stm32OtaError as err:
+            self.note = f"the broker did not come back: {err}"
+            w.board.say(f"fault: {self.note}")
+            return
         w.board.say(f"fault: broker back on {w.host}:{w.port} after {BROKER_DOWN:.1f} s; "
                     "the agent reconnects and re-publishes its retained state")
 
@@ -283,8 +289,11 @@ def _summary(w: World, outcome: Outcome) -> None:
         status, installed, verified, why = outcome.targets[t.name]
         took = f"{row.finished - row.started:.1f} s" if row.finished and row.started else "-"
         size = w.files[(t.name, NEW)].name
-        check = f"verified: {t.size} bytes match {size}, application running" if verified \
-            else f"NOT verified: {why}"
+        if verified:
+            check = f"verified: {t.size} bytes match {size}, application running"
+            check += f"; but {why}" if why else ""
+        else:
+            check = f"NOT verified: {why}"
         say(f"  {t.name:<8} {row.label:<18} {w.before.get(t.name) or '?':<7} "
             f"{installed or '?':<7} {status:<10} {took:>6}  {check}")
     if w.o.faults:

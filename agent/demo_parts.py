@@ -1,6 +1,6 @@
 """The demo's stand-ins for the outside world: an MQTT broker, a firmware web server, images.
 
-    broker = start_broker()          # amqtt in-process, else a mosquitto binary; .restart()
+    broker = start_broker()          # amqtt (child process), else a mosquitto binary; .restart()
     with FileServer(dir) as web: web.url("pump-1.1.0.hex")
     make_image("pump-ctrl", "1.1.0", 20 * 1024)  -> bytes (vector table, code, version string)
     write_ihex(path, data, address)
@@ -10,14 +10,15 @@ Nothing here is used by the agent itself; `agent.demo` wires these to the real a
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import http.server
+import importlib.util
 import logging
 import random
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -60,91 +61,43 @@ def _wait_listening(host: str, port: int, timeout: float) -> bool:
 # ----- MQTT brokers ---------------------------------------------------------------------------
 
 
-class EmbeddedBroker:
-    """amqtt (MQTT 3.1.1 only) running on its own event loop thread; restartable on its port."""
+class BrokerProcess:
+    """A broker in a child process on a free loopback port; stop() kills it like a crash would.
 
-    kind = "embedded amqtt"
-    protocol = 4  # amqtt 0.12 speaks MQTT 3.1.1; an MQTT 5 CONNECT is refused
+    amqtt runs as `python -m agent.demo_parts PORT` rather than on a thread of the demo:
+    amqtt 0.12's graceful Broker.shutdown() can hang with clients connected (a reader task
+    never finishes cancelling), so an in-process restart was not reliable; killing a process
+    is reliable and is also the fault the demo wants to show (the broker's host going away).
+    """
 
-    def __init__(self, port: Optional[int] = None) -> None:
-        from amqtt.broker import Broker  # the `demo` extra; only the demo needs it
-
-        self.host = HOST
-        self.port = port or free_port()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="amqtt", daemon=True)
-        self._thread.start()
-        config = {"listeners": {"default": {"type": "tcp", "bind": f"{HOST}:{self.port}"}},
-                  "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
-                              {"allow_anonymous": True}}}
-
-        async def make() -> Any:
-            return Broker(config, loop=self._loop)
-
-        self._broker = self._run(make())
-
-    def _run(self, coro: Any, timeout: float = 10.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    def start(self) -> None:
-        """Listen on host:port (again, after stop(): retained messages are gone, like mosquitto
-        without persistence)."""
-        self._run(self._broker.start())
-
-    def stop(self) -> None:
-        """Close the listener and drop every client."""
-        self._run(self._broker.shutdown())
-
-    def restart(self, down: float = 1.0) -> None:
-        """Stop, stay down `down` seconds, start on the same port."""
-        self.stop()
-        time.sleep(down)
-        self.start()
-
-    def close(self) -> None:
-        """Stop for good and end the loop thread."""
-        try:
-            if self._broker.transitions.state == "started":
-                self.stop()
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-
-
-class MosquittoBroker:
-    """A mosquitto binary on a free loopback port: anonymous, no persistence."""
-
-    kind = "mosquitto"
-    protocol = 5
-
-    def __init__(self, binary: str, port: Optional[int] = None) -> None:
-        self.binary = binary
-        self.host = HOST
-        self.port = port or free_port()
-        self._dir = tempfile.mkdtemp(prefix="stm32ota-demo-mosquitto-")
-        self._conf = Path(self._dir, "mosquitto.conf")
-        self._conf.write_text(f"listener {self.port} {HOST}\nallow_anonymous true\n"
-                              "persistence false\nlog_dest none\n", encoding="utf-8")
+    def __init__(self, kind: str, argv: list[str], protocol: int, port: int,
+                 config: Optional[str] = None) -> None:
+        self.kind, self.protocol = kind, protocol
+        self.host, self.port = HOST, port
+        self._dir = tempfile.mkdtemp(prefix="stm32ota-demo-broker-")
+        if config is not None:
+            Path(self._dir, "broker.conf").write_text(config, encoding="utf-8")
+        self._argv = [a.replace("{dir}", self._dir) for a in argv]
+        self._log = Path(self._dir, "broker.log")
         self._proc: Optional[subprocess.Popen] = None
 
     def start(self) -> None:
-        """Start the process and wait until it listens."""
-        self._proc = subprocess.Popen([self.binary, "-c", str(self._conf)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if not _wait_listening(self.host, self.port, 10):
+        """Start the process and wait until it listens; UsageError with its log otherwise."""
+        with open(self._log, "ab") as log_file:
+            self._proc = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL,
+                                          stdout=log_file, stderr=log_file)
+        if not _wait_listening(self.host, self.port, 15):
             self.stop()
-            raise UsageError(f"{self.binary} did not start listening on {self.host}:{self.port}",
+            tail = self._log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise UsageError(f"{self.kind} did not start listening on {self.host}:{self.port}"
+                             + (f": {' / '.join(tail)}" if tail else ""),
                              code="broker_unavailable")
 
     def stop(self) -> None:
-        """Terminate the process (clients see the connection drop)."""
+        """Kill the process: every client sees its connection drop."""
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
+            self._proc.kill()
+            self._proc.wait(5)
         self._proc = None
 
     def restart(self, down: float = 1.0) -> None:
@@ -154,35 +107,67 @@ class MosquittoBroker:
         self.start()
 
     def close(self) -> None:
-        """Stop and remove the temporary config."""
+        """Stop and remove the temporary files."""
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def start_broker() -> Any:
-    """An in-process amqtt broker, else a mosquitto binary; UsageError saying what to install."""
-    problem = ""
-    try:
-        broker: Any = EmbeddedBroker()
+def amqtt_broker(port: Optional[int] = None) -> BrokerProcess:
+    """amqtt (MQTT 3.1.1 only: an MQTT 5 CONNECT is refused) in a child process."""
+    port = port or free_port()
+    return BrokerProcess("embedded amqtt", [sys.executable, "-m", "agent.demo_parts", str(port)],
+                         protocol=4, port=port)
+
+
+def mosquitto_broker(binary: str, port: Optional[int] = None) -> BrokerProcess:
+    """A mosquitto binary: anonymous, no persistence."""
+    port = port or free_port()
+    conf = f"listener {port} {HOST}\nallow_anonymous true\npersistence false\n"
+    return BrokerProcess("mosquitto", [binary, "-c", "{dir}/broker.conf"], protocol=5,
+                         port=port, config=conf)
+
+
+def start_broker() -> BrokerProcess:
+    """amqtt from the `demo` extra, else a mosquitto binary; UsageError saying what to install."""
+    if importlib.util.find_spec("amqtt") is not None:
+        broker = amqtt_broker()
         try:
             broker.start()
             return broker
-        except Exception as err:  # amqtt raises its own BrokerError and plain OSErrors
+        except UsageError as err:
             broker.close()
-            problem = f"amqtt could not start: {err}"
-    except ImportError as err:
-        problem = f"amqtt is not installed ({err.name})"
-    log.warning("%s", problem)
+            problem = f"amqtt could not start ({err})"
+    else:
+        problem = "amqtt is not installed"
     binary = shutil.which("mosquitto")
     if binary is None:
         raise UsageError(f"no MQTT broker for the demo: {problem}, and no mosquitto binary on "
                          "PATH. Install the demo extra (pip install 'stm32ota[demo]'), or "
                          "mosquitto, or point the demo at a broker with --broker HOST:PORT",
                          code="broker_unavailable")
-    broker = MosquittoBroker(binary)
+    log.warning("%s; using %s instead", problem, binary)
+    broker = mosquitto_broker(binary)
     broker.start()
-    log.warning("using %s on %s:%d instead", binary, broker.host, broker.port)
     return broker
+
+
+def serve_amqtt(port: int) -> None:
+    """Run an anonymous amqtt broker on 127.0.0.1:port until killed (the child process)."""
+    import asyncio
+
+    from amqtt.broker import Broker  # the `demo` extra; only this child process imports it
+
+    logging.basicConfig(level=logging.ERROR)
+    config = {"listeners": {"default": {"type": "tcp", "bind": f"{HOST}:{port}"}},
+              "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
+                          {"allow_anonymous": True}}}
+
+    async def main() -> None:
+        broker = Broker(config)
+        await broker.start()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
 
 
 # ----- firmware web server --------------------------------------------------------------------
@@ -267,3 +252,7 @@ def ihex(data: bytes, address: int, start: Optional[int] = None) -> str:
         lines.append(record(0x05, 0, start.to_bytes(4, "big")))
     lines.append(record(0x01, 0, b""))
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    serve_amqtt(int(sys.argv[1]))

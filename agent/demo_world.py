@@ -133,13 +133,6 @@ def dump_json(path: Path, doc: dict) -> None:
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def quiet_third_parties() -> None:
-    """amqtt and its state machine log every packet at INFO; keep them for -vv."""
-    if logging.getLogger().level > logging.DEBUG:
-        for name in ("amqtt", "transitions", "asyncio"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-
-
 class World:
     """Everything the demo runs, wired together."""
 
@@ -169,7 +162,6 @@ class World:
 
     def build(self) -> None:
         """Keys, images, broker, chips, web server, config, agent, viewer: in that order."""
-        quiet_third_parties()
         key = self._keys()
         fw = self.work / "firmware"
         fw.mkdir()

@@ -151,3 +151,29 @@ def test_a_failed_update_exits_nonzero_with_the_reason(tmp_path: Path, monkeypat
     assert err.value.code == "demo_failed"
     assert "read_protected" in str(err.value) and "pump" in str(err.value)
     assert "Result: FAILED" in out.read_text()
+
+
+def test_without_amqtt_the_demo_falls_back_to_a_mosquitto_binary(monkeypatch) -> None:
+    """The fallback broker works for our client and comes back on its port after a crash."""
+    from agent import demo_parts
+
+    real = demo_parts.importlib.util.find_spec
+    monkeypatch.setattr(demo_parts.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "amqtt" else real(name, *a))
+    broker = demo_parts.start_broker()
+    try:
+        assert broker.kind == "mosquitto" and broker.port not in (1883, 8883)
+        client = MqttClient(broker.host, broker.port, client_id="test-demo-fallback",
+                            protocol=broker.protocol, reconnect_min=0.2, reconnect_max=1)
+        client.start()
+        try:
+            assert client.wait_connected(10)
+            broker.restart(down=0.2)
+            deadline = time.monotonic() + 10
+            while client.connected.is_set() and time.monotonic() < deadline:
+                time.sleep(0.02)  # it must notice the crash ...
+            assert client.wait_connected(10)  # ... and get back in on the same port
+        finally:
+            client.stop()
+    finally:
+        broker.close()
