@@ -100,15 +100,22 @@ class Session:
     read_protected: bool
     bootloader_id: Optional[int] = None
     exit_sequence: tuple = field(default_factory=tuple)
+    blank_at_entry: bool = False  # the first flash word read 0xFFFFFFFF when we connected
 
     def start_application(self, address: Optional[int] = None) -> str:
         """Leave the bootloader: reset with BOOT0 low where pins allow, else GO to `address`.
 
-        Returns how the application was started ("reset" or "go").
+        A part with the empty check whose flash was blank when we came in may have booted the
+        bootloader because of that (AN2606 boot patterns; the flag stays latched until the
+        next power-on, RM0394 3.7.5), so a reset would land in the bootloader again: there the
+        pins only release BOOT0 and GO starts the application. Returns "reset" or "go".
         """
-        if address is None and self.pins is not None and self.pins.can_reset:
+        can_reset = self.pins is not None and self.pins.can_reset
+        if address is None and can_reset and not (self.blank_at_entry and self.chip.empty_check):
             self.pins.exit_bootloader(self.exit_sequence or None)
             return "reset"
+        if self.pins is not None and "boot0" in self.pins.available:
+            self.pins.run(["boot0 low"], "release BOOT0")
         # AN3155 3.6: GO jumps to the vector table at the address (stack pointer, reset vector).
         self.bl.go(self.chip.flash_start if address is None else address)
         return "go"
@@ -130,6 +137,16 @@ def _read_flash_size(bl: Bootloader, chip: Chip) -> int:
                     kib, chip.name, chip.flash_size // 1024)
         return chip.flash_size
     return kib * 1024
+
+
+def _flash_blank(bl: Bootloader, chip: Chip) -> bool:
+    """True when the first flash word is erased: what the empty check looks at (AN2606)."""
+    if not chip.empty_check:
+        return False
+    try:
+        return bl.read_memory(chip.flash_start, 4) == b"\xff" * 4
+    except ProtocolError:
+        return False
 
 
 def _read_bootloader_id(bl: Bootloader, chip: Chip) -> Optional[int]:
@@ -200,9 +217,10 @@ def open_session(link_spec: LinkSpec, pins_spec: PinsSpec | None = None, *,
         except ReadProtected:
             protected, flash_size = True, chip.flash_size
         bid = None if protected else _read_bootloader_id(bl, chip)
+        blank = False if protected else _flash_blank(bl, chip)
         yield Session(link=link, pins=pins, bl=bl, info=info, chip=chip, flash_size=flash_size,
                       read_protected=protected, bootloader_id=bid,
-                      exit_sequence=tuple(pins_spec.exit))
+                      exit_sequence=tuple(pins_spec.exit), blank_at_entry=blank)
     finally:
         if pins is not None:
             pins.close()

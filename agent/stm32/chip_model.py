@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 KiB = 1024
 
 
+# Families whose boot pattern (AN2606) includes the empty check; RM0394 3.7.5 (L4 PEMPTY)
+# latches it at power-on.
+EMPTY_CHECK_FAMILIES = frozenset({"L4", "G0", "G4", "C0"})
+
+
 @dataclass(frozen=True)
 class Chip:
     """Facts about one product ID that flashing depends on."""
@@ -56,6 +61,12 @@ class Chip:
     def flash_end(self) -> int:
         """One past the last byte of the largest flash of this PID."""
         return self.flash_start + self.flash_size
+
+    @property
+    def empty_check(self) -> bool:
+        """AN2606 boot patterns with an empty check: a blank flash at power-on boots the
+        bootloader even with BOOT0 low, and the flag stays latched until the next power-on."""
+        return self.family in EMPTY_CHECK_FAMILIES
 
     @property
     def uart_erase_opcode(self) -> int:

@@ -34,7 +34,6 @@ from agent.stm32.sim_proto import ACK, BUSY, NACK, Bootrom
 
 log = logging.getLogger(__name__)
 
-_EMPTY_CHECK_FAMILIES = frozenset({"L4", "G0", "G4", "C0"})  # AN2606 boot patterns with empty check
 I2C_TIMEOUT_S = 1.0  # AN2606 Table 230 / AN4221 caution: 1 s between frames, then system reset
 _MAX_EVENTS = 20000
 
@@ -208,7 +207,7 @@ class SimChip:
         if not self._nrst:
             return
         self.read_protected = self.mem.rdp_byte != RDP_LEVEL0
-        empty = self.chip.family in _EMPTY_CHECK_FAMILIES and self._empty_latched
+        empty = self.chip.empty_check and self._empty_latched
         self.mode = "bootloader" if self._boot0 or empty else "application"
         if cause == "nrst" and self._silent_left > 0:
             self._silent_left -= 1
