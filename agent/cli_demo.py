@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from pathlib import Path
 
 from agent.cli import command
@@ -36,6 +37,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import DemoOptions, run_demo
 
     broker = parse_broker(args.broker) if args.broker else None
-    run_demo(DemoOptions(fast=args.fast, faults=args.faults, keep=args.keep, broker=broker,
-                         workdir=args.workdir))
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # like Ctrl-C: tear down broker, chips and agent, then exit
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        run_demo(DemoOptions(fast=args.fast, faults=args.faults, keep=args.keep, broker=broker,
+                             workdir=args.workdir))
+    finally:
+        signal.signal(signal.SIGTERM, old)
     return 0

@@ -14,6 +14,7 @@ import functools
 import http.server
 import importlib.util
 import logging
+import os
 import random
 import shutil
 import socket
@@ -165,7 +166,9 @@ def serve_amqtt(port: int) -> None:
     async def main() -> None:
         broker = Broker(config)
         await broker.start()
-        await asyncio.Event().wait()
+        parent = os.getppid()
+        while os.getppid() == parent:  # the demo died without stopping us: do not linger
+            await asyncio.sleep(0.5)
 
     asyncio.run(main())
 

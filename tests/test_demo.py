@@ -177,3 +177,34 @@ def test_without_amqtt_the_demo_falls_back_to_a_mosquitto_binary(monkeypatch) ->
             client.stop()
     finally:
         broker.close()
+
+
+def test_keep_runs_until_ctrl_c_then_tears_everything_down(tmp_path: Path) -> None:
+    import signal
+    import socket
+
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "demo", "--fast", "--keep",
+                             "--workdir", str(tmp_path / "demo")], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # ends at EOF if the demo exits early
+            lines.append(line)
+            if "Ctrl-C stops" in line:
+                break
+        lines += [proc.stdout.readline() for _ in range(2)]
+        port = int(lines[-2].split("127.0.0.1:")[1])  # the line after "Ctrl-C stops"
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass  # still serving after the update
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert f"mosquitto_sub -h 127.0.0.1 -p {port} -t 'stm32ota/#' -v" in "".join(lines)
+    assert "stopping the demo" in rest
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
