@@ -75,11 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import cli_commands
 
     for name in CLI_MODULES:  # each registers its subcommands
-        try:
-            importlib.import_module(f"agent.{name}")
-        except ModuleNotFoundError as err:  # a module not written yet; any other import error raises
-            if err.name != f"agent.{name}":
-                raise
+        importlib.import_module(f"agent.{name}")
 
     p = argparse.ArgumentParser(prog="stm32ota", description=(
         "Flash STM32 microcontrollers through ST's ROM bootloader (UART or I2C), "

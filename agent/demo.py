@@ -96,20 +96,10 @@ def _logs_to(board: Board, hidden: dict[str, int]):  # type: ignore[no-untyped-d
     root = logging.getLogger()
     saved = root.handlers[:]
     root.handlers[:] = [_ToBoard(board, hidden, verbose=root.level <= logging.INFO)]
-    paho = logging.getLogger("agent.mqtt.paho")
-    paho.addFilter(_paho_noise)
     try:
         yield
     finally:
         root.handlers[:] = saved
-        paho.removeFilter(_paho_noise)
-
-
-def _paho_noise(record: logging.LogRecord) -> bool:
-    """amqtt closes a socket at once (on DISCONNECT, or when it stops), and paho's loop thread
-    may then log "Client is not connected" at ERROR while it reconnects or stops: harmless
-    (the reconnect follows), and alarming in a demo."""
-    return "Client is not connected" not in record.getMessage()
 
 
 class _ToBoard(logging.Handler):

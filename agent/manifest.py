@@ -178,25 +178,30 @@ def _decode(raw: bytes | bytearray | str) -> Any:
     except UnicodeDecodeError as e:
         raise ImageRejected(f"manifest is not valid UTF-8 (byte {e.start})", code="bad_json") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        return strict_json(text, "manifest")
     except ImageRejected:
         raise
     except (ValueError, RecursionError) as e:
         raise ImageRejected(f"manifest is not valid JSON: {e}", code="bad_json") from None
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ImageRejected(f"key {k!r} appears twice in the manifest", code="duplicate_key")
-        out[k] = v
-    return out
+def strict_json(text: str, what: str) -> Any:
+    """json.loads that refuses duplicate keys and NaN/Infinity (ImageRejected naming `what`);
+    other syntax errors stay ValueError for the caller to word."""
 
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise ImageRejected(f"key {k!r} appears twice in the {what}", code="duplicate_key")
+            out[k] = v
+        return out
 
-def _no_constant(name: str) -> Any:
-    raise ImageRejected(f"{name} is not allowed in a manifest (numbers must be integers)",
-                        code="bad_json")
+    def no_constant(name: str) -> Any:
+        raise ImageRejected(f"{name} is not allowed in a {what} (numbers must be integers)",
+                            code="bad_json")
+
+    return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constant)
 
 
 def _check_keys(fields: Mapping[str, Any]) -> None:

@@ -64,6 +64,15 @@ def encode(payload: Payload) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
+def _not_connected_noise(record: logging.LogRecord) -> bool:
+    """paho 2.2's loop thread logs "Client is not connected" at ERROR when the socket closes
+    under it (a clean stop, or a broker that drops the connection before the reconnect): it is
+    what the disconnect callback already reports, so keep it for debug logs only."""
+    if "Client is not connected" in record.getMessage():
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+    return True
+
+
 class MqttClient:
     """A reconnecting QoS 1 MQTT client with sticky retained messages; see the module docstring."""
 
@@ -109,7 +118,10 @@ class MqttClient:
         if protocol == 4:
             kwargs["clean_session"] = False
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, **kwargs)
-        self._client.enable_logger(logging.getLogger(__name__ + ".paho"))
+        paho_log = logging.getLogger(__name__ + ".paho")
+        if _not_connected_noise not in paho_log.filters:
+            paho_log.addFilter(_not_connected_noise)
+        self._client.enable_logger(paho_log)
         self._client.max_queued_messages_set(max_queued)
         self._client.reconnect_delay_set(reconnect_min, reconnect_max)  # type: ignore[arg-type]
         if username is not None:

@@ -7,7 +7,6 @@ published as retained state/job messages plus one event per status change.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -17,6 +16,7 @@ from typing import Any, Callable, Optional
 
 from agent import homeassistant as ha
 from agent import systemd
+from agent.manifest import strict_json
 from agent.config import Config
 from agent.errors import ImageRejected, Stm32OtaError
 from agent.jobs import IN_PROGRESS, QUEUED, TERMINAL, Job, StateStore
@@ -28,19 +28,6 @@ COMMAND_OPS = ("install", "abort", "check")
 MAX_COMMAND_BYTES = 32 * 1024
 INBOX_SIZE = 256
 UNKNOWN_VERSION = "unknown"
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    d: dict = {}
-    for k, v in pairs:
-        if k in d:
-            raise ImageRejected(f"the key {k!r} appears twice", code="duplicate_key")
-        d[k] = v
-    return d
-
-
-def _no_constant(name: str) -> Any:
-    raise ImageRejected(f"{name} is not a JSON number", code="bad_json")
 
 
 def parse_command(payload: bytes) -> dict:
@@ -55,7 +42,7 @@ def parse_command(payload: bytes) -> dict:
     if text in COMMAND_OPS:
         return {"op": text}
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        obj = strict_json(text, "command")
     except ValueError as err:
         if isinstance(err, ImageRejected):
             raise
@@ -272,7 +259,8 @@ class Service:
             installed_version=installed, latest_version=latest,
             title=rel.get("title") or t.product,
             release_summary=rel.get("release_summary") or "",
-            release_url=rel.get("release_url") or rel.get("url"),
+            # never the download URL: it may carry a token, and it is not release notes
+            release_url=rel.get("release_url"),
             in_progress=bool(running),
             update_percentage=job.percent if running else None)
 
