@@ -23,21 +23,10 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+# One definition of "a free loopback port that is not a real broker's": the demo's.
+from agent.demo_parts import HOST, RESERVED_PORTS, free_port
+
 log = logging.getLogger(__name__)
-
-HOST = "127.0.0.1"
-RESERVED_PORTS = frozenset({1883, 8883})  # the machine's own broker
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (never 1883/8883)."""
-    while True:
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        if port not in RESERVED_PORTS:
-            return port
-
 
 def _listening(port: int) -> bool:
     try:
