@@ -292,7 +292,10 @@ def _summary(w: World, outcome: Outcome) -> None:
     if w.hidden_logs:
         say("  log lines not shown: " + ", ".join(f"{n} from {name}" for name, n
                                                    in sorted(w.hidden_logs.items())))
-    say(f"  flash dumps: {', '.join(str(w.work / f'flash-{t.name}.bin') for t in TARGETS)}")
+    if w.o.workdir is not None:
+        say(f"  flash dumps: {', '.join(str(w.work / f'flash-{t.name}.bin') for t in TARGETS)}")
+    else:
+        say("  (add --workdir DIR to keep the keys, images, manifests and flash dumps)")
     if outcome.ok:
         say(f"Result: OK, both targets run {NEW}, verified byte for byte against the signed images.")
     else:
