@@ -13,7 +13,10 @@ survive broker outages needs, all at QoS 1:
   (`max_queued_messages_set`); on reconnect we take them back with `drop_out_messages()` and
   re-send them ourselves *after* the sticky ones, discarding stale copies of sticky topics, so
   an old retained state can never overwrite a newer one;
-- inbound payloads over `max_payload` are dropped with a log line before any handler sees them.
+- inbound payloads over `max_payload` are dropped with a log line before any handler sees them;
+- a failed attempt says why (a CONNACK refusal such as a wrong password, a TLS certificate
+  that does not verify, a refused TCP connection) at WARNING when the reason is new, and at
+  DEBUG while the same reason repeats; paho keeps retrying with its back-off in both cases.
 
 Threading: message handlers and the birth callback run on paho's network thread. They must
 only parse and enqueue (never download, flash, sleep or wait for a publish there); calling
@@ -25,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, Union
@@ -114,6 +118,7 @@ class MqttClient:
         self._will = will
         self._offline = encode(offline)
         self._started = False
+        self._last_failure: str | None = None  # logged at WARNING once per distinct reason
         kwargs: dict[str, Any] = {"protocol": paho.MQTTv5 if protocol == 5 else paho.MQTTv311}
         if protocol == 4:
             kwargs["clean_session"] = False
@@ -138,6 +143,7 @@ class MqttClient:
             # the birth is the first sticky message, so it is re-sent first on every connect
             self._sticky[topic] = (encode(birth), retain)
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
 
@@ -274,10 +280,34 @@ class MqttClient:
 
     # --- paho callbacks (network thread) --------------------------------------------------
 
+    def _failed(self, why: str) -> None:
+        """Log a failed connection attempt: WARNING for a new reason, DEBUG for a repeat."""
+        level = logging.DEBUG if why == self._last_failure else logging.WARNING
+        self._last_failure = why
+        log.log(level, "MQTT cannot connect to %s:%d: %s; retrying", self.host, self.port, why)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        # paho calls this inside its `except OSError:` around the connect and drops the
+        # exception (DEBUG "Connection failed, retrying"); it is still the one being handled
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            why = f"the broker's TLS certificate was not accepted ({exc.verify_message or exc}); " \
+                  "check the CA file and the host name the certificate names"
+        elif isinstance(exc, ssl.SSLError):
+            why = f"TLS handshake failed ({exc}); is this a TLS port, and does the broker " \
+                  "want a client certificate?"
+        else:
+            why = str(exc) if exc is not None else "connection failed"
+        self._failed(why)
+
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            log.warning("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason)
+            hint = ""
+            if reason.value in (0x86, 0x87):  # bad user name or password, not authorized (3.1.1 rc 4, 5)
+                hint = "; check the user name and password"
+            self._failed(f"the broker refused the connection: {reason}{hint}")
             return
+        self._last_failure = None
         with self._lock:
             # paho would re-send these after this callback returns, i.e. after our fresh sticky
             # values; take them back so the order is: sticky latest first, then the rest
@@ -299,8 +329,11 @@ class MqttClient:
         )
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        was_connected = self.connected.is_set()
         self.connected.clear()
-        if self._started:
+        if not was_connected:  # the end of a refused attempt, already logged with its reason
+            log.debug("MQTT connection to %s:%d closed (%s)", self.host, self.port, reason)
+        elif self._started:
             log.warning("MQTT disconnected from %s:%d (%s); reconnecting", self.host, self.port, reason)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
