@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import termios
 import time
 import tty
 
@@ -108,6 +109,21 @@ def test_uart_permission_denied_suggests_dialout(tmp_path):
 ])
 def test_uart_open_hints_name_the_fix(exc, words):
     assert words in _open_hint("/dev/ttyUSB0", exc)
+
+
+def test_uart_open_hint_names_parity_when_the_port_refuses_settings():
+    assert "--parity none" in _open_hint("/tmp/stm32", termios.error(22, "Invalid argument"))
+
+
+def test_a_port_that_refuses_even_parity_is_a_link_error_not_a_traceback(pty_pair):
+    # some kernels refuse PARENB on a pty once it has been set up (tcsetattr: EINVAL);
+    # whatever the kernel does, opening must either work or fail as port_unavailable
+    UartLink(pty_pair[0], parity="none").close()
+    for _ in range(2):
+        try:
+            UartLink(pty_pair[0], parity="even").close()
+        except LinkError as exc:
+            assert exc.code == "port_unavailable" and "--parity none" in str(exc)
 
 
 @pytest.mark.parametrize("kwargs", [{"parity": "odd"}, {"baud": 0}, {"inter_byte_delay": -1}])

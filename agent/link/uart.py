@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import termios
 import time
 from typing import Callable
 
@@ -31,6 +32,9 @@ def _open_hint(port: str, exc: BaseException) -> str:
         return "no such device: check the port name and that the adapter is plugged in"
     if err in (errno.EBUSY, errno.EAGAIN) or "busy" in text or "temporarily unavailable" in text:
         return "port is busy: another program (a serial console, getty, ModemManager) holds it"
+    if isinstance(exc, termios.error):  # tcsetattr refused the settings, e.g. parity on a pty
+        return ("the port refuses these line settings; a pseudo-terminal (the simulator) has no "
+                "parity: use --parity none (parity: none in the config)")
     return "check the port name, that the adapter is present and that no other program uses it"
 
 
@@ -71,7 +75,7 @@ class UartLink:
                 port, baudrate=baud, bytesize=serial.EIGHTBITS, parity=_PARITIES[parity],
                 stopbits=serial.STOPBITS_ONE, timeout=_POLL, write_timeout=5.0,
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except (serial.SerialException, OSError, ValueError, termios.error) as exc:
             raise LinkError(f"cannot open serial port {port}: {_open_hint(port, exc)} ({exc})",
                             code="port_unavailable") from exc
         log.debug("opened %s at %d baud, parity %s", port, baud, parity)
