@@ -119,7 +119,7 @@ def config_text(work: Path, host: str, port: int, uart_port: str) -> str:
     for t in TARGETS:
         nrst, boot0 = t.lines
         if t.link == "uart":
-            link = f"{{type: uart, port: {q(uart_port)}, baud: 115200}}"
+            link = f"{{type: uart, port: {q(uart_port)}, baud: 115200, parity: none}}"  # a pty: 8N1
         else:  # the bus number is replaced by the simulated bus object
             link = "{type: i2c, bus: 1, address: 0x48}"
         lines += [f"  - name: {t.name}", f"    product: {t.product}", f"    link: {link}",

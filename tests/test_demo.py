@@ -208,3 +208,14 @@ def test_keep_runs_until_ctrl_c_then_tears_everything_down(tmp_path: Path) -> No
     assert "stopping the demo" in rest
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_the_demo_agent_talks_8n1_to_its_pty(tmp_path: Path) -> None:
+    # a pty carries no parity: with the 8E1 default, reopening the port for a second install
+    # on a kept demo (--keep) failed in tcsetattr on some kernels
+    from agent import config
+    from agent.demo_world import config_text
+
+    cfg = config.loads(config_text(tmp_path, "127.0.0.1", 1883, "/dev/pts/9"))
+    uart = [t.link for t in cfg.targets if t.link.type == "uart"]
+    assert uart and all(link.parity == "none" for link in uart)
