@@ -17,12 +17,13 @@ log = logging.getLogger(__name__)
                 "server, agent and live progress, nothing to set up")
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true",
-                   help="skip UART/I2C line time and flash timing (a few seconds instead of ~20)")
+                   help="skip UART/I2C line time and flash timing (about 2 s instead of about 7 s)")
     p.add_argument("--faults", action="store_true",
                    help="inject a NACK storm, the L432's missing I2C erase ACK, slow erases and "
                         "a broker restart mid-flash, and show the agent riding through them")
     p.add_argument("--broker", metavar="HOST:PORT",
-                   help="use this MQTT broker (e.g. Home Assistant's) instead of an embedded one")
+                   help="use this MQTT broker (it must allow anonymous clients) instead of an "
+                        "embedded one")
     p.add_argument("--workdir", metavar="DIR", type=Path,
                    help="keep keys, images, manifests, config, state and the final flash "
                         "contents (flash-<target>.bin) here (default: a temporary directory)")
