@@ -77,6 +77,30 @@ def _not_connected_noise(record: logging.LogRecord) -> bool:
     return True
 
 
+IDLE_WAIT_MAX = 60.0  # seconds; with keepalive 0 nothing else limits the network thread's wait
+
+
+def idle_wait(keepalive: float) -> float:
+    """How long paho's network thread may sleep in select(): a quarter of the keepalive in
+    force, so the PINGREQ leaves at most 1.25 keepalives after the last packet, well inside
+    the broker's 1.5 (MQTT 3.1.2.10). paho's own fixed 1 s woke an idle agent 60 times a
+    minute for a check that is due once a minute."""
+    return min(keepalive / 4, IDLE_WAIT_MAX) if keepalive > 0 else IDLE_WAIT_MAX
+
+
+class _Paho(paho.Client):
+    """paho's client whose network thread waits `idle_wait(keepalive)` for traffic.
+
+    A publish or subscribe from another thread still wakes it at once (paho's socket pair),
+    and the keepalive is read on every pass, so a shorter Server Keep Alive from the broker's
+    CONNACK shortens the wait. paho's loop_start() has no timeout parameter, hence the
+    override of its one network-wait step; should paho rename it, its 1 s default returns.
+    """
+
+    def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:
+        return super()._loop(idle_wait(self.keepalive))
+
+
 class MqttClient:
     """A reconnecting QoS 1 MQTT client with sticky retained messages; see the module docstring."""
 
@@ -122,7 +146,7 @@ class MqttClient:
         kwargs: dict[str, Any] = {"protocol": paho.MQTTv5 if protocol == 5 else paho.MQTTv311}
         if protocol == 4:
             kwargs["clean_session"] = False
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, **kwargs)
+        self._client = _Paho(CallbackAPIVersion.VERSION2, client_id=client_id, **kwargs)
         paho_log = logging.getLogger(__name__ + ".paho")
         if _not_connected_noise not in paho_log.filters:
             paho_log.addFilter(_not_connected_noise)
