@@ -127,14 +127,54 @@ def cmd_sign(args: argparse.Namespace) -> int:
 @parser("publish", "announce a signed release (retained) or send it as an install command")
 def _publish_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", help="manifest JSON written by `stm32ota sign`")
-    p.add_argument("--broker", default="localhost:1883", help="HOST:PORT (default localhost:1883)")
-    p.add_argument("--username")
-    p.add_argument("--password-file")
+    add_broker_args(p)
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="give up when the broker does not answer within this long (default 10)")
     p.add_argument("--base-topic", default="stm32ota")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--target", metavar="AGENT/TARGET", help="install on one target now")
     who.add_argument("--group", help="install on every target of a group now")
     who.add_argument("--fleet", action="store_true", help="install on every target now")
+
+
+def add_broker_args(p: argparse.ArgumentParser) -> None:
+    """--broker, --username, --password-file and the TLS options of the one-shot MQTT tools."""
+    p.add_argument("--broker", default="localhost:1883",
+                   help="HOST:PORT (default localhost:1883; 8883 is usual with TLS)")
+    p.add_argument("--username")
+    p.add_argument("--password-file", help="file whose first line is the password")
+    tls = p.add_argument_group("TLS (any of these turns it on)")
+    tls.add_argument("--ca", metavar="FILE", help="CA certificate (PEM) of the broker; "
+                     "without it, but with another TLS option, the system CAs")
+    tls.add_argument("--cert", metavar="FILE", help="client certificate (PEM), with --key")
+    tls.add_argument("--key", metavar="FILE", help="private key of --cert (PEM); a password "
+                     "for it is read from the environment variable STM32OTA_KEY_PASSWORD")
+    tls.add_argument("--insecure", action="store_true",
+                     help="do not check that the broker's certificate names --broker's host "
+                          "(the certificate itself is still verified)")
+
+
+def broker_options(args: argparse.Namespace) -> dict:
+    """MqttClient keyword arguments (username, password, tls) from add_broker_args' options."""
+    from agent.mqtt import TlsOptions
+
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("--cert and --key go together: a client certificate needs its key")
+    for name in ("password_file", "ca", "cert", "key"):
+        path = getattr(args, name)
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"--{name.replace('_', '-')} {path}: no such file")
+    password = None
+    if args.password_file:
+        with open(args.password_file, encoding="utf-8") as f:
+            password = f.readline().rstrip("\n")
+        if args.username is None:
+            raise UsageError("--password-file needs --username (MQTT sends no password without one)")
+    tls = None
+    if args.ca or args.cert or args.insecure:
+        tls = TlsOptions(ca=args.ca, cert=args.cert, key=args.key, insecure=args.insecure,
+                         key_password=os.environ.get("STM32OTA_KEY_PASSWORD") if args.key else None)
+    return {"username": args.username, "password": password, "tls": tls}
 
 
 def parse_broker(text: str) -> tuple[str, int]:
@@ -174,17 +214,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
     retain = not (args.target or args.group or args.fleet)
     payload = fields if retain else {"op": "install", "manifest": fields}
     host, port = parse_broker(args.broker)
-    password = None
-    if args.password_file:
-        with open(args.password_file, encoding="utf-8") as f:
-            password = f.readline().rstrip("\n")
     client = MqttClient(host, port, client_id=f"stm32ota-publish-{os.getpid()}",
-                        username=args.username, password=password, session_expiry=0)
+                        session_expiry=0, **broker_options(args))
     client.start()
     try:
-        if not client.wait_connected(10):
-            raise ConfigError(f"cannot connect to the MQTT broker at {host}:{port}",
-                              code="broker_unreachable")
+        if not client.wait_connected(args.connect_timeout):
+            raise ConfigError(f"cannot connect to the MQTT broker at {host}:{port}; check "
+                              "--broker, --username, --password-file and the TLS options "
+                              "(the log line above says why)", code="broker_unreachable")
         if not client.publish_wait(topic, payload, retain=retain, timeout=10):
             raise ConfigError(f"the broker at {host}:{port} did not acknowledge the message",
                               code="broker_unreachable")

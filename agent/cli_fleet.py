@@ -12,7 +12,7 @@ import time
 from typing import Any, Callable, TextIO
 
 from agent.cli import command
-from agent.cli_agent import parse_broker
+from agent.cli_agent import add_broker_args, broker_options, parse_broker
 from agent.cli_commands import parser
 from agent.errors import ConfigError, UsageError
 from agent.fleet import COLUMNS, Fleet, Row, Watcher, changes, wait_for
@@ -28,9 +28,7 @@ HEADERS = ("agent", "target", "product", "online", "installed", "latest", "statu
 
 @parser("fleet", "show every agent and target on the broker: live table, JSON/CSV, or wait for a version")
 def _fleet_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", default="localhost:1883", help="HOST:PORT (default localhost:1883)")
-    p.add_argument("--username")
-    p.add_argument("--password-file")
+    add_broker_args(p)
     p.add_argument("--base-topic", default="stm32ota", help="(default stm32ota)")
     p.add_argument("--discovery-prefix", default="homeassistant",
                    help="where agents publish discovery, which names each target's product "
@@ -67,8 +65,9 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     if not watcher.start(args.connect_timeout):
         watcher.stop()
         raise ConfigError(f"cannot connect to the MQTT broker at {args.broker} within "
-                          f"{args.connect_timeout:g} s; check --broker, --username and "
-                          "--password-file", code="broker_unreachable")
+                          f"{args.connect_timeout:g} s; check --broker, --username, "
+                          "--password-file and the TLS options (the log line above says why)",
+                          code="broker_unreachable")
     try:
         if args.wait_for:
             return _wait(args, watcher)
@@ -88,13 +87,10 @@ def _client_factory(args: argparse.Namespace) -> Callable[..., Any]:
     from agent.mqtt import MqttClient
 
     host, port = parse_broker(args.broker)
-    password = None
-    if args.password_file:
-        with open(args.password_file, encoding="utf-8") as f:
-            password = f.readline().rstrip("\n")
+    options = broker_options(args)
 
     def make(**kwargs: Any) -> Any:
-        return MqttClient(host, port, username=args.username, password=password, **kwargs)
+        return MqttClient(host, port, **options, **kwargs)
 
     return make
 
