@@ -39,6 +39,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 QOS = 1  # DESIGN.md: QoS 1 throughout
@@ -156,11 +158,7 @@ class MqttClient:
         if username is not None:
             self._client.username_pw_set(username, password)
         if tls is not None:
-            self._client.tls_set(
-                ca_certs=tls.ca, certfile=tls.cert, keyfile=tls.key, cert_reqs=ssl.CERT_REQUIRED,
-                keyfile_password=tls.key_password,
-            )
-            self._client.tls_insecure_set(tls.insecure)
+            self._tls_set(tls)
         if will is not None:
             topic, _, retain = will
             self._client.will_set(topic, self._offline, qos=QOS, retain=retain)
@@ -170,6 +168,21 @@ class MqttClient:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+
+    def _tls_set(self, tls: TlsOptions) -> None:
+        """Load the CA, certificate and key now, so a bad file is a ConfigError at start."""
+        try:
+            self._client.tls_set(
+                ca_certs=tls.ca, certfile=tls.cert, keyfile=tls.key, cert_reqs=ssl.CERT_REQUIRED,
+                keyfile_password=tls.key_password,
+            )
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            files = ", ".join(f"{n} {v}" for n, v in (("ca", tls.ca), ("cert", tls.cert),
+                                                      ("key", tls.key)) if v) or "system CAs"
+            raise ConfigError(f"MQTT TLS files could not be loaded ({files}): {exc}; check that "
+                              "they are PEM files, that the key belongs to the certificate and "
+                              "that its password is right") from exc
+        self._client.tls_insecure_set(tls.insecure)
 
     # --- lifecycle ------------------------------------------------------------------------
 
