@@ -199,6 +199,9 @@ class Updater:
                                         f"the release topic yet", code="no_release")
                 m = mf.parse_manifest(stored)
             if m.product != t.product:
+                if not direct:  # a group/fleet install of another product is not for this target
+                    log.debug("%s: ignoring a %s install for product %s", name, m.product, t.product)
+                    return
                 raise ImageRejected(f"the release is for product {m.product!r} but target {name} "
                                     f"runs {t.product!r}", code="wrong_product")
             if not direct and not mf.rollout_selected(m, self.agent_id, name):

@@ -168,6 +168,20 @@ def test_group_fleet_and_direct_manifest_commands(kit: AgentKit) -> None:
     assert a.flash_bytes(FLASH_START, len(fw2)) == fw2  # the other target kept its image
 
 
+def test_a_fleet_install_of_one_product_leaves_other_products_alone(kit: AgentKit) -> None:
+    pump = kit.uart_target("pump")  # pump-ctrl
+    sensor = kit.i2c_target("sensor")  # sensor-node
+    kit.start_service()
+    fw = kit.image(1500, seed=9)
+    before = len(kit.jobs("sensor"))
+    mark = kit.obs.mark()
+    kit.fleet_command({"op": "install", "manifest": kit.release("pump-ctrl", "1.0.0", fw)})
+    assert kit.wait_job("pump", after=mark)["status"] == "SUCCEEDED"
+    assert pump.flash_bytes(FLASH_START, len(fw)) == fw
+    # not for it: no REJECTED record replacing the sensor's last job, and the chip untouched
+    assert len(kit.jobs("sensor")) == before and not sensor.touched()
+
+
 def test_keygen_sign_publish_commands_into_the_running_agent(kit: AgentKit, tmp_path) -> None:
     from agent.cli import main
 
