@@ -121,7 +121,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"stm32ota: error [{err.code}]: {err}", file=sys.stderr)
         return err.exit_code
     except OSError as err:  # a file that cannot be read or written
-        print(f"stm32ota: error: {err}", file=sys.stderr)
+        code = "file_error"
+        where = f": {err.filename}" if err.filename else ""
+        print(f"stm32ota: error [{code}]: {err.strerror or err}{where}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
 

@@ -66,6 +66,14 @@ def test_read_into_a_missing_folder_fails_before_connecting(tmp_path: Path, caps
     assert code == 2 and "does not exist" in err
 
 
+def test_a_file_that_cannot_be_written_says_which_with_a_reason_code(tmp_path: Path,
+                                                                      capsys) -> None:
+    target = tmp_path / "missing" / "release"
+    code, _, err = cli(capsys, "keygen", "--out", str(target))
+    assert code == 1 and "[file_error]" in err and str(target) in err
+    assert not list(tmp_path.rglob("release*"))  # nothing half-written
+
+
 def test_no_command_prints_help_and_exits_2(capsys) -> None:
     code, _, err = cli(capsys)
     assert code == 2 and "flash" in err and "info" in err
