@@ -24,7 +24,8 @@ from agent.manifest import SHA256_RE, Manifest, check_url
 
 log = logging.getLogger(__name__)
 
-CHUNK = 64 * 1024
+CHUNK = 64 * 1024  # hashing a cached file
+NET_CHUNK = 8 * 1024  # from the network: a dropped connection loses at most this much of a resume
 MAX_BACKOFF = 60.0
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _RETRY_STATUS = {408, 425, 429}
@@ -229,7 +230,7 @@ def _stream(job: _Job, r: requests.Response, offset: int) -> None:
     with job.part.open("r+b" if offset else "wb") as f:
         f.seek(offset)
         f.truncate()
-        for chunk in r.iter_content(CHUNK):
+        for chunk in r.iter_content(NET_CHUNK):
             job.check_cancel()
             if done + len(chunk) > job.size:
                 f.close()
