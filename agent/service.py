@@ -215,6 +215,14 @@ class Service:
             for name in names:
                 self.updater._reject(name, err, to_version=None)
             return
+        if cmd["op"] == "check":  # re-announce what we know, job or not
+            for name in names:
+                job = self.store.load_job(name)
+                if job is not None:
+                    self._on_job(name, job, True)
+                else:
+                    self.publish_state(name, None)
+            return
         self.updater.handle_command(names, cmd, direct=direct)
 
     def _release(self, product: str, payload: bytes) -> None:

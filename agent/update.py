@@ -178,10 +178,6 @@ class Updater:
         for name in names:
             if op == "abort":
                 self.abort(name)
-            elif op == "check":
-                job = self.store.load_job(name)
-                if job is not None:
-                    self.notify(name, job, True)
             elif op == "install":
                 self._install_command(name, payload.get("manifest"), direct=direct)
 

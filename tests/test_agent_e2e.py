@@ -182,6 +182,16 @@ def test_a_fleet_install_of_one_product_leaves_other_products_alone(kit: AgentKi
     assert len(kit.jobs("sensor")) == before and not sensor.touched()
 
 
+def test_check_re_announces_state_even_before_any_job(kit: AgentKit) -> None:
+    kit.uart_target("pump")
+    kit.start_service()
+    mark = kit.obs.mark()
+    kit.command("pump", "check")
+    state = kit.obs.wait_topic(kit.topics.state("pump"), after=mark).json()
+    assert state["installed_version"] == "unknown" and state["in_progress"] is False
+    assert not kit.obs.on(kit.topics.job("pump"))  # no job was invented
+
+
 def test_keygen_sign_publish_commands_into_the_running_agent(kit: AgentKit, tmp_path) -> None:
     from agent.cli import main
 
