@@ -160,6 +160,10 @@ class StateStore:
             log.error("ignoring job file of %s written by another version: %s", target, err)
             return None
 
+    def job_targets(self) -> list[str]:
+        """Names of every target with a job file (configured now or not)."""
+        return sorted(p.stem for p in (self.root / "jobs").glob("*.json") if _NAME.match(p.stem))
+
     def installed(self, target: str) -> Optional[dict]:
         """{"version", "sha256", "installed_at"} of the last verified install, or None."""
         return self._read("installed", target)

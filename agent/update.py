@@ -120,6 +120,15 @@ class Updater:
 
     def recover(self) -> None:
         """Safety rule 5/6: every unfinished job is repeated (bounded) or ends FAILED."""
+        for name in self.store.job_targets():
+            job = self.store.load_job(name)
+            if name not in self.targets and job is not None and not job.terminal:
+                # no topics to report on any more: close the record so it never lingers open
+                log.warning("%s: job %s was open but the target is no longer configured",
+                            name, job.job_id)
+                self.store.save_job(job.advance(status=FAILED, error={
+                    "code": "target_removed",
+                    "message": f"target {name} was removed from the config before the job ended"}))
         for name in self.targets:
             job = self.store.load_job(name)
             if job is None or job.terminal:

@@ -201,6 +201,17 @@ def test_a_job_interrupted_max_attempts_times_ends_failed(rig: Rig) -> None:
     assert [j.status for j in rig.terminal_reports("a", crashed.job_id)] == [FAILED]
 
 
+def test_an_open_job_of_a_target_removed_from_the_config_is_closed(rig: Rig) -> None:
+    rig.add_target("a", SimI2CBus())
+    store = rig.store()
+    store.save_job(Job(target="gone", status=IN_PROGRESS, phase="write", to_version="1.0.0",
+                       manifest=rig.manifest()))
+    rig.updater().recover()
+    job = store.load_job("gone")
+    assert job.status == FAILED and job.error["code"] == "target_removed"
+    assert not [s for s in rig.seen if s[1] == "gone"], "no topics exist for it any more"
+
+
 def test_a_stopped_agent_leaves_the_job_open_and_the_next_start_finishes_it(rig: Rig) -> None:
     rig.add_target("a", SimI2CBus())
     first = rig.updater()
