@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -88,6 +89,22 @@ def _receive_until(sock: socket.socket, want: str, got: list[str], timeout: floa
         if want in got:
             return
     raise AssertionError(f"no {want} within {timeout}s; got {got}")
+
+
+def test_systemd_analyze_security_rates_the_unit_ok(tmp_path: Path) -> None:
+    """`systemd-analyze security` exposure: 10 is wide open, below 2 is what ours should keep."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "stm32ota.service"
+    unit.write_text(UNIT.read_text())
+    r = subprocess.run([tool, "security", "--offline=true", "--no-pager", str(unit)],
+                       capture_output=True, text=True, timeout=60)
+    if "offline" in r.stderr and "unrecognized" in r.stderr:
+        pytest.skip("this systemd-analyze has no --offline")
+    found = re.search(r"Overall exposure level for [^:]+: ([0-9.]+)", r.stdout)
+    assert found, r.stdout[-2000:] + r.stderr
+    assert float(found.group(1)) <= 2.0, r.stdout[-3000:]
 
 
 def test_notify_is_a_no_op_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
