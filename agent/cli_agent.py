@@ -30,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.targets import flash_target
 
     cfg = load(args.config)
-    if os.environ.get("JOURNAL_STREAM") and not args.verbose:  # journald adds its own stamps
+    if not args.verbose and not args.quiet:  # -v / -q on the command line win over the config
         logging.getLogger().setLevel(cfg.agent.log_level.upper())
     svc = Service(cfg, [flash_target(t) for t in cfg.targets])
     stop = threading.Event()

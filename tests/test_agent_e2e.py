@@ -8,6 +8,8 @@ the simulated chip's flash.
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import subprocess
 import sys
 
@@ -270,3 +272,35 @@ def test_manifest_signed_by_kit_round_trips(kit: AgentKit) -> None:
 
     m = mf.parse_manifest(kit.release("pump-ctrl", "1.0.0", b"\x00" * 16))
     mf.verify_manifest(m, (load_public_key(kit.pub),))
+
+
+@pytest.mark.parametrize("flags,level", [([], logging.DEBUG), (["-q"], logging.ERROR),
+                                         (["-v"], logging.ERROR)])
+def test_run_logs_at_the_configs_level_unless_the_command_line_says(
+        tmp_path, monkeypatch, flags: list, level: int) -> None:
+    """`agent.log_level` applies at a terminal as under systemd; -v / -q override it."""
+    import agent.service
+    from agent.cli import main
+    from agent.keys import keygen
+
+    class NoService:
+        def __init__(self, *args: object) -> None: ...
+        def start(self) -> None: ...
+        def run_forever(self) -> None: ...
+
+    keygen(tmp_path / "release")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"agent: {{id: gw-01, log_level: debug, state_dir: {tmp_path}/s, "
+                   f"cache_dir: {tmp_path}/c}}\n"
+                   "mqtt: {host: 127.0.0.1}\n"
+                   f"trust: {{keys: [{tmp_path}/release.pub]}}\n"
+                   "targets:\n"
+                   "  - {name: pump, product: p, link: {type: i2c, bus: 1, address: 0x48},\n"
+                   "     pins: {backend: none}}\n")
+    monkeypatch.setattr(agent.service, "Service", NoService)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # keep pytest's own handlers
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", logging.ERROR)  # what the flags set, or restored after
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    assert main([*flags, "run", "--config", str(cfg)]) == 0
+    assert root.level == level
