@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PUBLISH_INTERVAL = 1.0  # progress inside a phase is reported at most about once a second
+
 
 class Pipeline:
     """Runs one job of one target to its terminal status."""
@@ -43,6 +45,7 @@ class Pipeline:
         if percent is None:
             percent = overall_percent(phase)
         self.job = self.u._save(self.job.advance(status=IN_PROGRESS, phase=phase, percent=percent))
+        self._last_report = self.u.clock()  # the next in-phase report waits a full interval
 
     def progress(self, phase: str, done: int, total: int) -> None:
         """Progress callback for download and flash: persist phase changes, throttle the rest."""
@@ -53,7 +56,8 @@ class Pipeline:
             self._step(phase, percent)
             return
         now = self.u.clock()
-        if percent != self.job.percent and (now - self._last_report >= 1.0 or done >= total):
+        if percent != self.job.percent and (now - self._last_report >= PUBLISH_INTERVAL
+                                            or done >= total):
             self._last_report = now
             self.job = self.job.advance(percent=percent)
             self.u.notify(self.t.name, self.job, True)  # progress need not hit the disk

@@ -27,7 +27,6 @@ from agent.session import LinkSpec, PinsSpec
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # a job interrupted by a crash is repeated at most this many times in all
-PUBLISH_INTERVAL = 1.0  # progress inside a phase is reported at most about once a second
 
 
 @dataclass(frozen=True)
