@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -107,6 +108,20 @@ def test_expired_manifest(kit: AgentKit, caplog) -> None:
     past = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     m = kit.release("pump-ctrl", "1.0.0", FW, expires=past)
     _expect(kit, t, _install_direct(kit, m), "REJECTED", "expired", caplog)
+
+
+def test_http_server_gone_ends_in_one_failure_without_touching_the_mcu(kit: AgentKit,
+                                                                      caplog) -> None:
+    """Safety rule 5: the server disappears after the release was announced; the bounded
+    retries end in exactly one terminal status, and the chip is never touched."""
+    t = _start(kit)
+    m = kit.release("pump-ctrl", "1.0.0", FW)
+    kit.http.stop()  # later connections are refused
+    job = _expect(kit, t, _install_direct(kit, m), "FAILED", "download_failed", caplog)
+    time.sleep(0.3)  # a second terminal status would follow within this
+    ends = [e["status"] for e in kit.events("pump") if e["job_id"] == job["job_id"]
+            and e["status"] in ("SUCCEEDED", "FAILED", "REJECTED", "CANCELED")]
+    assert ends == ["FAILED"]
 
 
 def test_wrong_chip_fails_before_any_erase(kit: AgentKit, caplog) -> None:
