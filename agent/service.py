@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from agent import homeassistant as ha
+from agent import manifest as mf
 from agent import systemd
 from agent.manifest import strict_json
 from agent.config import Config
@@ -257,10 +258,13 @@ class Service:
     def state_of(self, name: str, job: Optional[Job]) -> dict:
         """Home Assistant's update-entity state for a target."""
         t = self.targets[name]
-        installed = self.updater.installed_version(name) or UNKNOWN_VERSION
+        known = self.updater.installed_version(name)
+        installed = known or UNKNOWN_VERSION
         rel = self.store.release(t.product) or {}
         running = job is not None and job.status in (QUEUED, IN_PROGRESS)
         latest = rel.get("version") or installed
+        if known and latest != known and mf.compare_versions(known, latest) > 0:
+            latest = known  # a direct install went past the announced release: nothing newer
         if running and job.to_version:
             latest = job.to_version
         return ha.state_payload(

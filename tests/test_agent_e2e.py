@@ -168,6 +168,9 @@ def test_group_fleet_and_direct_manifest_commands(kit: AgentKit) -> None:
     assert job["status"] == "SUCCEEDED" and job["to_version"] == "2.1.0"
     assert b.flash_bytes(FLASH_START, len(fw3)) == fw3
     assert a.flash_bytes(FLASH_START, len(fw2)) == fw2  # the other target kept its image
+    # past the announced 2.0.0: Home Assistant must not be told that 2.0.0 is the latest
+    state = kit.wait_settled("b", job)
+    assert (state["installed_version"], state["latest_version"]) == ("2.1.0", "2.1.0"), state
 
 
 def test_a_fleet_install_of_one_product_leaves_other_products_alone(kit: AgentKit) -> None:
