@@ -25,33 +25,42 @@ def blob(n: int, seed: int = 0) -> bytes:
     return bytes((i * 31 + seed * 7 + 1) & 0xFF for i in range(n))
 
 
-def _ihex_record(addr: int, typ: int, data: bytes) -> str:
+def ihex_record(addr: int, typ: int, data: bytes) -> str:
+    """One Intel HEX record line: count, 16-bit address, type, data, checksum."""
     body = bytes([len(data)]) + addr.to_bytes(2, "big") + bytes([typ]) + data
     return ":" + (body + bytes([-sum(body) & 0xFF])).hex().upper()
 
 
-def ihex(segments: Segments) -> str:
-    """Intel HEX text with extended linear address records."""
+def ihex(segments: Segments, per_line: int = 16, eof: bool = True) -> str:
+    """Intel HEX text with a type-04 record whenever the upper 16 address bits change."""
     lines, upper = [], None
     for address, data in segments:
-        for off in range(0, len(data), 16):
+        for off in range(0, len(data), per_line):
             a = address + off
             if a >> 16 != upper:
                 upper = a >> 16
-                lines.append(_ihex_record(0, 4, upper.to_bytes(2, "big")))
-            lines.append(_ihex_record(a & 0xFFFF, 0, data[off:off + 16]))
-    return "\n".join(lines + [":00000001FF"]) + "\n"
+                lines.append(ihex_record(0, 4, upper.to_bytes(2, "big")))
+            lines.append(ihex_record(a & 0xFFFF, 0, data[off:off + per_line]))
+    if eof:
+        lines.append(":00000001FF")
+    return "\n".join(lines) + "\n"
 
 
-def srec(segments: Segments) -> str:
-    """Motorola S-record text (S3 data, S7 end)."""
-    lines = ["S00600004844521B"]
+def srec_record(typ: int, addr: int, width: int, data: bytes) -> str:
+    """One S-record line: type, count, `width`-byte address, data, checksum."""
+    body = bytes([width + len(data) + 1]) + addr.to_bytes(width, "big") + data
+    return f"S{typ}" + (body + bytes([~sum(body) & 0xFF])).hex().upper()
+
+
+def srec(segments: Segments, per_line: int = 16, kind: int = 3) -> str:
+    """Motorola S-records: an S0 header, S1/S2/S3 data (`kind`) and the matching terminator."""
+    width = {1: 2, 2: 3, 3: 4}[kind]
+    lines = [srec_record(0, 0, 2, b"test")]
     for address, data in segments:
-        for off in range(0, len(data), 16):
-            chunk = data[off:off + 16]
-            body = bytes([5 + len(chunk)]) + (address + off).to_bytes(4, "big") + chunk
-            lines.append("S3" + (body + bytes([~sum(body) & 0xFF])).hex().upper())
-    return "\n".join(lines + ["S70508000000F2"]) + "\n"
+        for off in range(0, len(data), per_line):
+            lines.append(srec_record(kind, address + off, width, data[off:off + per_line]))
+    lines.append(srec_record(10 - kind, 0, width, b""))
+    return "\r\n".join(lines) + "\r\n"
 
 
 def write_image(folder: Path, name: str, segments: Segments) -> Path:

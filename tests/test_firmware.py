@@ -9,44 +9,8 @@ import pytest
 
 from agent.errors import ImageRejected
 from agent.firmware import DEFAULT_BIN_ADDRESS, Image, Segment, detect_format, load, parse
-
-# Independent writers (not bincopy) so the parser is checked against a second implementation.
-
-
-def ihex(segments: list[tuple[int, bytes]], per_line: int = 16, eof: bool = True) -> str:
-    """Intel HEX with type-04 records whenever the upper 16 address bits change."""
-    lines, upper = [], None
-    for addr, data in segments:
-        for off in range(0, len(data), per_line):
-            a, chunk = addr + off, data[off:off + per_line]
-            if a >> 16 != upper:
-                upper = a >> 16
-                lines.append(_ihex_rec(0, 4, upper.to_bytes(2, "big")))
-            lines.append(_ihex_rec(a & 0xFFFF, 0, chunk))
-    if eof:
-        lines.append(":00000001FF")
-    return "\n".join(lines) + "\n"
-
-
-def _ihex_rec(addr: int, typ: int, data: bytes) -> str:
-    body = bytes([len(data)]) + addr.to_bytes(2, "big") + bytes([typ]) + data
-    return ":" + (body + bytes([-sum(body) & 0xFF])).hex().upper()
-
-
-def srec(segments: list[tuple[int, bytes]], per_line: int = 16, kind: int = 3) -> str:
-    """S-records of S1/S2/S3 data records with an S0 header and matching terminator."""
-    width = {1: 2, 2: 3, 3: 4}[kind]
-    lines = [_srec_rec(0, 0, 2, b"test")]
-    for addr, data in segments:
-        for off in range(0, len(data), per_line):
-            lines.append(_srec_rec(kind, addr + off, width, data[off:off + per_line]))
-    lines.append(_srec_rec(10 - kind, 0, width, b""))
-    return "\r\n".join(lines) + "\r\n"
-
-
-def _srec_rec(typ: int, addr: int, width: int, data: bytes) -> str:
-    body = bytes([width + len(data) + 1]) + addr.to_bytes(width, "big") + data
-    return f"S{typ}" + (body + bytes([~sum(body) & 0xFF])).hex().upper()
+# Independent writers (not bincopy), so the parser is checked against a second implementation.
+from cli_tools import ihex, ihex_record, srec
 
 
 def blob(n: int, seed: int = 1) -> bytes:
@@ -207,8 +171,8 @@ def test_non_hex_characters_and_unknown_record_types() -> None:
     lines = _lines(ihex(GAPPY))
     lines[2] = lines[2][:9] + "ZZ" + lines[2][11:]
     assert "line 3:" in str(_reject("\n".join(lines), "hex"))
-    bad_type = _ihex_rec(0, 7, b"\x00")
-    assert "line 2:" in str(_reject(_ihex_rec(0, 0, b"\x01") + "\n" + bad_type + "\n", "hex"))
+    bad_type = ihex_record(0, 7, b"\x00")
+    assert "line 2:" in str(_reject(ihex_record(0, 0, b"\x01") + "\n" + bad_type + "\n", "hex"))
     assert "line 2:" in str(_reject("S0030000FC\nS4030000FC\n", "srec"))
 
 
@@ -220,13 +184,13 @@ def test_overlapping_records_are_rejected_with_their_line() -> None:
 
 def test_out_of_order_overlap_that_bincopy_would_merge_is_caught() -> None:
     # records: [0x100,0x110) then [0x120,0x130) then [0x110,0x128) reaches into the second
-    text = (_ihex_rec(0x100, 0, blob(16)) + "\n" + _ihex_rec(0x120, 0, blob(16)) + "\n"
-            + _ihex_rec(0x110, 0, blob(24)) + "\n:00000001FF\n")
+    text = (ihex_record(0x100, 0, blob(16)) + "\n" + ihex_record(0x120, 0, blob(16)) + "\n"
+            + ihex_record(0x110, 0, blob(24)) + "\n:00000001FF\n")
     assert "line 3:" in str(_reject(text, "hex"))
 
 
 def test_duplicate_record_is_an_overlap() -> None:
-    rec = _ihex_rec(0x0, 0, blob(8))
+    rec = ihex_record(0x0, 0, blob(8))
     assert "overlap" in str(_reject(f"{rec}\n{rec}\n:00000001FF\n", "hex"))
 
 

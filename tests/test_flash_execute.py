@@ -17,6 +17,7 @@ from agent.progress import ProgressPrinter, Throttled
 from agent.stm32.bootloader import Bootloader, Timeouts
 from agent.stm32.chips import CHIPS
 from agent.stm32.sim import Faults, PtySim, SimChip, SimI2CBus
+from cli_tools import ihex, srec
 
 L432 = CHIPS[0x435]
 BASE = L432.flash_start
@@ -34,32 +35,9 @@ GAPPY = Image([Segment(BASE, blob(700)), Segment(BASE + 703, blob(9, 1)),
                Segment(BASE + 3 * PAGE - 5, blob(300, 2)), Segment(BASE + 10 * PAGE, blob(1, 3))])
 
 
-def ihex(image: Image) -> bytes:
-    """Intel HEX text for an image (independent of the parser under test)."""
-    lines, upper = [], None
-    for s in image.segments:
-        for off in range(0, len(s.data), 16):
-            a, chunk = s.address + off, s.data[off:off + 16]
-            if a >> 16 != upper:
-                upper = a >> 16
-                lines.append(_rec(0, 4, upper.to_bytes(2, "big")))
-            lines.append(_rec(a & 0xFFFF, 0, chunk))
-    return ("\n".join(lines + [":00000001FF"]) + "\n").encode()
-
-
-def _rec(addr: int, typ: int, data: bytes) -> str:
-    body = bytes([len(data)]) + addr.to_bytes(2, "big") + bytes([typ]) + data
-    return ":" + (body + bytes([-sum(body) & 0xFF])).hex().upper()
-
-
-def srec(image: Image) -> bytes:
-    out = []
-    for s in image.segments:
-        for off in range(0, len(s.data), 16):
-            chunk = s.data[off:off + 16]
-            body = bytes([5 + len(chunk)]) + (s.address + off).to_bytes(4, "big") + chunk
-            out.append("S3" + (body + bytes([~sum(body) & 0xFF])).hex().upper())
-    return ("\n".join(out) + "\nS70500000000FA\n").encode()
+def _pairs(image: Image) -> list[tuple[int, bytes]]:
+    """The image's segments as (address, data) for the file writers."""
+    return [(s.address, s.data) for s in image.segments]
 
 
 class Events:
@@ -123,7 +101,7 @@ def i2c(faults: Faults | None = None, write_chunk: int = 256, **kw) -> tuple[Sim
 def test_hex_with_gaps_over_uart_verified_by_readback(uart) -> None:
     sim, bl = uart()
     sim.flash[20 * PAGE:21 * PAGE] = b"\x00" * PAGE  # an old page the image does not touch
-    image = parse(ihex(GAPPY), "hex")
+    image = parse(ihex(_pairs(GAPPY)).encode(), "hex")
     p = plan(image, L432)
     events = Events()
     result = execute(p, bl, events)
@@ -142,7 +120,7 @@ def test_hex_with_gaps_over_uart_verified_by_readback(uart) -> None:
 
 def test_srec_over_i2c_verified_by_the_chips_checksum() -> None:
     sim, bl = i2c()
-    image = parse(srec(GAPPY), "srec")
+    image = parse(srec(_pairs(GAPPY)).encode(), "srec")
     p = plan(image, L432)
     result = execute(p, bl)
     assert result.verify == "crc"

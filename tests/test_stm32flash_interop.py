@@ -13,6 +13,7 @@ from typing import Iterator
 import pytest
 
 from agent.stm32.sim import PtySim, SimChip, serve_pty
+from cli_tools import ihex
 
 STM32FLASH = shutil.which("stm32flash")
 pytestmark = pytest.mark.skipif(STM32FLASH is None,
@@ -26,26 +27,6 @@ def run(port: str, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-2000:]}\n{result.stderr}"
     return result
-
-
-def ihex(segments: dict[int, bytes]) -> str:
-    """Intel HEX with type-04 upper-address records and gaps between segments."""
-    lines = []
-
-    def record(kind: int, offset: int, data: bytes) -> None:
-        raw = bytes([len(data), offset >> 8, offset & 0xFF, kind]) + data
-        lines.append(":" + (raw + bytes([-sum(raw) & 0xFF])).hex().upper())
-
-    upper = None
-    for base, data in segments.items():
-        for i in range(0, len(data), 16):
-            addr = base + i
-            if addr >> 16 != upper:
-                upper = addr >> 16
-                record(0x04, 0, upper.to_bytes(2, "big"))
-            record(0x00, addr & 0xFFFF, data[i:i + 16])
-    record(0x01, 0, b"")
-    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture
@@ -75,7 +56,7 @@ def test_write_verify_read_back_and_go(port: str, sim_chip: SimChip, tmp_path: P
 
 def test_hex_image_with_gaps(port: str, sim_chip: SimChip, tmp_path: Path) -> None:
     low, high = os.urandom(1024), os.urandom(512)
-    (tmp_path / "fw.hex").write_text(ihex({FLASH: low, FLASH + 0x1000: high}))
+    (tmp_path / "fw.hex").write_text(ihex([(FLASH, low), (FLASH + 0x1000, high)]))
     run(port, "-w", str(tmp_path / "fw.hex"), "-v")
     assert bytes(sim_chip.flash[:1024]) == low
     assert bytes(sim_chip.flash[1024:0x1000]) == b"\xff" * (0x1000 - 1024)
