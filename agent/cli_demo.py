@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agent.cli import command
 from agent.cli_commands import parser
+from agent.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,10 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
                    help="inject a NACK storm, the L432's missing I2C erase ACK, slow erases and "
                         "a broker restart mid-flash, and show the agent riding through them")
     p.add_argument("--broker", metavar="HOST:PORT",
-                   help="use this MQTT broker (it must allow anonymous clients) instead of an "
-                        "embedded one")
+                   help="use this MQTT broker instead of an embedded one (anonymous, or with "
+                        "--username and --password-file)")
+    p.add_argument("--username", help="MQTT user name on --broker")
+    p.add_argument("--password-file", help="file whose first line is --username's password")
     p.add_argument("--workdir", metavar="DIR", type=Path,
                    help="keep keys, images, manifests, config, state and the final flash "
                         "contents (flash-<target>.bin) here (default: a temporary directory)")
@@ -34,10 +37,16 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 when both targets end verified on the new version."""
-    from agent.cli_agent import parse_broker
+    from agent.cli_agent import broker_options, parse_broker
     from agent.demo import DemoOptions, run_demo
 
     broker = parse_broker(args.broker) if args.broker else None
+    if broker is None and (args.username or args.password_file):
+        raise UsageError("--username and --password-file are for --broker HOST:PORT; the "
+                         "embedded broker takes anonymous clients")
+    login = broker_options(argparse.Namespace(username=args.username,
+                                              password_file=args.password_file,
+                                              ca=None, cert=None, key=None, insecure=False))
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # like Ctrl-C: tear down broker, chips and agent, then exit
@@ -45,7 +54,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     old = signal.signal(signal.SIGTERM, on_term)
     try:
         run_demo(DemoOptions(fast=args.fast, faults=args.faults, keep=args.keep, broker=broker,
-                             workdir=args.workdir))
+                             workdir=args.workdir, username=login["username"],
+                             password=login["password"]))
     finally:
         signal.signal(signal.SIGTERM, old)
     return 0

@@ -307,16 +307,17 @@ def _keep(w: World) -> None:
     """Leave everything running until Ctrl-C, with what to look at."""
     say = w.board.say
     t0 = TARGETS[0].name
+    login = f" -u {w.o.username} -P PASSWORD" if w.o.username else ""
     try:  # Ctrl-C may come while the hints are still being printed: stop cleanly then too
         say("")
         say("--keep: the broker, both simulated chips, the web server and the agent keep "
             "running; Ctrl-C stops them.")
         say(f"  broker   {w.host}:{w.port}")
-        say(f"  watch    mosquitto_sub -h {w.host} -p {w.port} -t '{w.topics.base}/#' -v")
+        say(f"  watch    mosquitto_sub -h {w.host} -p {w.port}{login} -t '{w.topics.base}/#' -v")
         say(f"  topics   {w.topics.state(t0)}, {w.topics.job(t0)}, {w.topics.events(t0)}, "
             f"{w.topics.discovery(t0)}")
-        say(f"  commands mosquitto_pub -h {w.host} -p {w.port} -q 1 -t {w.topics.cmd(t0)} -m check "
-            "(or abort, install)")
+        say(f"  commands mosquitto_pub -h {w.host} -p {w.port}{login} -q 1 -t {w.topics.cmd(t0)} "
+            "-m check (or abort, install)")
         say(f"  files    {w.work}")
         w.board.start()
         while True:

@@ -64,6 +64,8 @@ class DemoOptions:
     faults: bool = False
     keep: bool = False
     broker: Optional[tuple[str, int]] = None
+    username: Optional[str] = None  # for --broker (e.g. a Home Assistant add-on broker)
+    password: Optional[str] = None
     workdir: Optional[Path] = None
     out: TextIO = field(default_factory=lambda: sys.stdout)
     tty: Optional[bool] = None
@@ -186,7 +188,8 @@ class World:
         if self.o.broker is not None:
             self.host, self.port = self.o.broker
             self.protocol = 5
-            self.broker_text = f"{self.host}:{self.port} (given with --broker)"
+            who = f" as {self.o.username}" if self.o.username else ""
+            self.broker_text = f"{self.host}:{self.port}{who} (given with --broker)"
             return
         self.broker = start_broker()
         self.stack.callback(self.broker.close)
@@ -266,7 +269,8 @@ class World:
 
         return MqttClient(self.host, self.port, client_id=client_id, protocol=self.protocol,
                           reconnect_min=0.5, reconnect_max=2, keepalive=20,
-                          session_expiry=0 if self.protocol == 5 else 3600, **kw)
+                          session_expiry=0 if self.protocol == 5 else 3600,
+                          username=self.o.username, password=self.o.password, **kw)
 
     def _viewer(self) -> None:
 

@@ -113,6 +113,23 @@ def test_demo_on_a_given_broker_leaves_its_retained_state_there(tmp_path: Path) 
     assert json.loads(retained["stm32ota/release/pump-ctrl"])["version"] == "1.1.0"
 
 
+def test_demo_logs_in_to_a_broker_that_refuses_anonymous_clients(tmp_path: Path) -> None:
+    """Like Home Assistant's Mosquitto add-on: only known users get in."""
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("s3cret\n")
+    with Mosquitto(users={"ha-demo": "s3cret"}) as broker:
+        r = demo("--fast", "--broker", f"127.0.0.1:{broker.port}", "--username", "ha-demo",
+                 "--password-file", str(secret), "--workdir", str(tmp_path / "demo"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"127.0.0.1:{broker.port} as ha-demo (given with --broker)" in r.stdout
+    assert_updated(tmp_path / "demo")
+
+
+def test_a_login_without_broker_is_refused() -> None:
+    r = demo("--fast", "--username", "someone", timeout=30)
+    assert r.returncode == 2 and "--broker" in r.stderr
+
+
 def _retained(port: int, filters: list[str], expect: int, timeout: float = 10) -> dict[str, bytes]:
     got: dict[str, bytes] = {}
     client = MqttClient("127.0.0.1", port, client_id=f"test-demo-{os.getpid()}", session_expiry=0)
