@@ -25,8 +25,9 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", metavar="HOST:PORT",
                    help="use this MQTT broker instead of an embedded one (anonymous, or with "
                         "--username and --password-file)")
-    p.add_argument("--username", help="MQTT user name on --broker")
-    p.add_argument("--password-file", help="file whose first line is --username's password")
+    p.add_argument("--username", metavar="USER", help="MQTT user name on --broker")
+    p.add_argument("--password-file", metavar="FILE",
+                   help="file whose first line is --username's password")
     p.add_argument("--workdir", metavar="DIR", type=Path,
                    help="keep keys, images, manifests, config, state and the final flash "
                         "contents (flash-<target>.bin) here (default: a temporary directory)")
