@@ -8,6 +8,7 @@ never crossing a page edge so a page can be erased and rewritten on its own.
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -167,6 +168,14 @@ def _tag(err: _E, phase: str, address: int) -> _E:
     return err
 
 
+class _Garbled(Exception):
+    """A failed write programmed other data into `block` (noise that passed the XOR)."""
+
+    def __init__(self, block: Block) -> None:
+        super().__init__(f"0x{block.address:08X} holds other data after a failed write")
+        self.block = block
+
+
 class _Run:
     """One execution of a plan: erase, write, verify, with bounded recovery."""
 
@@ -302,10 +311,36 @@ class _Run:
     def _write(self) -> None:
         total, done = self.plan.total_bytes, 0
         self.progress("write", 0, total)
-        for block in self.plan.blocks:
-            self._write_block(block)
-            done += len(block.data)
-            self.progress("write", done, total)
+        for page, group in itertools.groupby(self.plan.blocks, key=lambda b: b.page):
+            done += self._write_page(page, tuple(group), lambda n: self.progress(
+                "write", done + n, total))
+
+    def _write_page(self, page: int, blocks: tuple[Block, ...],
+                    written: Callable[[int], None] = lambda n: None) -> int:
+        """Write a page's blocks, erasing it again if a failed write left other data."""
+        for attempt in range(self.retries + 1):
+            n = 0
+            try:
+                for block in blocks:
+                    self._write_block(block)
+                    n += len(block.data)
+                    written(n)
+                return n
+            except _Garbled as garbled:
+                self._garbled_page(page, garbled.block, last=attempt == self.retries)
+        raise AssertionError("unreachable: the last attempt raises")
+
+    def _garbled_page(self, page: int, block: Block, last: bool) -> None:
+        """A failed write left other data: only erasing the page again can fix that."""
+        if last:
+            raise _tag(VerifyFailed(f"failed writes left other data in page {page} after "
+                                    f"{self.retries + 1} attempts: the link garbles data; check "
+                                    "the wiring and flash again", code="write_failed"),
+                       "write", block.address)
+        self.result.retries += 1
+        log.warning("a failed write at 0x%08X left other data; erasing page %d and writing it "
+                    "again", block.address, page)
+        self._erase_pages([page])
 
     def _write_block(self, block: Block) -> None:
         """Write one block; before a retry check whether the failed attempt landed anyway."""
@@ -313,14 +348,33 @@ class _Run:
 
         def attempt() -> None:
             nonlocal tried
-            # a lost ACK after a good write: re-programming is refused on ECC flash (L4, H7)
-            if tried and self._holds("write", block.address, block.data, self._blank_method()):
-                return
+            # a lost ACK after a good write: re-programming is refused on ECC flash (L4, H7),
+            # and so is writing over a block a garbled write programmed with other data
+            if tried:
+                state = self._landed(block)
+                if state == "data":
+                    return
+                if state == "other" and self.plan.erase != "none":
+                    raise _Garbled(block)  # (with erase "none" it may be old data: write on)
             tried = True
             self.bl.write_memory(block.address, block.data)
 
         self._retry("write", block.address, attempt)
         self.result.bytes_written += len(block.data)
+
+    def _landed(self, block: Block) -> str:
+        """What a failed write left: "data" (it landed), "blank" or "other"."""
+        blank = b"\xff" * len(block.data)
+        if self._blank_method() == "crc":
+            crc = self._retry("write", block.address,
+                              lambda: self.bl.checksum(block.address, len(block.data)))
+            return ("data" if crc == stm32_crc32(block.data) else
+                    "blank" if crc == stm32_crc32(blank) else "other")
+        for _ in range(2):  # AN3155 3.4: read data has no checksum; one more look if odd
+            got = self._read("write", block.address, len(block.data))
+            if got in (block.data, blank):
+                return "data" if got == block.data else "blank"
+        return "other"
 
     # ---- verify -------------------------------------------------------------------------
 
@@ -355,8 +409,7 @@ class _Run:
             log.warning("verify failed in page %d at 0x%08X; erasing and rewriting the page "
                         "(%d of %d)", page, bad.address, attempt + 1, self.retries)
             self._erase_pages([page])
-            for block in blocks:
-                self._write_block(block)
+            self._write_page(page, blocks)
             again = self._first_bad(blocks)
             if again is None:
                 return

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from agent.errors import Aborted, EXIT_INTERRUPTED, Nack, VerifyFailed
+from agent.errors import Aborted, EXIT_INTERRUPTED, LinkTimeout, Nack, VerifyFailed
 from agent.firmware import Image, Segment, parse
 from agent.flash import Plan, Result, execute, plan
 from agent.link.i2c import I2cLink
@@ -179,6 +179,42 @@ def test_corrupted_answers_from_the_chip_are_recovered(uart) -> None:
     result = execute(p, bl)
     assert result.retries >= 1
     assert_flash_holds(sim, p, image)
+
+
+class GarblingWrites:
+    """The real client, but the first write at `at` lands garbled and its ACK is lost: noise
+    that passes the XOR check (1 in 256) and then eats the answer."""
+
+    def __init__(self, bl: Bootloader, at: int, times: int = 1) -> None:
+        self.bl, self.at, self.times = bl, at, times
+
+    def __getattr__(self, name: str):
+        return getattr(self.bl, name)
+
+    def write_memory(self, addr: int, data: bytes) -> None:
+        if addr == self.at and self.times:
+            self.times -= 1
+            self.bl.write_memory(addr, bytes(b ^ 0x5A for b in data))
+            raise LinkTimeout(f"WRITE_MEMORY at 0x{addr:08X}: no answer (test)")
+        self.bl.write_memory(addr, data)
+
+
+def test_a_garbled_write_that_landed_gets_its_page_erased_and_rewritten(uart) -> None:
+    sim, bl = uart()
+    image = Image([Segment(BASE, blob(3 * PAGE, 7))])
+    p = plan(image, L432)
+    result = execute(p, GarblingWrites(bl, BASE + PAGE + 512), verify="none")
+    assert result.retries >= 2  # the write, then the page
+    assert_flash_holds(sim, p, image)
+
+
+def test_writes_that_keep_landing_garbled_fail_naming_the_block() -> None:
+    sim, bl = i2c()
+    image = Image([Segment(BASE, blob(PAGE, 7))])
+    with pytest.raises(VerifyFailed) as e:
+        execute(plan(image, L432), GarblingWrites(bl, BASE + 256, times=99), retries=2)
+    assert e.value.code == "write_failed"
+    assert e.value.phase == "write" and e.value.address == BASE + 256
 
 
 def test_flash_that_reads_wrong_is_erased_and_rewritten_not_reprogrammed() -> None:
