@@ -176,7 +176,7 @@ def _enter(link: Link, pins: Any, bl: Bootloader, spec: LinkSpec, attempts: int,
                      spec.describe(), attempt, attempts, err)
             sleep(0.05 * attempt)
     hint = "check the wiring (TX and RX crossed, a common GND) and that BOOT0 is high at reset"
-    if spec.type == "uart":
+    if spec.type == "uart" and spec.parity == "even":
         hint += ("; the bootloader needs 8 data bits with even parity, which a Raspberry Pi's "
                  "mini UART (ttyS0) and some USB adapters cannot send: use the PL011 (ttyAMA0)")
     if pins is None or not getattr(pins, "can_reset", False):
