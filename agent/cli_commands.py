@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from agent.cli import add_link_options, command, int_auto
 from agent.cli_connection import Connection, connection
-from agent.errors import Nack, ReadProtected, UsageError
+from agent.errors import LinkTimeout, Nack, ProtocolError, ReadProtected, Unsupported, UsageError
 from agent.session import Session
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def run_read(conn: Connection, address: int, length: int, progress=None) -> byte
         while len(data) < length:
             n = min(step, length - len(data))
             try:
-                data += s.bl.read_memory(address + len(data), n)
+                data += _read_retrying(s, address + len(data), n, conn.write_retries)
             except Nack as err:
                 start, end = s.chip.flash_start, s.chip.flash_start + s.flash_size - 1
                 raise Nack(f"{err}; the bootloader reads only mapped memory (flash of "
@@ -218,6 +218,20 @@ def run_read(conn: Connection, address: int, length: int, progress=None) -> byte
             if progress:
                 progress("read", len(data), length)
     return bytes(data)
+
+
+def _read_retrying(s: Session, address: int, n: int, retries: int) -> bytes:
+    """READ_MEMORY with the flasher's bounded retries: a lost or garbled byte costs a resync."""
+    for attempt in range(retries + 1):
+        try:
+            return s.bl.read_memory(address, n)
+        except (LinkTimeout, ProtocolError) as err:
+            if isinstance(err, (Nack, Unsupported)) or attempt == retries:
+                raise
+            log.warning("read at 0x%08X failed (%s); retry %d of %d", address, err,
+                        attempt + 1, retries)
+            s.bl.resync()
+    raise AssertionError("unreachable: the last attempt raises")
 
 
 @command("read")

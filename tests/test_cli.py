@@ -19,7 +19,7 @@ from agent.cli_connection import Connection
 from agent.firmware import load
 from agent.progress import ProgressPrinter
 from agent.session import LinkSpec, wire_mock_pins
-from agent.stm32.sim import PtySim, SimChip, SimI2CBus
+from agent.stm32.sim import Faults, PtySim, SimChip, SimI2CBus
 
 # Gaps inside a page and across pages, an odd start and an unaligned end: real HEX shapes.
 GAPPY = [(BASE + 0x100, blob(700)), (BASE + 0x100 + 703, blob(9, 1)),
@@ -284,3 +284,16 @@ def test_the_only_target_of_a_config_needs_no_name(tmp_path: Path, wired: SimChi
         code, out, _ = cli(capsys, "info", "--config", str(cfg), "--json")
     assert code == 0 and json.loads(out)["pid"] == "0x435"
     assert wired.mode == "bootloader"  # without --go, releasing the pins resets nothing
+
+
+def test_read_recovers_from_bytes_lost_on_the_line(tmp_path: Path, capsys) -> None:
+    sim = SimChip(L432, faults=Faults(drop_every=150))  # a READ command moves ~9 bytes to the chip
+    sim.reset(boot0=True)
+    sim.flash[:2 * PAGE] = blob(2 * PAGE, 9)
+    out_file = tmp_path / "backup.bin"
+    with PtySim(sim) as pty:
+        code, out, err = cli(capsys, "read", str(out_file), "--port", pty.path, "--parity",
+                             "none", "--address", "0x08000000", "--length", str(2 * PAGE))
+    assert code == 0, err
+    assert out_file.read_bytes() == blob(2 * PAGE, 9)
+    assert ("fault", "drop") in sim.events
