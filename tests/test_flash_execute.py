@@ -236,6 +236,24 @@ def test_flash_that_reads_wrong_is_erased_and_rewritten_not_reprogrammed() -> No
     assert_flash_holds(sim, p, image)
 
 
+def test_a_slow_erase_within_its_deadline_succeeds(uart) -> None:
+    sim, bl = uart(Faults(erase_factor=10))  # 22 ms pages take 0.22 s; the deadline is 0.5 s/page
+    image = Image([Segment(BASE, blob(3 * PAGE))])
+    p = plan(image, L432)
+    execute(p, bl)
+    assert_flash_holds(sim, p, image)
+
+
+def test_an_erase_past_its_deadline_fails_as_a_timeout_naming_the_erase(uart) -> None:
+    sim, bl = uart(Faults(erase_factor=60))  # 1.3 s a page against 0.5 s a page
+    sim.flash[:PAGE] = b"\x00" * PAGE
+    image = Image([Segment(BASE, blob(2 * PAGE))])
+    with pytest.raises(LinkTimeout) as err:
+        execute(plan(image, L432), bl, retries=1)
+    assert err.value.phase == "erase" and "0x08000000" in str(err.value), str(err.value)
+    assert not [e for e in sim.events if e[0] == "write"], "nothing may be written after it"
+
+
 def test_l432_i2c_erase_without_final_ack_is_blank_checked() -> None:
     sim, bl = i2c(Faults(i2c_erase_no_ack=True))
     sim.flash[:3 * PAGE] = b"\x5a" * (3 * PAGE)
