@@ -249,8 +249,10 @@ _TIMEOUT_DOCS = {
     "sync": "ACK of the 0x7F autobaud byte",
     "byte": "ACK of an ordinary command or a short reply",
     "write_block": "ACK after one WRITE_MEMORY block",
-    "erase_page": "per page or sector in one erase command",
-    "mass_erase": "whole-chip erase",
+    "erase_page": ("per page or sector in one erase command, at least (big sectors get 3x "
+                   "the chip table's typical time)"),
+    "mass_erase": ("whole-chip erase, at least (1.5x the sum of the table's page times if "
+                   "longer)"),
     "checksum": "CRC command answer",
     "unprotect": "readout/write unprotect (mass-erases first)",
     "reset_settle": "pause while the chip resets after a protection command",

@@ -216,6 +216,7 @@ def open_session(link_spec: LinkSpec, pins_spec: PinsSpec | None = None, *,
             flash_size = _read_flash_size(bl, chip)
         except ReadProtected:
             protected, flash_size = True, chip.flash_size
+        bl.size_erase_deadlines(chip.erase_ms, len(chip.page_table()))  # table: the largest part
         bid = None if protected else _read_bootloader_id(bl, chip)
         blank = False if protected else _flash_blank(bl, chip)
         yield Session(link=link, pins=pins, bl=bl, info=info, chip=chip, flash_size=flash_size,

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Optional, Callable, Iterable, Sequence
 
 from agent.errors import LinkTimeout, Nack, ProtocolError, ReadProtected, Unsupported, UsageError
 from agent.link.base import Link
@@ -52,6 +52,12 @@ __all__ = ["ACK", "BUSY", "NACK", "SYNC", "Bootloader", "BootloaderInfo", "Timeo
            "pick_opcodes"]
 
 log = logging.getLogger(__name__)
+
+# Erase deadlines sized from the chip table: a page may take this many times its typical erase
+# time (datasheet maxima run 2-3x typical, more at low supply voltage), and a mass erase this
+# many times the sum of its pages. The configured Timeouts stay the floor.
+ERASE_MARGIN = 3.0
+ERASE_MARGIN_MASS = 1.5
 
 
 class Bootloader(Wire):
@@ -72,6 +78,8 @@ class Bootloader(Wire):
         super().__init__(link, timeouts, clock, sleep)
         self.i2c_erase_nack = i2c_erase_nack
         self.last_erase_unconfirmed = False
+        self._erase_ms: Optional[Callable[[int], float]] = None  # typical ms per page number
+        self._mass_erase_s = 0.0
 
     # ---- connection -----------------------------------------------------------------------
 
@@ -245,10 +253,22 @@ class Bootloader(Wire):
             chunk = pages[i:i + limit]
             self._erase_chunk(op, chunk)
 
+    def size_erase_deadlines(self, erase_ms: Callable[[int], float], pages: int) -> None:
+        """Let erase deadlines follow the chip's typical erase times where they exceed the
+        configured floor (a 128 KiB F4 sector takes seconds, a 2 KiB L4 page 22 ms)."""
+        self._erase_ms = erase_ms
+        self._mass_erase_s = ERASE_MARGIN_MASS * sum(erase_ms(p) for p in range(pages)) / 1000
+
+    def _page_deadline(self, page: int) -> float:
+        floor = self.timeouts.erase_page
+        if self._erase_ms is None:
+            return floor
+        return max(floor, ERASE_MARGIN * self._erase_ms(page) / 1000)
+
     def _erase_chunk(self, op: int, chunk: list[int]) -> None:
         what = f"ERASE (0x{op:02X}) of pages {chunk[0]}..{chunk[-1]} ({len(chunk)} pages)"
         self._command(op, what)
-        timeout = self.timeouts.erase_page * len(chunk)
+        timeout = sum(self._page_deadline(p) for p in chunk)
         if op == 0x43:
             body = bytes([len(chunk) - 1]) + bytes(chunk)
             self.link.write(_with_xor(body))
@@ -287,7 +307,7 @@ class Bootloader(Wire):
             self.link.write(_with_xor(struct.pack(">H", code)))  # AN3155 3.8 special codes
         self.last_erase_unconfirmed = False
         try:
-            self._erase_answer(what, self.timeouts.mass_erase)
+            self._erase_answer(what, max(self.timeouts.mass_erase, self._mass_erase_s))
         except Nack as exc:
             raise Nack(f"{what}: refused; the chip may not allow a global erase (L0/L1) or "
                        f"is protected: erase the pages one by one instead") from exc
