@@ -14,6 +14,7 @@ from agent.cli import add_link_options, command, int_auto
 from agent.cli_connection import Connection, connection
 from agent.errors import LinkTimeout, Nack, ProtocolError, ReadProtected, Unsupported, UsageError
 from agent.session import Session
+from agent.stm32.chips import Chip
 
 log = logging.getLogger(__name__)
 
@@ -276,14 +277,15 @@ def _erase_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length", type=int_auto, help="bytes in the range (ends on a page boundary)")
 
 
-def pages_of_range(pages: tuple, start: int, length: int) -> list[int]:
+def pages_of_range(chip: Chip, flash_size: int, start: int, length: int) -> list[int]:
     """Page numbers exactly covering [start, start+length); UsageError if not page aligned."""
+    pages = chip.page_table(flash_size)
     end = start + length
     flash_start, flash_end = pages[0][0], pages[-1][0] + pages[-1][1]
     if length <= 0 or start < flash_start or end > flash_end:
         raise UsageError(f"0x{start:08X}+0x{max(length, 0):X} is not inside the flash "
                          f"(0x{flash_start:08X}-0x{flash_end - 1:08X})")
-    chosen = [i for i, (addr, size) in enumerate(pages) if addr < end and addr + size > start]
+    chosen = chip.pages_covering(start, length, flash_size)
     first, last = pages[chosen[0]], pages[chosen[-1]]
     if first[0] != start or last[0] + last[1] != end:
         raise UsageError(
@@ -305,7 +307,7 @@ def run_erase(conn: Connection, address: Optional[int] = None,
             else:  # AN2606 / stm32flash: L0/L1 cannot mass erase; erase page by page
                 s.bl.erase_pages(list(range(len(pages))))
             return f"erased all {_size(s.flash_size)} of {s.chip.name}"
-        chosen = pages_of_range(pages, address, length or 0)
+        chosen = pages_of_range(s.chip, s.flash_size, address, length or 0)
         s.bl.erase_pages(chosen)
         return f"erased pages {chosen[0]}-{chosen[-1]} ({length} bytes)"
 
