@@ -214,7 +214,7 @@ class Service:
             cmd = parse_command(payload)
         except Stm32OtaError as err:
             for name in names:
-                self.updater._reject(name, err, to_version=None)
+                self.updater.reject(name, err, to_version=None)
             return
         if cmd["op"] == "check":  # re-announce what we know, job or not
             for name in names:

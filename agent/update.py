@@ -212,7 +212,7 @@ class Updater:
                 log.info("%s: not in the %s%% rollout of %s", name, m.rollout, m.version)
                 return
         except Stm32OtaError as err:
-            self._reject(name, err, to_version=None)
+            self.reject(name, err, to_version=None)
             return
         self._try_install(name, m, source="command")
 
@@ -223,7 +223,7 @@ class Updater:
             mf.check_install(m, installed, allow_downgrade=t.allow_downgrade)
         except Stm32OtaError as err:
             if not quiet:
-                self._reject(name, err, to_version=m.version)
+                self.reject(name, err, to_version=m.version)
             else:
                 log.info("%s: not auto-installing %s: %s", name, m.version, err)
             return
@@ -233,7 +233,7 @@ class Updater:
                 if current.to_version == m.version:
                     log.info("%s: %s is already queued or running", name, m.version)
                     return
-                self._reject(name, Stm32OtaError(
+                self.reject(name, Stm32OtaError(
                     f"target {name} is busy with job {current.job_id} ({current.to_version}); "
                     "abort it first", code="busy"), to_version=m.version, retain=False)
                 return
@@ -321,8 +321,9 @@ class Updater:
         return self._save(job.advance(status=status, error=error, percent=percent, phase=phase,
                                       note=note or job.note))
 
-    def _reject(self, name: str, err: Stm32OtaError, *, to_version: Optional[str],
+    def reject(self, name: str, err: Stm32OtaError, *, to_version: Optional[str],
                 retain: bool = True) -> None:
+        """Report a refused request as a REJECTED job (not retained while another job runs)."""
         log.warning("%s: rejected: [%s] %s", name, err.code, err)
         job = Job(target=name, status=REJECTED, phase="queued", error=err.as_dict(),
                   from_version=self.installed_version(name), to_version=to_version)
