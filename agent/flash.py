@@ -401,7 +401,6 @@ class _Run:
 
     def _redo_page(self, page: int, blocks: tuple[Block, ...], bad: Block) -> None:
         """Erase the page again and rewrite it: ECC flash cannot re-program a written word."""
-        address = self.plan.page_table[page][0]
         for attempt in range(self.retries):
             if self.plan.erase == "none":
                 break
