@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
-from agent import homeassistant as ha
-from agent import manifest as mf
+from agent.mqtt import contract as ha
+from agent.ota import manifest as mf
 from agent import systemd
-from agent.manifest import strict_json
+from agent.ota.manifest import strict_json
 from agent.config import Config
 from agent.errors import ImageRejected, Stm32OtaError
-from agent.jobs import IN_PROGRESS, QUEUED, TERMINAL, Job, StateStore
-from agent.update import FlashTarget, Policy, Updater
+from agent.ota.jobs import IN_PROGRESS, QUEUED, TERMINAL, Job, StateStore
+from agent.ota.updater import FlashTarget, Policy, Updater
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Service:
 
     def __init__(self, cfg: Config, targets: list[FlashTarget], *,
                  client_factory: Optional[Callable[..., Any]] = None) -> None:
-        from agent.keys import load_public_key
+        from agent.ota.keys import load_public_key
 
         self.cfg = cfg
         self.agent_id = cfg.agent.id
@@ -110,7 +110,7 @@ class Service:
         self._publish_lock = threading.Lock()
 
     def _make_client(self) -> Any:
-        from agent.mqtt import MqttClient, TlsOptions
+        from agent.mqtt.client import MqttClient, TlsOptions
 
         m = self.cfg.mqtt
         tls = None

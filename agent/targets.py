@@ -6,8 +6,8 @@ from typing import Any, Callable, Optional
 
 from agent.config import Config, TargetConfig
 from agent.pins import PinSpec
-from agent.session import LinkSpec, PinsSpec
-from agent.update import FlashTarget
+from agent.flasher.session import LinkSpec, PinsSpec
+from agent.ota.updater import FlashTarget
 
 
 def link_spec(t: TargetConfig, bus: Any = None) -> LinkSpec:

@@ -62,9 +62,9 @@ import paho.mqtt.client as paho  # noqa: E402
 import yaml  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from agent.keys import keygen  # noqa: E402
+from agent.ota.keys import keygen  # noqa: E402
 from agent.stm32.chips import CHIPS  # noqa: E402
-from agent.stm32.sim import PtySim, SimChip  # noqa: E402
+from agent.sim import PtySim, SimChip  # noqa: E402
 from mosquitto import Mosquitto  # noqa: E402
 
 AGENT_ID = "bench"

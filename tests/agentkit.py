@@ -30,7 +30,7 @@ Parts:
 - MQTT: `publish_release(m)`, `command(target, payload)`, `group_command(g, payload)`,
   `fleet_command(payload)`, `publish(topic, payload, retain)`; `wait_job(target, *statuses)`,
   `jobs(target)` (every job document seen), `states(target)`, `events(target)`.
-- `kit.topics` is the agent's `agent.homeassistant.Topics`.
+- `kit.topics` is the agent's `agent.mqtt.contract.Topics`.
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.homeassistant import Topics
-from agent.keys import keygen, sign_manifest
+from agent.mqtt.contract import Topics
+from agent.ota.keys import keygen, sign_manifest
 from agent.stm32.chips import CHIPS, Chip
-from agent.stm32.sim import PtySim, SimChip
-from agent.stm32.sim_core import Faults
-from agent.stm32.sim_i2c import SimI2CBus
+from agent.sim import PtySim, SimChip
+from agent.sim.core import Faults
+from agent.sim.i2c import SimI2CBus
 from httpserver import FileServer
 from mosquitto import Mosquitto
 

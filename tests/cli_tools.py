@@ -10,7 +10,7 @@ import pytest
 
 from agent.cli import main
 from agent.stm32.chips import CHIPS
-from agent.stm32.sim import SimChip
+from agent.sim import SimChip
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Iterator
 import pytest
 
 from agent.stm32.chips import CHIPS, Chip
-from agent.stm32.sim import PtySim, SimChip
+from agent.sim import PtySim, SimChip
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # One definition of "a free loopback port that is not a real broker's": the demo's.
-from agent.demo_parts import HOST, RESERVED_PORTS, free_port
+from agent.demo.parts import HOST, RESERVED_PORTS, free_port
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from agent import manifest as mf
+from agent.ota import manifest as mf
 from agentkit import FLASH_START, REPO, AgentKit, assert_ha_state
 
 STATUS_ORDER = ["QUEUED", "IN_PROGRESS", "SUCCEEDED"]
@@ -271,7 +271,7 @@ def test_check_config_names_each_mistake_with_its_line(tmp_path) -> None:
 
 def test_manifest_signed_by_kit_round_trips(kit: AgentKit) -> None:
     """The kit's releases are what `verify_manifest` accepts (guards the other tests)."""
-    from agent.keys import load_public_key
+    from agent.ota.keys import load_public_key
 
     m = mf.parse_manifest(kit.release("pump-ctrl", "1.0.0", b"\x00" * 16))
     mf.verify_manifest(m, (load_public_key(kit.pub),))
@@ -284,7 +284,7 @@ def test_run_logs_at_the_configs_level_unless_the_command_line_says(
     """`agent.log_level` applies at a terminal as under systemd; -v / -q override it."""
     import agent.service
     from agent.cli import main
-    from agent.keys import keygen
+    from agent.ota.keys import keygen
 
     class NoService:
         def __init__(self, *args: object) -> None: ...

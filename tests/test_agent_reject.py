@@ -14,8 +14,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from agent.keys import keygen, sign_manifest
-from agent.stm32.sim_core import Faults
+from agent.ota.keys import keygen, sign_manifest
+from agent.sim.core import Faults
 from agentkit import FLASH_START, AgentKit, SimTarget
 
 FW = AgentKit.image(2048, seed=11)

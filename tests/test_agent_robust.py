@@ -17,15 +17,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from httpserver import FileServer
 
-from agent import download
-from agent.jobs import (CANCELED, FAILED, IN_PROGRESS, QUEUED, SUCCEEDED, TERMINAL, Job,
+from agent.ota import download
+from agent.ota.jobs import (CANCELED, FAILED, IN_PROGRESS, QUEUED, SUCCEEDED, TERMINAL, Job,
                         StateStore)
-from agent.keys import sign_manifest
+from agent.ota.keys import sign_manifest
 from agent.pins import PinSpec
-from agent.session import LinkSpec, PinsSpec
+from agent.flasher.session import LinkSpec, PinsSpec
 from agent.stm32.chips import CHIPS
-from agent.stm32.sim import SimChip, SimI2CBus
-from agent.update import MAX_ATTEMPTS, FlashTarget, Policy, Updater
+from agent.sim import SimChip, SimI2CBus
+from agent.ota.updater import MAX_ATTEMPTS, FlashTarget, Policy, Updater
 
 DEADLINE = 20.0
 IMAGE = bytes((i * 7 + 3) & 0xFF for i in range(6000))
@@ -371,7 +371,7 @@ def test_starting_the_updater_never_resets_a_running_mcu(rig: Rig, last: Optiona
 
 def test_abort_racing_the_worker_that_claimed_the_job_gives_one_terminal_status(
         rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent import pipeline
+    from agent.ota import pipeline
 
     rig.add_target("a", SimI2CBus())
     claimed, go = threading.Event(), threading.Event()

@@ -10,8 +10,8 @@ from agent.errors import LinkTimeout, Nack, ReadProtected
 from agent.link.i2c import I2cLink
 from agent.stm32.bootloader import ACK, BUSY, Bootloader, Timeouts
 from agent.stm32.chips import CHIPS
-from agent.stm32.crc import stm32_crc32
-from agent.stm32.sim import Faults, SimChip, SimI2CBus
+from agent.stm32.protocol import stm32_crc32
+from agent.sim import Faults, SimChip, SimI2CBus
 
 L432 = CHIPS[0x435]
 FLASH = L432.flash_start

@@ -10,8 +10,8 @@ from agent.errors import LinkTimeout, Nack, NoBootloader, ReadProtected, Unsuppo
 from agent.link.uart import UartLink
 from agent.stm32.bootloader import Bootloader, Timeouts, pick_opcodes
 from agent.stm32.chips import CHIPS
-from agent.stm32.crc import stm32_crc32
-from agent.stm32.sim import Faults, PtySim, SimChip
+from agent.stm32.protocol import stm32_crc32
+from agent.sim import Faults, PtySim, SimChip
 
 L432 = CHIPS[0x435]
 FLASH = L432.flash_start

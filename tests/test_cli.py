@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from cli_tools import BASE, L432, PAGE, blob, cli, erased_pages, flash_bytes, write_image
 
-from agent.cli_commands import run_flash, run_info, run_read
-from agent.cli_connection import Connection
-from agent.firmware import load
+from agent.cli.flasher import run_flash, run_info, run_read
+from agent.cli.connection import Connection
+from agent.flasher.image import load
 from agent.progress import ProgressPrinter
-from agent.session import LinkSpec, wire_mock_pins
-from agent.stm32.sim import Faults, PtySim, SimChip, SimI2CBus
+from agent.flasher.session import LinkSpec, wire_mock_pins
+from agent.sim import Faults, PtySim, SimChip, SimI2CBus
 
 # Gaps inside a page and across pages, an odd start and an unaligned end: real HEX shapes.
 GAPPY = [(BASE + 0x100, blob(700)), (BASE + 0x100 + 703, blob(9, 1)),

@@ -13,8 +13,8 @@ import pytest
 from cli_tools import BASE, L432, PAGE, blob, cli, commands_seen, erased_pages, write_image
 from test_cli import write_config
 
-from agent.session import wire_mock_pins
-from agent.stm32.sim import Faults, PtySim, SimChip
+from agent.flasher.session import wire_mock_pins
+from agent.sim import Faults, PtySim, SimChip
 
 
 @pytest.fixture

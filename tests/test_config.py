@@ -12,8 +12,8 @@ import yaml
 
 from agent import config
 from agent.config import ConfigInvalid, Problem
-from agent.config_schema import ROOT, Link, Table
-from agent.config_values import ListOf
+from agent.config.schema import ROOT, Link, Table
+from agent.config.values import ListOf
 from agent.errors import EXIT_USAGE, ConfigError
 from agent.pins.sequence import Delay, PinStep
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import firmware
-from agent.mqtt import MqttClient
+from agent.flasher import image as firmware
+from agent.mqtt.client import MqttClient
 from mosquitto import Mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def test_a_foreign_workdir_is_refused_untouched(tmp_path: Path) -> None:
 def test_a_failed_update_exits_nonzero_with_the_reason(tmp_path: Path, monkeypatch) -> None:
     """Chips with read-out protection: the agent refuses to flash, the demo says why."""
     from agent.demo import DemoFailed, DemoOptions, run_demo
-    from agent.stm32 import sim
+    from agent import sim
 
     real = sim.Faults
     monkeypatch.setattr(sim, "Faults", lambda **kw: real(**kw, read_protected=True))
@@ -172,7 +172,7 @@ def test_a_failed_update_exits_nonzero_with_the_reason(tmp_path: Path, monkeypat
 
 def test_without_amqtt_the_demo_falls_back_to_a_mosquitto_binary(monkeypatch) -> None:
     """The fallback broker works for our client and comes back on its port after a crash."""
-    from agent import demo_parts
+    from agent.demo import parts as demo_parts
 
     real = demo_parts.importlib.util.find_spec
     monkeypatch.setattr(demo_parts.importlib.util, "find_spec",
@@ -231,7 +231,7 @@ def test_the_demo_agent_talks_8n1_to_its_pty(tmp_path: Path) -> None:
     # a pty carries no parity: with the 8E1 default, reopening the port for a second install
     # on a kept demo (--keep) failed in tcsetattr on some kernels
     from agent import config
-    from agent.demo_world import config_text
+    from agent.demo.world import config_text
 
     cfg = config.loads(config_text(tmp_path, "127.0.0.1", 1883, "/dev/pts/9"))
     uart = [t.link for t in cfg.targets if t.link.type == "uart"]

@@ -22,8 +22,8 @@ import pytest
 import yaml
 from cryptography.exceptions import InvalidSignature
 
-from agent import homeassistant as ha
-from agent import manifest as mf
+from agent.mqtt import contract as ha
+from agent.ota import manifest as mf
 from agent.cli import build_parser, main
 from agent.config import reference_markdown
 
@@ -203,7 +203,7 @@ def test_job_and_event_examples_have_the_agents_shape() -> None:
 
 
 def test_readme_lists_the_commands_and_phases_the_agent_knows() -> None:
-    from agent.jobs import PHASES
+    from agent.ota.jobs import PHASES
     from agent.service import COMMAND_OPS
 
     section = README.split("## MQTT topics and payloads", 1)[1].split("\n## ", 1)[0]

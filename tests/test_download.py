@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from httpserver import Behaviour, FileServer
 
-from agent.download import DownloadFailed, fetch, prune_cache
+from agent.ota.download import DownloadFailed, fetch, prune_cache
 from agent.errors import Aborted, ImageRejected
-from agent.manifest import parse_manifest
+from agent.ota.manifest import parse_manifest
 
 DATA = bytes((i * 7 + i // 251) & 0xFF for i in range(300_000))
 SHA = hashlib.sha256(DATA).hexdigest()

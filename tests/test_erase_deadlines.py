@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from agent.errors import LinkTimeout
-from agent.firmware import Image, Segment
-from agent.flash import execute, plan
-from agent.session import LinkSpec, open_session
+from agent.flasher.image import Image, Segment
+from agent.flasher.plan import execute, plan
+from agent.flasher.session import LinkSpec, open_session
 from agent.stm32.bootloader import Bootloader, Timeouts
 from agent.link.uart import UartLink
 from agent.stm32.chips import CHIPS
-from agent.stm32.sim import Faults, PtySim, SimChip
+from agent.sim import Faults, PtySim, SimChip
 
 F407 = CHIPS[0x413]
 SECTOR5 = 0x08020000  # RM0090: sectors 5.. are 128 KiB; typical erase 2 s (chip table)

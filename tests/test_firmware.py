@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ImageRejected
-from agent.firmware import DEFAULT_BIN_ADDRESS, Image, Segment, detect_format, load, parse
+from agent.flasher.image import DEFAULT_BIN_ADDRESS, Image, Segment, detect_format, load, parse
 # Independent writers (not bincopy), so the parser is checked against a second implementation.
 from cli_tools import ihex, ihex_record, srec
 

@@ -9,14 +9,14 @@ from typing import Iterator
 import pytest
 
 from agent.errors import Aborted, EXIT_INTERRUPTED, LinkTimeout, Nack, VerifyFailed
-from agent.firmware import Image, Segment, parse
-from agent.flash import Plan, Result, execute, plan
+from agent.flasher.image import Image, Segment, parse
+from agent.flasher.plan import Plan, Result, execute, plan
 from agent.link.i2c import I2cLink
 from agent.link.uart import UartLink
 from agent.progress import ProgressPrinter, Throttled
 from agent.stm32.bootloader import Bootloader, Timeouts
 from agent.stm32.chips import CHIPS
-from agent.stm32.sim import Faults, PtySim, SimChip, SimI2CBus
+from agent.sim import Faults, PtySim, SimChip, SimI2CBus
 from cli_tools import ihex, srec
 
 L432 = CHIPS[0x435]

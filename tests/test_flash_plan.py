@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from agent.errors import ChipMismatch, UsageError
-from agent.firmware import Image, Segment
-from agent.flash import Plan, page_table, plan
+from agent.flasher.image import Image, Segment
+from agent.flasher.plan import Plan, page_table, plan
 from agent.stm32.chips import CHIPS
 
 L432 = CHIPS[0x435]  # 128 x 2 KiB, 8-byte double words

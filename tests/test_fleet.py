@@ -22,9 +22,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from agent import homeassistant as ha
+from agent.mqtt import contract as ha
 from agent.cli import main
-from agent.fleet import Fleet, changes, stragglers
+from agent.mqtt.fleet import Fleet, changes, stragglers
 from agentkit import REPO, AgentKit
 
 QUIET = ["--quiet-for", "0.3"]  # retained messages arrive within ms on loopback

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from agent.errors import ImageRejected
-from agent.homeassistant import (
+from agent.mqtt.contract import (
     EVENT_TYPES,
     JOB_STATUSES,
     STATE_KEYS,

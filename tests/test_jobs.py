@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import jobs
-from agent.jobs import (CANCELED, IN_PROGRESS, PHASES, QUEUED, SUCCEEDED, Job, StateStore,
+from agent.ota import jobs
+from agent.ota.jobs import (CANCELED, IN_PROGRESS, PHASES, QUEUED, SUCCEEDED, Job, StateStore,
                         overall_percent, write_json_atomic)
 
 

@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.errors import ImageRejected, UsageError
-from agent.keys import (KeyFileError, build_manifest, keygen, load_private_key, load_public_key,
+from agent.ota.keys import (KeyFileError, build_manifest, keygen, load_private_key, load_public_key,
                         parse_public_key, sign_manifest)
-from agent.manifest import key_id, parse_manifest, verify_manifest
+from agent.ota.manifest import key_id, parse_manifest, verify_manifest
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import ImageRejected
-from agent.keys import sign_manifest
-from agent.manifest import (MAX_MANIFEST_BYTES, canonical_bytes, check_install, compare_versions,
+from agent.ota.keys import sign_manifest
+from agent.ota.manifest import (MAX_MANIFEST_BYTES, canonical_bytes, check_install, compare_versions,
                             key_id, parse_manifest, rollout_selected, verify_manifest)
 
 SHA = "ab" * 32

@@ -17,7 +17,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.mqtt import MqttClient, encode
+from agent.mqtt.client import MqttClient, encode
 from mosquitto import Mosquitto, free_port
 
 WAIT = 10.0  # generous: every wait ends as soon as its condition holds
@@ -161,7 +161,7 @@ def test_stop_publishes_offline(broker: Mosquitto, make_client, observers) -> No
 AGENT_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from agent.mqtt import MqttClient
+    from agent.mqtt.client import MqttClient
     c = MqttClient("127.0.0.1", int(sys.argv[1]), client_id="killed-agent", will=(sys.argv[2], "offline", True))
     c.start()
     assert c.wait_connected(10)
@@ -252,7 +252,7 @@ def test_oversized_payload_is_dropped_and_reported(broker: Mosquitto, make_clien
     c.start()
     assert c.wait_connected(WAIT)
     obs = observers(broker.port)
-    with caplog.at_level(logging.WARNING, logger="agent.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="agent.mqtt.client"):
         obs.publish("t/big", b"x" * 1025)
         obs.publish("t/big", b"y" * 1024)  # at the limit: delivered, and after the big one
         assert got.get(timeout=WAIT) == ("t/big", b"y" * 1024, False)
@@ -299,7 +299,7 @@ def test_constructor_refuses_bad_arguments() -> None:
 
 
 def test_tls_client_without_a_tls_broker_never_connects(broker: Mosquitto, make_client) -> None:
-    from agent.mqtt import TlsOptions
+    from agent.mqtt.client import TlsOptions
 
     c = make_client(tls=TlsOptions())  # system CAs, verification on; the broker speaks plain MQTT
     c.start()

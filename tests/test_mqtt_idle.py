@@ -13,7 +13,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.mqtt import IDLE_WAIT_MAX, MqttClient, idle_wait
+from agent.mqtt.client import IDLE_WAIT_MAX, MqttClient, idle_wait
 from mosquitto import Mosquitto
 
 WAIT = 10.0

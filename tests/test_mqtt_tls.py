@@ -22,8 +22,8 @@ import pytest
 from agent.cli import main
 from agent.config import load
 from agent.errors import ConfigError
-from agent.keys import keygen, sign_manifest
-from agent.mqtt import MqttClient, TlsOptions
+from agent.ota.keys import keygen, sign_manifest
+from agent.mqtt.client import MqttClient, TlsOptions
 from agentkit import AgentKit
 from mosquitto import CertAuthority, MissingTool, Mosquitto
 
@@ -100,14 +100,14 @@ def poll(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "a con
 
 def failures(caplog: pytest.LogCaptureFixture, needle: str) -> list[logging.LogRecord]:
     """The MqttClient's 'cannot connect' records that contain `needle`."""
-    return [r for r in caplog.records if r.name == "agent.mqtt"
+    return [r for r in caplog.records if r.name == "agent.mqtt.client"
             and "cannot connect" in r.getMessage() and needle in r.getMessage()]
 
 
 def never_connects(c: MqttClient, caplog: pytest.LogCaptureFixture, needle: str) -> list[logging.LogRecord]:
     """Start c and wait for two failed attempts whose reason contains `needle` (so it failed,
     and tried again), with c never connected; return those records."""
-    caplog.set_level(logging.DEBUG, logger="agent.mqtt")
+    caplog.set_level(logging.DEBUG, logger="agent.mqtt.client")
     c.start()
     records = poll(lambda: (lambda r: r if len(r) >= 2 else None)(failures(caplog, needle)),
                    what=f"two attempts failing with {needle!r}")
@@ -148,7 +148,7 @@ def test_round_trip_over_tls_with_password_qos1_and_retained(broker: Mosquitto, 
 ])
 def test_a_refusal_says_why_and_the_client_keeps_retrying(
         broker: Mosquitto, make_client, caplog, username: Any, password: Any, why: str) -> None:
-    caplog.set_level(logging.DEBUG, logger="agent.mqtt")
+    caplog.set_level(logging.DEBUG, logger="agent.mqtt.client")
     c = make_client(broker, username=username, password=password)
     c.start()
     refused = poll(lambda: (lambda r: r if len(r) >= 3 else None)(failures(caplog, why)),

@@ -6,7 +6,7 @@ import pytest
 
 from agent.pins import PinSpec, open_pins
 from agent.stm32.chips import CHIPS
-from agent.stm32.sim import SimChip
+from agent.sim import SimChip
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
-from agent.jobs import IN_PROGRESS, Job, overall_percent
-from agent.pipeline import Pipeline
+from agent.ota.jobs import IN_PROGRESS, Job, overall_percent
+from agent.ota.pipeline import Pipeline
 
 
 def _pipeline(now: list[float], seen: list[tuple[float, str, int]]) -> Pipeline:

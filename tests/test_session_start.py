@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from agent.flash import execute, plan
-from agent.firmware import Image, Segment
+from agent.flasher.plan import execute, plan
+from agent.flasher.image import Image, Segment
 from agent.pins import PinSpec
-from agent.session import LinkSpec, PinsSpec, open_session
+from agent.flasher.session import LinkSpec, PinsSpec, open_session
 from agent.stm32.chips import CHIPS, find
-from agent.stm32.sim import SimChip, SimI2CBus
+from agent.sim import SimChip, SimI2CBus
 
 # A plausible vector table: initial stack pointer in RAM, reset handler in flash (Thumb bit set).
 VECTORS = (0x20004000).to_bytes(4, "little") + (0x08000101).to_bytes(4, "little")

@@ -8,8 +8,8 @@ import pytest
 import serial
 
 from agent.errors import UsageError
-from agent.stm32.crc import stm32_crc32
-from agent.stm32.sim import Faults, PtySim, SimChip, parse_faults
+from agent.stm32.protocol import stm32_crc32
+from agent.sim import Faults, PtySim, SimChip, parse_faults
 
 
 def test_parse_faults_reads_every_cli_spec() -> None:
@@ -60,7 +60,7 @@ def test_realtime_mode_spends_line_time(l432) -> None:
 
 def test_sim_takes_page_layout_and_bootloader_id_from_the_chip_table() -> None:
     from agent.stm32.chips import lookup
-    from agent.stm32.sim_memory import SimMemory
+    from agent.sim.memory import SimMemory
     l432, f407 = lookup(0x435), lookup(0x413)
     mem = SimMemory(l432)
     assert mem.read(l432.bootloader_id_addr, 1) == bytes([l432.bootloader_id]) == b"\x91"
@@ -71,7 +71,7 @@ def test_sim_takes_page_layout_and_bootloader_id_from_the_chip_table() -> None:
 
 def test_sim_erase_time_follows_the_tables_uneven_f4_sectors() -> None:
     from agent.stm32.chips import lookup
-    from agent.stm32.sim_proto import ACK
+    from agent.sim.bootrom import ACK
     f407 = lookup(0x413)
     now = [0.0]
     sim = SimChip(f407, faults=Faults(erase_factor=2), clock=lambda: now[0])  # timed, not realtime

@@ -8,8 +8,8 @@ from functools import reduce
 import pytest
 from smbus2 import i2c_msg
 
-from agent.stm32.crc import stm32_crc32
-from agent.stm32.sim import Faults, SimChip, SimI2CBus
+from agent.stm32.protocol import stm32_crc32
+from agent.sim import Faults, SimChip, SimI2CBus
 
 ACK, NACK, BUSY = 0x79, 0x1F, 0x76
 ADDR = 0x48

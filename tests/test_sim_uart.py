@@ -8,8 +8,8 @@ from typing import Iterator
 import pytest
 import serial
 
-from agent.stm32.crc import stm32_crc32
-from agent.stm32.sim import Faults, PtySim, SimChip
+from agent.stm32.protocol import stm32_crc32
+from agent.sim import Faults, PtySim, SimChip
 
 ACK, NACK = b"\x79", b"\x1f"
 FLASH = 0x08000000

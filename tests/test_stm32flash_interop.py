@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from agent.stm32.sim import PtySim, SimChip, serve_pty
+from agent.sim import PtySim, SimChip, serve_pty
 from cli_tools import ihex
 
 STM32FLASH = shutil.which("stm32flash")

@@ -3,7 +3,7 @@
 It models the wire the config describes: before a line is claimed (and after it is freed)
 the MCU pin sits at its released level (NRST internal pull-up, BOOT0 pull-down), and a claimed
 line puts ``spec.asserted_at(level)`` on the MCU pin. Whenever the MCU-pin level changes it calls
-``listener(name, mcu_level_high)``; pass ``agent.stm32.sim.SimChip.set_line`` to reset the
+``listener(name, mcu_level_high)``; pass ``agent.sim.SimChip.set_line`` to reset the
 simulator from the same sequences that reset real hardware.
 
 Strict like a kernel GPIO driver: a line (or signal name) cannot be claimed twice, and writing

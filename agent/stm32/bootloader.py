@@ -44,7 +44,7 @@ from typing import Optional, Callable, Iterable, Sequence
 
 from agent.errors import LinkTimeout, Nack, ProtocolError, ReadProtected, Unsupported, UsageError
 from agent.link.base import Link
-from agent.stm32.bootloader_wire import (_I2C_GET_N, _OPCODES, _STM32_CRC_INIT, _STM32_CRC_POLY,
+from agent.stm32.wire import (_I2C_GET_N, _OPCODES, _STM32_CRC_INIT, _STM32_CRC_POLY,
                                          ACK, BUSY, NACK, SYNC, BootloaderInfo, Timeouts, Wire,
                                          _with_xor, _xor, pick_opcodes)
 

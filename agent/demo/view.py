@@ -3,7 +3,7 @@
 `Board` is fed the JSON of `<base>/<agent>/<target>/job` and `.../state` messages (from any
 thread) and renders them: on a terminal one redrawn bar per target with phase and bytes/s, on
 anything else a plain line per phase change and every 25 %. Bytes/s is inferred from the job's
-single percent figure inside the write/verify phases (agent.jobs.PHASES) and the image size,
+single percent figure inside the write/verify phases (agent.ota.jobs.PHASES) and the image size,
 so the view needs nothing the MQTT contract does not carry.
 """
 
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, TextIO
 
-from agent.jobs import PHASES, TERMINAL
+from agent.ota.jobs import PHASES, TERMINAL
 
 log = logging.getLogger(__name__)
 

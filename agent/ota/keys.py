@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import (
     Encoding, NoEncryption, PrivateFormat, PublicFormat, load_pem_private_key, load_pem_public_key)
 
 from agent.errors import UsageError
-from agent.manifest import canonical_bytes, key_id, parse_manifest
+from agent.ota.manifest import canonical_bytes, key_id, parse_manifest
 
 log = logging.getLogger(__name__)
 

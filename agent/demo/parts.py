@@ -65,7 +65,7 @@ def _wait_listening(host: str, port: int, timeout: float) -> bool:
 class BrokerProcess:
     """A broker in a child process on a free loopback port; stop() kills it like a crash would.
 
-    amqtt runs as `python -m agent.demo_parts PORT` rather than on a thread of the demo:
+    amqtt runs as `python -m agent.demo.parts PORT` rather than on a thread of the demo:
     amqtt 0.12's graceful Broker.shutdown() can hang with clients connected (a reader task
     never finishes cancelling), so an in-process restart was not reliable; killing a process
     is reliable and is also the fault the demo wants to show (the broker's host going away).
@@ -116,7 +116,7 @@ class BrokerProcess:
 def amqtt_broker(port: Optional[int] = None) -> BrokerProcess:
     """amqtt (MQTT 3.1.1 only: an MQTT 5 CONNECT is refused) in a child process."""
     port = port or free_port()
-    return BrokerProcess("embedded amqtt", [sys.executable, "-m", "agent.demo_parts", str(port)],
+    return BrokerProcess("embedded amqtt", [sys.executable, "-m", "agent.demo.parts", str(port)],
                          protocol=4, port=port)
 
 

@@ -14,7 +14,7 @@ import errno
 import logging
 from typing import Any
 
-from agent.stm32.sim_core import SimChip
+from agent.sim.core import SimChip
 
 log = logging.getLogger(__name__)
 

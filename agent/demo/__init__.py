@@ -2,7 +2,7 @@
 
     outcome = run_demo(DemoOptions(fast=True, workdir=Path("demo")))   # or DemoFailed
 
-What runs, all real except the chips and their reset wires (see `agent.demo_world`):
+What runs, all real except the chips and their reset wires (see `agent.demo.world`):
 
 - an MQTT broker (amqtt from the `demo` extra in a child process, or a mosquitto binary, or
   `--broker HOST:PORT`);
@@ -31,13 +31,13 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from agent import firmware
-from agent.demo_parts import FLASH_BASE
-from agent.demo_view import Board
-from agent.demo_world import (NACK_EVERY, NEW, OLD, TARGETS, DemoOptions, World,
+from agent.flasher import image as firmware
+from agent.demo.parts import FLASH_BASE
+from agent.demo.view import Board
+from agent.demo.world import (NACK_EVERY, NEW, OLD, TARGETS, DemoOptions, World,
                               prepare_workdir)
 from agent.errors import Stm32OtaError
-from agent.jobs import SUCCEEDED, TOUCHES_FLASH
+from agent.ota.jobs import SUCCEEDED, TOUCHES_FLASH
 
 log = logging.getLogger(__name__)
 

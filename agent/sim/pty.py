@@ -17,7 +17,7 @@ from typing import Any
 from agent.errors import UsageError
 from agent.stm32 import chips
 from agent.stm32.chips import Chip
-from agent.stm32.sim_core import Faults, SimChip
+from agent.sim.core import Faults, SimChip
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import logging
 import signal
 from pathlib import Path
 
-from agent.cli import command
-from agent.cli_commands import parser
+from agent.cli.options import command
+from agent.cli.options import parser
 from agent.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 when both targets end verified on the new version."""
-    from agent.cli_agent import broker_options, parse_broker
+    from agent.cli.agent import broker_options, parse_broker
     from agent.demo import DemoOptions, run_demo
 
     broker = parse_broker(args.broker) if args.broker else None

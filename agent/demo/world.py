@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-from agent import firmware
-from agent.demo_parts import FLASH_BASE, FileServer, ihex, make_image, start_broker
-from agent.demo_view import Board, Row
+from agent.flasher import image as firmware
+from agent.demo.parts import FLASH_BASE, FileServer, ihex, make_image, start_broker
+from agent.demo.view import Board, Row
 from agent.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class World:
     """Everything the demo runs, wired together."""
 
     def __init__(self, opts: DemoOptions, work: Path, stack: contextlib.ExitStack) -> None:
-        from agent.homeassistant import Topics
+        from agent.mqtt.contract import Topics
 
         self.o = opts
         self.work = work
@@ -178,7 +178,7 @@ class World:
         self._viewer()
 
     def _keys(self) -> Path:
-        from agent.keys import keygen
+        from agent.ota.keys import keygen
 
         (self.work / "keys").mkdir()
         key, _ = keygen(self.work / "keys" / "demo-release")
@@ -200,7 +200,7 @@ class World:
     def _chips(self) -> str:
         """Both simulated L432s, running 1.0.0; returns the UART pty path."""
         from agent.stm32.chips import CHIPS
-        from agent.stm32.sim import Faults, PtySim, SimChip, SimI2CBus
+        from agent.sim import Faults, PtySim, SimChip, SimI2CBus
 
         uart_port = ""
         for t in TARGETS:
@@ -228,7 +228,7 @@ class World:
         return uart_port
 
     def _sign(self, key: Path) -> None:
-        from agent.keys import build_manifest
+        from agent.ota.keys import build_manifest
 
         (self.work / "releases").mkdir()
         assert self.web is not None
@@ -243,7 +243,7 @@ class World:
 
     def _agent(self, uart_port: str) -> None:
         from agent.config import load
-        from agent.jobs import StateStore
+        from agent.ota.jobs import StateStore
         from agent.service import MAX_COMMAND_BYTES, Service
         from agent.targets import flash_target
 
@@ -265,7 +265,7 @@ class World:
         self.svc = Service(cfg, targets, client_factory=client)
 
     def _client(self, client_id: str, **kw: Any) -> Any:
-        from agent.mqtt import MqttClient
+        from agent.mqtt.client import MqttClient
 
         return MqttClient(self.host, self.port, client_id=client_id, protocol=self.protocol,
                           reconnect_min=0.5, reconnect_max=2, keepalive=20,

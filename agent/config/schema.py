@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from agent.config_values import (
+from agent.config.values import (
     INVALID, NAME_RE, Boolean, Choice, Context, Duration, Integer, ListOf, PathKind, Size, Text,
     did_you_mean, join, type_name,
 )

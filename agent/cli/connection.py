@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ContextManager, Optional
 
 from agent.errors import UsageError
-from agent.session import LinkSpec, PinsSpec, Session, open_session
+from agent.flasher.session import LinkSpec, PinsSpec, Session, open_session
 from agent.stm32.bootloader import Timeouts
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class Connection:
     write_retries: int = 3
 
     def open(self) -> ContextManager[Session]:
-        """Enter the bootloader and identify the chip (agent.session.open_session)."""
+        """Enter the bootloader and identify the chip (agent.flasher.session.open_session)."""
         return open_session(self.link, self.pins, expect_pid=self.expect_pid,
                             timeouts=self.timeouts, attempts=self.attempts,
                             bootloader_options=self.bootloader_options)

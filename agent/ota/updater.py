@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from agent import manifest as mf
+from agent.ota import manifest as mf
 from agent.errors import ImageRejected, Stm32OtaError
-from agent.jobs import (CANCELED, FAILED, QUEUED, REJECTED, SUCCEEDED, TOUCHES_FLASH, Job,
+from agent.ota.jobs import (CANCELED, FAILED, QUEUED, REJECTED, SUCCEEDED, TOUCHES_FLASH, Job,
                         StateStore)
-from agent.session import LinkSpec, PinsSpec
+from agent.flasher.session import LinkSpec, PinsSpec
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ class Updater:
 
     def run_job(self, name: str) -> Job:
         """Carry out the target's queued job to its one terminal status."""
-        from agent.pipeline import Pipeline
+        from agent.ota.pipeline import Pipeline
 
         with self._lock:
             job = self.store.load_job(name)

@@ -14,11 +14,11 @@ from functools import reduce
 from typing import TYPE_CHECKING, Callable, Generator, Iterable
 
 from agent.errors import ProtocolError
-from agent.stm32.crc import stm32_crc32
-from agent.stm32.sim_memory import RDP_LEVEL0, RDP_LEVEL1, MemoryRefused
+from agent.stm32.protocol import stm32_crc32
+from agent.sim.memory import RDP_LEVEL0, RDP_LEVEL1, MemoryRefused
 
 if TYPE_CHECKING:
-    from agent.stm32.sim_core import SimChip
+    from agent.sim.core import SimChip
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 from agent.errors import UsageError
 from agent.stm32.chips import Chip
-from agent.stm32.sim_memory import RDP_LEVEL0, RDP_LEVEL1, SimMemory
-from agent.stm32.sim_proto import ACK, BUSY, NACK, Bootrom
+from agent.sim.memory import RDP_LEVEL0, RDP_LEVEL1, SimMemory
+from agent.sim.bootrom import ACK, BUSY, NACK, Bootrom
 
 log = logging.getLogger(__name__)
 

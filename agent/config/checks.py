@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from agent.config_values import INVALID, Context, join
+from agent.config.values import INVALID, Context, join
 from agent.errors import ConfigError
 
 if TYPE_CHECKING:

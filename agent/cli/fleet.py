@@ -11,11 +11,11 @@ import sys
 import time
 from typing import Any, Callable, TextIO
 
-from agent.cli import command
-from agent.cli_agent import add_broker_args, broker_options, parse_broker
-from agent.cli_commands import parser
+from agent.cli.options import command
+from agent.cli.agent import add_broker_args, broker_options, parse_broker
+from agent.cli.options import parser
 from agent.errors import ConfigError, UsageError
-from agent.fleet import COLUMNS, Fleet, Row, Watcher, changes, wait_for
+from agent.mqtt.fleet import COLUMNS, Fleet, Row, Watcher, changes, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def _client_factory(args: argparse.Namespace) -> Callable[..., Any]:
-    from agent.mqtt import MqttClient
+    from agent.mqtt.client import MqttClient
 
     host, port = parse_broker(args.broker)
     options = broker_options(args)

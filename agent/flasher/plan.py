@@ -16,10 +16,10 @@ from typing import Any, Callable, Optional, TypeVar
 
 from agent.errors import (Aborted, ChipMismatch, LinkTimeout, ProtocolError, Stm32OtaError,
                           Unsupported, UsageError, VerifyFailed)
-from agent.firmware import Image
+from agent.flasher.image import Image
 from agent.progress import ProgressCallback, no_progress
 from agent.stm32.chips import Chip
-from agent.stm32.crc import stm32_crc32
+from agent.stm32.protocol import stm32_crc32
 
 log = logging.getLogger(__name__)
 

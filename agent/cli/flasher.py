@@ -10,15 +10,13 @@ import sys
 import tempfile
 from typing import Callable, Optional
 
-from agent.cli import add_link_options, command, int_auto
-from agent.cli_connection import Connection, connection
+from agent.cli.options import add_link_options, command, int_auto, parser
+from agent.cli.connection import Connection, connection
 from agent.errors import LinkTimeout, Nack, ProtocolError, ReadProtected, Unsupported, UsageError
-from agent.session import Session
+from agent.flasher.session import Session
 from agent.stm32.chips import Chip
 
 log = logging.getLogger(__name__)
-
-PARSERS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
 
 # AN3155 / AN4221 command names, for people reading `info`.
 OPCODE_NAMES = {
@@ -29,16 +27,6 @@ OPCODE_NAMES = {
     0x82: "READOUT_PROTECT", 0x83: "READOUT_PROTECT_NS", 0x92: "READOUT_UNPROTECT",
     0x93: "READOUT_UNPROTECT_NS", 0xA1: "GET_CHECKSUM",
 }
-
-
-def parser(name: str, helptext: str) -> Callable:
-    """Register the argument set-up of a subcommand."""
-
-    def register(fn: Callable[[argparse.ArgumentParser], None]) -> Callable:
-        PARSERS[name] = (helptext, fn)
-        return fn
-
-    return register
 
 
 def _out(args: argparse.Namespace) -> Callable[[str], None]:
@@ -152,7 +140,7 @@ def run_flash(conn: Connection, image, *, verify: Optional[str] = None,
     `go` is None (stay in the bootloader), -1 (reset through the pins, or GO to the flash
     start) or an address for GO. Returns (flash.Result, how the application was started).
     """
-    from agent.flash import execute, plan
+    from agent.flasher.plan import execute, plan
 
     with conn.open() as s:
         if s.read_protected:
@@ -171,7 +159,7 @@ def run_flash(conn: Connection, image, *, verify: Optional[str] = None,
 @command("flash")
 def cmd_flash(args: argparse.Namespace) -> int:
     """Erase the pages the image covers, write, verify, optionally start it."""
-    from agent import firmware
+    from agent.flasher import image as firmware
     from agent.progress import ProgressPrinter
 
     conn = connection(args)
@@ -340,7 +328,7 @@ def _sim_args(p: argparse.ArgumentParser) -> None:
 def cmd_sim(args: argparse.Namespace) -> int:
     """Serve the simulator on a pty until SIGTERM/SIGINT."""
     from agent.stm32.chips import find
-    from agent.stm32.sim import parse_faults, serve_pty
+    from agent.sim import parse_faults, serve_pty
 
     chip = find(args.chip)
     faults = parse_faults(args.fault)

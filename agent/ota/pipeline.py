@@ -12,15 +12,17 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Optional
 
-from agent import download, firmware
-from agent import manifest as mf
+from agent.ota import download
+
+from agent.flasher import image as firmware
+from agent.ota import manifest as mf
 from agent.errors import Aborted, ChipMismatch, ReadProtected, Stm32OtaError
-from agent.flash import execute, plan
-from agent.jobs import CANCELED, FAILED, IN_PROGRESS, SUCCEEDED, TOUCHES_FLASH, Job, overall_percent
-from agent.session import open_session
+from agent.flasher.plan import execute, plan
+from agent.ota.jobs import CANCELED, FAILED, IN_PROGRESS, SUCCEEDED, TOUCHES_FLASH, Job, overall_percent
+from agent.flasher.session import open_session
 
 if TYPE_CHECKING:
-    from agent.update import FlashTarget, Updater
+    from agent.ota.updater import FlashTarget, Updater
 
 log = logging.getLogger(__name__)
 

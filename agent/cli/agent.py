@@ -10,8 +10,8 @@ import signal
 import sys
 import threading
 
-from agent.cli import command, int_auto
-from agent.cli_commands import parser
+from agent.cli.options import command, int_auto
+from agent.cli.options import parser
 from agent.errors import ConfigError, UsageError
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def _keygen_args(p: argparse.ArgumentParser) -> None:
 @command("keygen")
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Write a new key pair; never overwrites."""
-    from agent.keys import keygen
+    from agent.ota.keys import keygen
 
     key, pub = keygen(args.out)
     print(f"private key: {key} (keep it secret; mode 0600)\npublic key : {pub} "
@@ -105,8 +105,8 @@ def _sign_args(p: argparse.ArgumentParser) -> None:
 @command("sign")
 def cmd_sign(args: argparse.Namespace) -> int:
     """Compute size and sha256, sign, write the manifest."""
-    from agent import firmware
-    from agent.keys import build_manifest
+    from agent.flasher import image as firmware
+    from agent.ota.keys import build_manifest
 
     firmware.load(args.file, address=args.address,  # refuse to sign a file we could not flash
                   bin_default=firmware.DEFAULT_BIN_ADDRESS)
@@ -156,7 +156,7 @@ def add_broker_args(p: argparse.ArgumentParser) -> None:
 
 def broker_options(args: argparse.Namespace) -> dict:
     """MqttClient keyword arguments (username, password, tls) from add_broker_args' options."""
-    from agent.mqtt import TlsOptions
+    from agent.mqtt.client import TlsOptions
 
     if (args.cert is None) != (args.key is None):
         raise UsageError("--cert and --key go together: a client certificate needs its key")
@@ -191,9 +191,9 @@ def parse_broker(text: str) -> tuple[str, int]:
 @command("publish")
 def cmd_publish(args: argparse.Namespace) -> int:
     """Validate the manifest locally, then publish it and wait for the broker's ack."""
-    from agent.homeassistant import Topics, check_id
-    from agent.manifest import parse_manifest
-    from agent.mqtt import MqttClient
+    from agent.mqtt.contract import Topics, check_id
+    from agent.ota.manifest import parse_manifest
+    from agent.mqtt.client import MqttClient
 
     with open(args.manifest, "rb") as f:
         raw = f.read()

@@ -5,7 +5,7 @@
     cfg.target("pump").link                     # UartLinkConfig | I2cLinkConfig
     reference_markdown()                        # the README's config reference
 
-Keys, kinds and defaults live in one table (`agent.config_schema`); this module turns the
+Keys, kinds and defaults live in one table (`agent.config.schema`); this module turns the
 checked values into dataclasses and runs the checks that span keys (ports and GPIO lines used
 twice, sequences that drive pins that are not wired, ...). Reading a config never touches
 hardware, files other than the config itself, or the environment: secrets are resolved by
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from agent.config_checks import cross_check, file_warnings
-from agent.config_schema import ROOT, reference_markdown
-from agent.config_values import INVALID, Context, Problem, did_you_mean, parse_yaml
+from agent.config.checks import cross_check, file_warnings
+from agent.config.schema import ROOT, reference_markdown
+from agent.config.values import INVALID, Context, Problem, did_you_mean, parse_yaml
 from agent.errors import ConfigError
 from agent.pins.sequence import Step
 from agent.stm32.bootloader import Timeouts

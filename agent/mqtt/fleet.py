@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Optional
 
 from agent.errors import Stm32OtaError
-from agent.homeassistant import AVAILABLE, ID_RE, NOT_AVAILABLE
+from agent.mqtt.contract import AVAILABLE, ID_RE, NOT_AVAILABLE
 
 log = logging.getLogger(__name__)
 

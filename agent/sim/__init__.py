@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import logging
 
-from agent.stm32.crc import stm32_crc32
-from agent.stm32.sim_core import Faults, SimChip, parse_faults
-from agent.stm32.sim_i2c import SimI2CBus
-from agent.stm32.sim_proto import ACK, BUSY, NACK, command_set
-from agent.stm32.sim_pty import PtySim, serve_pty
+from agent.stm32.protocol import stm32_crc32
+from agent.sim.core import Faults, SimChip, parse_faults
+from agent.sim.i2c import SimI2CBus
+from agent.sim.bootrom import ACK, BUSY, NACK, command_set
+from agent.sim.pty import PtySim, serve_pty
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Callable, Optional, Union
 import requests
 
 from agent.errors import Aborted, ImageRejected, Stm32OtaError
-from agent.manifest import SHA256_RE, Manifest, check_url
+from agent.ota.manifest import SHA256_RE, Manifest, check_url
 
 log = logging.getLogger(__name__)
 

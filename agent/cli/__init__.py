@@ -1,0 +1,69 @@
+"""The `stm32ota` command line: argparse subcommands, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Optional, Sequence
+
+from agent import __version__
+# Each handler module registers its subcommands; the order is the order `--help` lists them.
+from agent.cli import flasher, agent, demo, fleet  # noqa: F401
+from agent.cli.options import COMMANDS, PARSERS
+from agent.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Stm32OtaError
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (contract: DESIGN.md)."""
+    p = argparse.ArgumentParser(prog="stm32ota", description=(
+        "Flash STM32 microcontrollers through ST's ROM bootloader (UART or I2C), "
+        "and keep them up to date over MQTT."))
+    p.add_argument("--version", action="version", version=f"stm32ota {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: protocol)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more log output (-vv: protocol)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="only errors")
+    for name, (helptext, setup) in PARSERS.items():
+        sp = sub.add_parser(name, help=helptext, description=helptext, parents=[common])
+        setup(sp)
+    return p
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    """Plain log lines on stderr."""
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `stm32ota` console script; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version (0) or a usage error argparse printed (2)
+        return done.code if isinstance(done.code, int) else EXIT_USAGE
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    setup_logging(args.verbose, args.quiet)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("stm32ota: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Stm32OtaError as err:
+        print(f"stm32ota: error [{err.code}]: {err}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:  # a file that cannot be read or written
+        code = "file_error"
+        where = f": {err.filename}" if err.filename else ""
+        print(f"stm32ota: error [{code}]: {err.strerror or err}{where}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK

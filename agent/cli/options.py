@@ -1,0 +1,71 @@
+"""The subcommand registry and the option groups several subcommands share."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+PARSERS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str) -> Callable:
+    """Register a subcommand handler."""
+
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def int_auto(text: str) -> int:
+    """An integer in decimal or with a 0x / 0o / 0b prefix (addresses, PIDs)."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (use 0x08000000 or 134217728)")
+
+
+def add_link_options(p: argparse.ArgumentParser) -> None:
+    """--port/--baud/--parity, --i2c-bus/--i2c-address, pins, or --config/--target."""
+    g = p.add_argument_group("link (one of --port, --i2c-bus, or --config with --target)")
+    g.add_argument("--port", help="serial port or pyserial URL, e.g. /dev/ttyAMA0")
+    g.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
+    g.add_argument("--parity", choices=["even", "none"], default="even",
+                   help="UART parity (default even, as AN3155 requires; none for ptys/odd adapters)")
+    g.add_argument("--inter-byte-delay", type=float, default=0.0, metavar="SECONDS",
+                   help="pause after every byte sent (a quirk some hosts needed; default 0)")
+    g.add_argument("--i2c-bus", type=int, metavar="N", help="I2C bus number (/dev/i2c-N)")
+    g.add_argument("--i2c-address", type=int_auto, default=0x48, metavar="A",
+                   help="7-bit I2C address of the bootloader (default 0x48, STM32L43x)")
+    g.add_argument("--i2c-read-chunk", type=int, default=256, metavar="N",
+                   help="largest read per command (default 256)")
+    g.add_argument("--i2c-write-chunk", type=int, default=256, metavar="N",
+                   help="largest write per command (default 256)")
+    g.add_argument("--config", help="config.yaml to take a target's link and pins from")
+    g.add_argument("--target", help="target name in --config")
+    pg = p.add_argument_group("reset pins")
+    pg.add_argument("--pins", dest="pins_backend", default="none",
+                    choices=["auto", "libgpiod", "rpigpio", "modem", "none"],
+                    help="how NRST/BOOT0 are driven (default none: chip already in bootloader)")
+    pg.add_argument("--gpiochip", default="/dev/gpiochip0", help="libgpiod chip (default /dev/gpiochip0)")
+    pg.add_argument("--nrst", metavar="LINE", help="GPIO line (or rts/dtr) wired to NRST")
+    pg.add_argument("--boot0", metavar="LINE", help="GPIO line (or rts/dtr) wired to BOOT0")
+    pg.add_argument("--nrst-active-high", action="store_true",
+                    help="a high GPIO level asserts reset (an inverting driver)")
+    pg.add_argument("--boot0-active-low", action="store_true",
+                    help="a low GPIO level selects the bootloader (an inverting driver)")
+    pg.add_argument("--expect-chip", type=int_auto, metavar="PID",
+                    help="refuse to touch any chip but this product ID, e.g. 0x435")
+
+
+def parser(name: str, helptext: str) -> Callable:
+    """Register the argument set-up of a subcommand."""
+
+    def register(fn: Callable[[argparse.ArgumentParser], None]) -> Callable:
+        PARSERS[name] = (helptext, fn)
+        return fn
+
+    return register
