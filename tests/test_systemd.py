@@ -140,3 +140,33 @@ def test_the_agent_tells_systemd_ready_watchdog_and_stopping(
         assert kit.stop_process() == 0, kit.agent_log()[-2000:]
         _receive_until(sock, "STOPPING=1", got, timeout=5)
         assert got.index("READY=1") < got.index("STOPPING=1")
+
+
+def _service_groups() -> list[str]:
+    return _service_section()["SupplementaryGroups"][0].split()
+
+
+def test_the_readme_creates_every_group_before_adding_the_user_to_it() -> None:
+    """systemd fails a unit whose SupplementaryGroups= names a missing group (plain Debian)."""
+    readme = (UNIT.parent.parent / "README.md").read_text(encoding="utf-8")
+    steps = readme.split("## Run as a service", 1)[1].split("\n## ", 1)[0]
+    usermod = steps.index("usermod -aG")
+    for group in _service_groups():
+        if group == "dialout":  # every Debian system has it (base-passwd)
+            continue
+        made = re.search(rf"groupadd -f --system {group}\b", steps)
+        assert made and made.start() < usermod, f"README never creates group {group}"
+    assert "install -m 0644 systemd/60-stm32ota.rules /etc/udev/rules.d/" in steps
+
+
+def test_the_udev_rules_give_each_device_group_its_devices() -> None:
+    rules = (UNIT.parent / "60-stm32ota.rules").read_text(encoding="utf-8")
+    owners = dict(re.findall(r'KERNEL=="(gpiochip|i2c-)[^"]*".*GROUP="(\w+)"', rules))
+    assert owners == {"gpiochip": "gpio", "i2c-": "i2c"}
+    assert set(owners.values()) <= set(_service_groups())
+    tool = shutil.which("udevadm")
+    if tool is not None:  # udevadm verify exists from systemd 254 on
+        done = subprocess.run([tool, "verify", str(UNIT.parent / "60-stm32ota.rules")],
+                              capture_output=True, text=True)
+        if "Unknown command" not in done.stderr and "unrecognized" not in done.stderr:
+            assert done.returncode == 0, done.stderr
