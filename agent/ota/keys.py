@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import (
     Encoding, NoEncryption, PrivateFormat, PublicFormat, load_pem_private_key, load_pem_public_key)
 
-from agent.errors import UsageError
+from agent.errors import KeyFileError, UsageError
 from agent.ota.manifest import canonical_bytes, key_id, parse_manifest
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,6 @@ FORMAT_BY_SUFFIX = {
 DEFAULT_BIN_ADDRESS = 0x08000000
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-class KeyFileError(UsageError):
-    """A key file is missing, malformed or unsafe."""
-
-    code = "bad_key"
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
