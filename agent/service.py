@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from agent.mqtt import contract as ha
-from agent.ota import manifest as mf
 from agent import systemd
+from agent.ota.checks import compare_versions
 from agent.ota.manifest import strict_json
 from agent.config import Config
 from agent.errors import ImageRejected, Stm32OtaError
@@ -263,7 +263,7 @@ class Service:
         rel = self.store.release(t.product) or {}
         running = job is not None and job.status in (QUEUED, IN_PROGRESS)
         latest = rel.get("version") or installed
-        if known and latest != known and mf.compare_versions(known, latest) > 0:
+        if known and latest != known and compare_versions(known, latest) > 0:
             latest = known  # a direct install went past the announced release: nothing newer
         if running and job.to_version:
             latest = job.to_version

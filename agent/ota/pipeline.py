@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Optional
 from agent.ota import download
 
 from agent.flasher import image as firmware
-from agent.ota import manifest as mf
+from agent.ota.keys import verify_manifest
+from agent.ota.manifest import Manifest, parse_manifest
 from agent.errors import Aborted, ChipMismatch, ReadProtected, Stm32OtaError
 from agent.flasher.plan import execute, plan
 from agent.ota.jobs import CANCELED, FAILED, IN_PROGRESS, SUCCEEDED, TOUCHES_FLASH, Job, overall_percent
@@ -67,9 +68,9 @@ class Pipeline:
     def run(self) -> Job:
         """Carry the job to exactly one terminal status and return it."""
         try:
-            manifest = mf.parse_manifest(self.job.manifest)
+            manifest = parse_manifest(self.job.manifest)
             # Checked again here: the job may come from a state file after a restart.
-            mf.verify_manifest(manifest, self.u.policy.trusted_keys,
+            verify_manifest(manifest, self.u.policy.trusted_keys,
                                allow_unsigned=self.u.policy.allow_unsigned)
             self._install(manifest)
         except Aborted as err:
@@ -105,7 +106,7 @@ class Pipeline:
         err = Aborted(f"aborted during {self.job.phase}")
         return self.u._finish(self.job, CANCELED, self._error(err), self._flash_note())
 
-    def _install(self, m: "mf.Manifest") -> None:
+    def _install(self, m: Manifest) -> None:
         p = self.u.policy
         self._step("download")
         path = download.fetch(m.url, m.size, m.sha256, p.cache_dir, max_size=p.max_image_size,

@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from agent.ota import manifest as mf
+from agent.ota.checks import check_install, rollout_selected
+from agent.ota.keys import verify_manifest
+from agent.ota.manifest import Manifest, parse_manifest
 from agent.errors import ImageRejected, Stm32OtaError
 from agent.ota.jobs import (CANCELED, FAILED, QUEUED, REJECTED, SUCCEEDED, TOUCHES_FLASH, Job,
                         StateStore)
@@ -163,11 +165,11 @@ class Updater:
 
         Returns the names of targets whose view changed; raises ImageRejected when refused.
         """
-        m = mf.parse_manifest(raw)
+        m = parse_manifest(raw)
         if m.product != product:
             raise ImageRejected(f"manifest for product {m.product!r} published on the topic of "
                                 f"{product!r}", code="bad_field")
-        mf.verify_manifest(m, self.policy.trusted_keys, allow_unsigned=self.policy.allow_unsigned)
+        verify_manifest(m, self.policy.trusted_keys, allow_unsigned=self.policy.allow_unsigned)
         current = self.store.release(product)
         if current and current.get("sha256") == m.sha256 and current.get("version") == m.version:
             affected = []
@@ -176,7 +178,7 @@ class Updater:
             affected = [t.name for t in self.targets.values() if t.product == product]
         for name in [t.name for t in self.targets.values() if t.product == product]:
             t = self.targets[name]
-            if t.auto_install and mf.rollout_selected(m, self.agent_id, name):
+            if t.auto_install and rollout_selected(m, self.agent_id, name):
                 self._try_install(name, m, source="auto_install", quiet=True)
         return affected
 
@@ -193,22 +195,22 @@ class Updater:
         t = self.targets[name]
         try:
             if raw_manifest is not None:
-                m = mf.parse_manifest(raw_manifest)
-                mf.verify_manifest(m, self.policy.trusted_keys,
+                m = parse_manifest(raw_manifest)
+                verify_manifest(m, self.policy.trusted_keys,
                                    allow_unsigned=self.policy.allow_unsigned)
             else:
                 stored = self.store.release(t.product)
                 if stored is None:
                     raise ImageRejected(f"no release of {t.product!r} has been announced on "
                                         f"the release topic yet", code="no_release")
-                m = mf.parse_manifest(stored)
+                m = parse_manifest(stored)
             if m.product != t.product:
                 if not direct:  # a group/fleet install of another product is not for this target
                     log.debug("%s: ignoring a %s install for product %s", name, m.product, t.product)
                     return
                 raise ImageRejected(f"the release is for product {m.product!r} but target {name} "
                                     f"runs {t.product!r}", code="wrong_product")
-            if not direct and not mf.rollout_selected(m, self.agent_id, name):
+            if not direct and not rollout_selected(m, self.agent_id, name):
                 log.info("%s: not in the %s%% rollout of %s", name, m.rollout, m.version)
                 return
         except Stm32OtaError as err:
@@ -220,7 +222,7 @@ class Updater:
         t = self.targets[name]
         installed = self.installed_version(name)
         try:
-            mf.check_install(m, installed, allow_downgrade=t.allow_downgrade)
+            check_install(m, installed, allow_downgrade=t.allow_downgrade)
         except Stm32OtaError as err:
             if not quiet:
                 self.reject(name, err, to_version=m.version)
