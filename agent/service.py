@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from agent.mqtt import contract as ha
+from agent.mqtt.client import MqttClient, TlsOptions
 from agent import systemd
 from agent.ota.checks import compare_versions
 from agent.ota.manifest import strict_json
@@ -111,9 +112,7 @@ class Service:
         self._last_status: dict[str, tuple[str, str]] = {}
         self._publish_lock = threading.Lock()
 
-    def _make_client(self) -> Any:
-        from agent.mqtt.client import MqttClient, TlsOptions
-
+    def _make_client(self) -> MqttClient:
         m = self.cfg.mqtt
         tls = None
         if m.tls is not None:
