@@ -49,6 +49,12 @@ class ConfigError(UsageError):
     code = "config"
 
 
+class KeyFileError(UsageError):
+    """A key file is missing, malformed or unsafe."""
+
+    code = "bad_key"
+
+
 class LinkError(Stm32OtaError, OSError):
     """The serial port or I2C bus could not be opened or failed."""
 
@@ -113,6 +119,16 @@ class ImageRejected(Stm32OtaError, ValueError):
 
     code = "image_rejected"
     exit_code = EXIT_IMAGE
+
+
+class DownloadFailed(Stm32OtaError, OSError):
+    """The image could not be fetched (HTTP error, or retries used up)."""
+
+    code = "download_failed"
+
+
+class DownloadRetry(DownloadFailed):
+    """One download attempt failed in a way worth repeating; the downloader retries it."""
 
 
 class Aborted(Stm32OtaError):

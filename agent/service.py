@@ -1,8 +1,9 @@
 """Composition root of `stm32ota run`: config -> targets, MQTT, the updater, systemd.
 
 MQTT callbacks only parse and enqueue (one bounded inbox, one dispatcher thread); flashing
-runs on the updater's per-link workers; every job change comes back through `_on_job` and is
-published as retained state/job messages plus one event per status change.
+runs on the updater's per-link workers; the job store (`ota.jobs.JobStore`) owns job state and
+hands every change to `_on_job`, which publishes it as retained state/job messages plus one
+event per status change.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from agent.mqtt import contract as ha
-from agent.ota import manifest as mf
+from agent.mqtt.client import MqttClient, TlsOptions
 from agent import systemd
+from agent.ota.checks import compare_versions
 from agent.ota.manifest import strict_json
 from agent.config import Config
 from agent.errors import ImageRejected, Stm32OtaError
-from agent.ota.jobs import IN_PROGRESS, QUEUED, TERMINAL, Job, StateStore
-from agent.ota.updater import FlashTarget, Policy, Updater
+from agent.ota.jobs import IN_PROGRESS, QUEUED, TERMINAL, Job, JobStore, StateStore
+from agent.ota.keys import load_public_key
+from agent.ota.pipeline import FlashTarget, Policy
+from agent.ota.updater import Updater
 
 log = logging.getLogger(__name__)
 
@@ -88,20 +92,19 @@ class Service:
 
     def __init__(self, cfg: Config, targets: list[FlashTarget], *,
                  client_factory: Optional[Callable[..., Any]] = None) -> None:
-        from agent.ota.keys import load_public_key
-
         self.cfg = cfg
         self.agent_id = cfg.agent.id
         self.topics = ha.Topics(cfg.mqtt.base_topic, self.agent_id, cfg.mqtt.discovery_prefix)
         self.targets = {t.name: t for t in targets}
-        self.store = StateStore(cfg.agent.state_dir)
+        self.store = StateStore(cfg.agent.state_dir)  # the service only reads it
+        self.jobs = JobStore(self.store, self._on_job)
         keys = tuple(load_public_key(p) for p in cfg.trust.keys)
         d = cfg.trust.download
         policy = Policy(trusted_keys=keys, allow_unsigned=cfg.trust.allow_unsigned,
                         cache_dir=str(cfg.agent.cache_dir), max_image_size=cfg.trust.max_image_size,
                         download_timeout=d.timeout, download_retries=d.retries,
                         download_backoff=d.backoff)
-        self.updater = Updater(self.agent_id, targets, self.store, policy, self._on_job)
+        self.updater = Updater(self.agent_id, targets, self.jobs, policy)
         self.client = (client_factory or self._make_client)()
         self.inbox: queue.Queue = queue.Queue(INBOX_SIZE)
         self._stop = threading.Event()
@@ -109,9 +112,7 @@ class Service:
         self._last_status: dict[str, tuple[str, str]] = {}
         self._publish_lock = threading.Lock()
 
-    def _make_client(self) -> Any:
-        from agent.mqtt.client import MqttClient, TlsOptions
-
+    def _make_client(self) -> MqttClient:
         m = self.cfg.mqtt
         tls = None
         if m.tls is not None:
@@ -140,8 +141,8 @@ class Service:
         c.on_ha_birth(self.cfg.mqtt.discovery_prefix)
         self.publish_discovery()
         for name in self.targets:
-            self.publish_state(name, self.store.load_job(name))
-            job = self.store.load_job(name)
+            job = self.jobs.load(name)
+            self.publish_state(name, job)
             if job is not None:
                 self._publish_job(name, job, retain=True, event=False)
         self._dispatcher.start()
@@ -214,11 +215,11 @@ class Service:
             cmd = parse_command(payload)
         except Stm32OtaError as err:
             for name in names:
-                self.updater.reject(name, err, to_version=None)
+                self.jobs.reject(name, err, to_version=None)
             return
         if cmd["op"] == "check":  # re-announce what we know, job or not
             for name in names:
-                job = self.store.load_job(name)
+                job = self.jobs.load(name)
                 if job is not None:
                     self._on_job(name, job, True)
                 else:
@@ -242,7 +243,7 @@ class Service:
                         "error": err.as_dict(), "updated_at": ha.rfc3339(datetime.now(timezone.utc))})
             return
         for name in changed:
-            self.publish_state(name, self.store.load_job(name))
+            self.publish_state(name, self.jobs.load(name))
 
     # ----- outbound --------------------------------------------------------------------------
 
@@ -258,12 +259,12 @@ class Service:
     def state_of(self, name: str, job: Optional[Job]) -> dict:
         """Home Assistant's update-entity state for a target."""
         t = self.targets[name]
-        known = self.updater.installed_version(name)
+        known = self.store.installed_version(name)
         installed = known or UNKNOWN_VERSION
         rel = self.store.release(t.product) or {}
         running = job is not None and job.status in (QUEUED, IN_PROGRESS)
         latest = rel.get("version") or installed
-        if known and latest != known and mf.compare_versions(known, latest) > 0:
+        if known and latest != known and compare_versions(known, latest) > 0:
             latest = known  # a direct install went past the announced release: nothing newer
         if running and job.to_version:
             latest = job.to_version
@@ -294,7 +295,7 @@ class Service:
             self.client.publish(self.topics.events(name), ha.event_payload(doc))
 
     def _on_job(self, name: str, job: Job, retain: bool) -> None:
-        """Updater callback (any thread): job, state, and an event on status changes.
+        """Job store callback (any thread): job, state, and an event on status changes.
 
         Serialized: the dispatcher (QUEUED) and a fast worker (FAILED a moment later) may call
         at once, and the retained state must end with the newer one, never a stale

@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 from agent.config import Config, TargetConfig
 from agent.pins import PinSpec
 from agent.flasher.session import LinkSpec, PinsSpec
-from agent.ota.updater import FlashTarget
+from agent.ota.pipeline import FlashTarget
 
 
 def link_spec(t: TargetConfig, bus: Any = None) -> LinkSpec:

@@ -271,10 +271,10 @@ def test_check_config_names_each_mistake_with_its_line(tmp_path) -> None:
 
 def test_manifest_signed_by_kit_round_trips(kit: AgentKit) -> None:
     """The kit's releases are what `verify_manifest` accepts (guards the other tests)."""
-    from agent.ota.keys import load_public_key
+    from agent.ota.keys import load_public_key, verify_manifest
 
     m = mf.parse_manifest(kit.release("pump-ctrl", "1.0.0", b"\x00" * 16))
-    mf.verify_manifest(m, (load_public_key(kit.pub),))
+    verify_manifest(m, (load_public_key(kit.pub),))
 
 
 @pytest.mark.parametrize("flags,level", [([], logging.DEBUG), (["-q"], logging.ERROR),

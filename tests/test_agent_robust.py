@@ -19,13 +19,14 @@ from httpserver import FileServer
 
 from agent.ota import download
 from agent.ota.jobs import (CANCELED, FAILED, IN_PROGRESS, QUEUED, SUCCEEDED, TERMINAL, Job,
-                        StateStore)
+                            JobStore, StateStore)
 from agent.ota.keys import sign_manifest
 from agent.pins import PinSpec
 from agent.flasher.session import LinkSpec, PinsSpec
 from agent.stm32.chips import CHIPS
 from agent.sim import SimChip, SimI2CBus
-from agent.ota.updater import MAX_ATTEMPTS, FlashTarget, Policy, Updater
+from agent.ota.pipeline import FlashTarget, Policy
+from agent.ota.updater import MAX_ATTEMPTS, Updater
 
 DEADLINE = 20.0
 IMAGE = bytes((i * 7 + 3) & 0xFF for i in range(6000))
@@ -93,7 +94,7 @@ class Rig:
             if self.hook is not None:
                 self.hook(name, job)
 
-        u = Updater("gw", list(self.targets), self.store(), self.policy(), notify)
+        u = Updater("gw", list(self.targets), JobStore(self.store(), notify), self.policy())
         self.updaters.append(u)
         return u
 
@@ -188,7 +189,7 @@ def test_a_job_interrupted_max_attempts_times_ends_failed(rig: Rig) -> None:
     store = rig.store()
     store.save_job(crashed)
     for attempt in range(2, MAX_ATTEMPTS + 1):  # each restart crashes again before it runs
-        Updater("gw", rig.targets, store, rig.policy(), lambda *a: None).recover()
+        Updater("gw", rig.targets, JobStore(store, lambda *a: None), rig.policy()).recover()
         job = store.load_job("a")
         assert (job.status, job.attempt) == (QUEUED, attempt)
         store.save_job(job.advance(status=IN_PROGRESS, phase="write"))

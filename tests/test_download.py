@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from httpserver import Behaviour, FileServer
 
-from agent.ota.download import DownloadFailed, fetch, prune_cache
-from agent.errors import Aborted, ImageRejected
+from agent.ota.download import fetch, prune_cache
+from agent.errors import Aborted, DownloadFailed, ImageRejected
 from agent.ota.manifest import parse_manifest
 
 DATA = bytes((i * 7 + i // 251) & 0xFF for i in range(300_000))

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from agent.ota import jobs
-from agent.ota.jobs import (CANCELED, IN_PROGRESS, PHASES, QUEUED, SUCCEEDED, Job, StateStore,
-                        overall_percent, write_json_atomic)
+from agent.errors import Stm32OtaError
+from agent.ota.jobs import (CANCELED, IN_PROGRESS, PHASES, REJECTED, SUCCEEDED, Job, JobStore,
+                            StateStore, overall_percent, write_json_atomic)
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path,
@@ -58,14 +59,35 @@ def test_advance_stamps_started_and_finished_once() -> None:
     assert done.advance(status=CANCELED).finished == done.finished
 
 
-def test_public_payload_hides_the_manifest() -> None:
-    doc = Job(target="a", status=QUEUED, manifest={"secret": 1}).public()
-    assert "manifest" not in doc and doc["status"] == QUEUED
-
-
 def test_overall_percent_never_goes_backwards_across_phases() -> None:
     seq = []
     for name, lo, hi in PHASES:
         seq += [overall_percent(name), overall_percent(name, 1, 2), overall_percent(name, 5, 5)]
     assert seq == sorted(seq) and seq[0] == 0 and seq[-1] == 100
     assert overall_percent("write", 10, 5) == 75  # more than the total is clamped
+
+
+def test_the_job_store_saves_each_change_before_it_publishes_it(tmp_path: Path) -> None:
+    state = StateStore(tmp_path)
+    seen: list[tuple[Job, bool]] = []
+
+    def publish(target: str, job: Job, retain: bool) -> None:
+        assert state.load_job(target) == job, "published before it was on disk"
+        seen.append((job, retain))
+
+    jobs = JobStore(state, publish)
+    job = jobs.save(Job(target="a", to_version="1.0.0"))
+    done = jobs.succeed(job.advance(status=IN_PROGRESS, phase="start"), "1.0.0", "ab" * 32)
+    assert [(j.status, r) for j, r in seen] == [("QUEUED", True), (SUCCEEDED, True)]
+    assert (done.phase, done.percent) == ("done", 100)
+    assert state.installed_version("a") == "1.0.0"
+
+
+def test_a_refusal_while_a_job_is_open_is_published_but_leaves_the_record(tmp_path: Path) -> None:
+    seen: list[tuple[Job, bool]] = []
+    jobs = JobStore(StateStore(tmp_path), lambda target, job, retain: seen.append((job, retain)))
+    running = jobs.save(Job(target="a", status=IN_PROGRESS, phase="write"))
+    jobs.reject("a", Stm32OtaError("busy", code="busy"), to_version="2.0.0", retain=False)
+    assert jobs.load("a") == running
+    assert seen[-1][0].status == REJECTED and seen[-1][1] is False
+

@@ -10,10 +10,10 @@ import stat
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from agent.errors import ImageRejected, UsageError
-from agent.ota.keys import (KeyFileError, build_manifest, keygen, load_private_key, load_public_key,
-                        parse_public_key, sign_manifest)
-from agent.ota.manifest import key_id, parse_manifest, verify_manifest
+from agent.errors import ImageRejected, KeyFileError, UsageError
+from agent.ota.keys import (build_manifest, key_id, keygen, load_private_key, load_public_key,
+                            parse_public_key, sign_manifest, verify_manifest)
+from agent.ota.manifest import parse_manifest
 
 
 @pytest.fixture

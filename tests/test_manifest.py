@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import ImageRejected
-from agent.ota.keys import sign_manifest
-from agent.ota.manifest import (MAX_MANIFEST_BYTES, canonical_bytes, check_install, compare_versions,
-                            key_id, parse_manifest, rollout_selected, verify_manifest)
+from agent.ota.checks import check_install, compare_versions, rollout_selected
+from agent.ota.keys import key_id, sign_manifest, verify_manifest
+from agent.ota.manifest import MAX_MANIFEST_BYTES, canonical_bytes, parse_manifest
 
 SHA = "ab" * 32
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

@@ -7,19 +7,20 @@ import threading
 from types import SimpleNamespace
 
 from agent.ota.jobs import IN_PROGRESS, Job, overall_percent
-from agent.ota.pipeline import Pipeline
+from agent.ota.pipeline import Pipeline, Policy
 
 
 def _pipeline(now: list[float], seen: list[tuple[float, str, int]]) -> Pipeline:
-    """A Pipeline whose updater only keeps time and records what would be published."""
+    """A Pipeline whose job store only records what would be published, on a fake clock."""
     def record(job: Job) -> Job:
         seen.append((now[0], job.phase, job.percent))
         return job
 
-    u = SimpleNamespace(clock=lambda: now[0], _save=record,
-                        notify=lambda name, job, retain: record(job))
+    jobs = SimpleNamespace(save=record, report=record)
     job = Job(target="a", status=IN_PROGRESS, phase="download", percent=0)
-    return Pipeline(u, SimpleNamespace(name="a"), job, threading.Event())  # type: ignore[arg-type]
+    return Pipeline(SimpleNamespace(name="a"), job, None, jobs=jobs,  # type: ignore[arg-type]
+                    policy=Policy(), cancel=threading.Event(), stopping=threading.Event(),
+                    clock=lambda: now[0])
 
 
 def test_progress_inside_a_phase_is_at_most_once_a_second_after_any_report() -> None:

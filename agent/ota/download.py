@@ -19,7 +19,7 @@ from typing import Callable, Optional, Union
 
 import requests
 
-from agent.errors import Aborted, ImageRejected, Stm32OtaError
+from agent.errors import Aborted, DownloadFailed, DownloadRetry, ImageRejected
 from agent.ota.manifest import SHA256_RE, Manifest, check_url
 
 log = logging.getLogger(__name__)
@@ -32,16 +32,6 @@ _RETRY_STATUS = {408, 425, 429}
 
 Progress = Callable[[str, int, int], None]
 Cancel = Union[threading.Event, Callable[[], bool]]
-
-
-class DownloadFailed(Stm32OtaError, OSError):
-    """The image could not be fetched (HTTP error, or retries used up)."""
-
-    code = "download_failed"
-
-
-class _Retry(Exception):
-    """One attempt failed in a way worth repeating."""
 
 
 def _cancelled(cancel: Optional[Cancel]) -> bool:
@@ -172,8 +162,8 @@ def _run_attempts(job: _Job, session: requests.Session, retries: int, backoff: f
                 _attempt(job, session)
             if job.have() == job.size:
                 return
-            raise _Retry(f"connection closed after {job.have()} of {job.size} bytes")
-        except _Retry as e:
+            raise DownloadRetry(f"connection closed after {job.have()} of {job.size} bytes")
+        except DownloadRetry as e:
             reason = str(e)
         except (requests.ConnectionError, requests.Timeout,
                 requests.exceptions.ChunkedEncodingError) as e:
@@ -209,7 +199,7 @@ def _start_offset(job: _Job, r: requests.Response, offset: int) -> int:
             log.info("resuming %s at byte %d", job.url, offset)
             return offset
         job.part.unlink(missing_ok=True)  # never splice a range we did not ask for
-        raise _Retry(f"server answered Range {offset}- with Content-Range "
+        raise DownloadRetry(f"server answered Range {offset}- with Content-Range "
                      f"{r.headers.get('Content-Range')!r}; starting over")
     if r.status_code == 200:
         if offset:
@@ -217,9 +207,9 @@ def _start_offset(job: _Job, r: requests.Response, offset: int) -> int:
         return 0
     if r.status_code == 416:
         job.part.unlink(missing_ok=True)
-        raise _Retry("server refused the resume range (416); starting over")
+        raise DownloadRetry("server refused the resume range (416); starting over")
     if r.status_code >= 500 or r.status_code in _RETRY_STATUS:
-        raise _Retry(f"HTTP {r.status_code} {r.reason}")
+        raise DownloadRetry(f"HTTP {r.status_code} {r.reason}")
     raise DownloadFailed(f"GET {job.url} answered HTTP {r.status_code} {r.reason}; "
                          "check the manifest's url")
 

@@ -1,4 +1,8 @@
-"""Job records and the state directory: persisted atomically before every step.
+"""Job records, the state directory, and the job store: the one owner of job state.
+
+`JobStore` is the only code that changes a job: it saves every change (before the step it
+describes runs) and then hands it to the `publish` callback it was given; the service turns
+that into MQTT messages. `StateStore` is the directory underneath it.
 
 Files under `state_dir` (all JSON, each replaced atomically with write + fsync + rename, so a
 kill at any instant leaves either the old or the new content):
@@ -19,7 +23,9 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Collection, Optional
+
+from agent.errors import Stm32OtaError
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +98,6 @@ class Job:
         if job.status in TERMINAL and job.finished is None:
             job = replace(job, finished=job.updated)
         return job
-
-    def public(self) -> dict:
-        """The job-topic payload (DESIGN.md): no manifest, no internals."""
-        d = asdict(self)
-        d.pop("manifest")
-        return d
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -173,6 +173,11 @@ class StateStore:
         write_json_atomic(self._path("installed", target),
                           {"version": version, "sha256": sha256, "installed_at": now_iso()})
 
+    def installed_version(self, target: str) -> Optional[str]:
+        """What the target last verified, or None."""
+        rec = self.installed(target)
+        return rec["version"] if rec else None
+
     def release(self, product: str) -> Optional[dict]:
         """The latest accepted manifest of a product."""
         return self._read("releases", product)
@@ -180,3 +185,70 @@ class StateStore:
     def set_release(self, product: str, manifest: dict) -> None:
         """Remember the latest accepted manifest of a product."""
         write_json_atomic(self._path("releases", product), manifest)
+
+
+Publish = Callable[[str, Job, bool], None]
+"""publish(target, job, retain): report one job change (retain=False: a notice that must not
+replace the target's retained job record)."""
+
+
+class JobStore:
+    """The one owner of job state: every change is saved first, then published."""
+
+    def __init__(self, state: StateStore, publish: Publish) -> None:
+        self.state = state
+        self._publish = publish
+
+    def load(self, target: str) -> Optional[Job]:
+        """The target's current or last job, if any."""
+        return self.state.load_job(target)
+
+    def save(self, job: Job) -> Job:
+        """Persist a change (before the step it describes runs), then publish it."""
+        self.state.save_job(job)
+        self._publish(job.target, job, True)
+        return job
+
+    def report(self, job: Job) -> Job:
+        """Publish a change that need not survive a restart (progress inside a phase)."""
+        self._publish(job.target, job, True)
+        return job
+
+    def finish(self, job: Job, status: str, error: Optional[dict],
+               note: Optional[str] = None) -> Job:
+        """Give the job its one terminal status (phase done at 100% when it SUCCEEDED)."""
+        percent = 100 if status == SUCCEEDED else job.percent
+        phase = "done" if status == SUCCEEDED else job.phase
+        return self.save(job.advance(status=status, error=error, percent=percent, phase=phase,
+                                     note=note or job.note))
+
+    def succeed(self, job: Job, version: str, sha256: str) -> Job:
+        """Record the verified install first, then end the job SUCCEEDED."""
+        self.state.set_installed(job.target, version, sha256)
+        return self.finish(job, SUCCEEDED, None)
+
+    def reject(self, target: str, err: Stm32OtaError, *, to_version: Optional[str],
+               retain: bool = True) -> Job:
+        """Report a refused request as a REJECTED job (not retained while another job runs)."""
+        log.warning("%s: rejected: [%s] %s", target, err.code, err)
+        job = Job(target=target, status=REJECTED, phase="queued", error=err.as_dict(),
+                  from_version=self.state.installed_version(target), to_version=to_version)
+        job = job.advance()
+        if retain:
+            return self.save(job)
+        self._publish(target, job, False)  # another job is open: keep its retained record
+        return job
+
+    def close_orphans(self, configured: Collection[str]) -> None:
+        """End open jobs of targets no longer configured; unpublished, as no topics remain."""
+        for name in self.state.job_targets():
+            if name in configured:
+                continue
+            job = self.load(name)
+            if job is None or job.terminal:
+                continue
+            log.warning("%s: job %s was open but the target is no longer configured",
+                        name, job.job_id)
+            self.state.save_job(job.advance(status=FAILED, error={
+                "code": "target_removed",
+                "message": f"target {name} was removed from the config before the job ended"}))

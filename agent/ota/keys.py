@@ -1,4 +1,7 @@
-"""Release signing keys: make, load and use ed25519 key pairs; build signed manifests.
+"""Release signing keys: make, load and use ed25519 key pairs; sign, build and verify manifests.
+
+The only module that imports cryptography: the key id, signing and the signature check of a
+parsed manifest (`verify_manifest`) all live here.
 
 Files written by `keygen(NAME)`:
 
@@ -17,15 +20,18 @@ import hashlib
 import logging
 import os
 import stat
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterable, Mapping, Union
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding, NoEncryption, PrivateFormat, PublicFormat, load_pem_private_key, load_pem_public_key)
 
-from agent.errors import UsageError
-from agent.ota.manifest import canonical_bytes, key_id, parse_manifest
+from agent.errors import ImageRejected, KeyFileError, UsageError
+from agent.ota.checks import check_expiry
+from agent.ota.manifest import Manifest, canonical_bytes, parse_manifest
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +46,13 @@ FORMAT_BY_SUFFIX = {
 DEFAULT_BIN_ADDRESS = 0x08000000
 
 PathLike = Union[str, "os.PathLike[str]"]
+TrustedKeys = Union[Mapping[str, Ed25519PublicKey], Iterable[Ed25519PublicKey]]
 
 
-class KeyFileError(UsageError):
-    """A key file is missing, malformed or unsafe."""
-
-    code = "bad_key"
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """First 16 hex digits of SHA-256 over the raw 32-byte public key."""
+    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
@@ -187,3 +194,32 @@ def build_manifest(file: PathLike, *, key: Ed25519PrivateKey | PathLike, product
         fields["chip"] = chip
     fields.update({k: v for k, v in extra.items() if v is not None})
     return sign_manifest(fields, key)
+
+
+def _keys_by_id(trusted_keys: TrustedKeys) -> dict[str, Ed25519PublicKey]:
+    if isinstance(trusted_keys, Mapping):
+        return dict(trusted_keys)
+    return {key_id(k): k for k in trusted_keys}
+
+
+def verify_manifest(m: Manifest, trusted_keys: TrustedKeys, *, allow_unsigned: bool = False,
+                    now: datetime | None = None) -> None:
+    """Check the signature against the trusted keys and the expiry; raise ImageRejected."""
+    check_expiry(m, now)
+    if m.signature is None:
+        if allow_unsigned:
+            log.warning("accepting UNSIGNED manifest %s %s (trust.allow_unsigned)",
+                        m.product, m.version)
+            return
+        raise ImageRejected(f"manifest {m.product} {m.version} is not signed; sign it with "
+                            "`stm32ota sign` or allow unsigned releases in trust", code="unsigned")
+    key = _keys_by_id(trusted_keys).get(m.signature.key_id)
+    if key is None:
+        raise ImageRejected(f"manifest is signed by key {m.signature.key_id}, which is not in "
+                            "the trusted keys; add its .pub file to trust.keys", code="untrusted_key")
+    try:
+        key.verify(m.signature.value, m.canonical)
+    except InvalidSignature:
+        raise ImageRejected(f"signature of {m.product} {m.version} does not match its contents "
+                            f"(key {m.signature.key_id}); the manifest was altered or signed "
+                            "wrongly", code="bad_signature") from None

@@ -1,4 +1,7 @@
-"""Release manifests: strict parsing, the canonical encoding, signature and install checks.
+"""Release manifests: the fields, strict parsing and the canonical encoding a signature covers.
+
+Checking a signature needs cryptography, so it lives in `keys.py` (`verify_manifest`); the
+version, rollback, expiry and rollout rules are in `checks.py`.
 
 A release manifest is one JSON object announcing one firmware image:
 
@@ -49,16 +52,11 @@ import base64
 import binascii
 import dataclasses
 import difflib
-import hashlib
 import json
 import logging
 import re
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Union
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from typing import Any, Mapping, Union
 
 from agent.errors import ImageRejected
 
@@ -90,7 +88,6 @@ _MAX_URL = 2048
 _MAX_VERSION = 64
 
 Raw = Union[bytes, bytearray, str, Mapping[str, Any]]
-TrustedKeys = Union[Mapping[str, Ed25519PublicKey], Iterable[Ed25519PublicKey]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +122,7 @@ class Manifest:
     @property
     def expires_at(self) -> datetime | None:
         """`expires` as an aware UTC datetime, or None."""
-        return _parse_expires(self.expires) if self.expires else None
+        return parse_expires(self.expires) if self.expires else None
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as JSON-ready fields, signature included (round-trips through parse)."""
@@ -136,7 +133,7 @@ class Manifest:
         return out
 
 
-# ---------------------------------------------------------------- canonical form, keys
+# ---------------------------------------------------------------- canonical form
 
 
 def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
@@ -144,12 +141,6 @@ def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
     body = {k: v for k, v in fields.items() if k != "signature"}
     return json.dumps(body, sort_keys=True, separators=(",", ":"),
                       ensure_ascii=False, allow_nan=False).encode("utf-8")
-
-
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """First 16 hex digits of SHA-256 over the raw 32-byte public key."""
-    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- parsing
@@ -298,7 +289,7 @@ def _validate(f: Mapping[str, Any]) -> dict[str, Any]:
         raise _bad("address", f"is only for bin images; a {fmt} file carries its own addresses")
     expires = _text(f, "expires", limit=20)
     if expires is not None:
-        _parse_expires(expires)
+        parse_expires(expires)
     release_url = check_url(f["release_url"], "release_url") if "release_url" in f else None
     return {
         "product": product, "version": version, "min_version": min_version,
@@ -320,7 +311,8 @@ def _version_field(f: Mapping[str, Any], name: str) -> str:
     return v
 
 
-def _parse_expires(s: str) -> datetime:
+def parse_expires(s: str) -> datetime:
+    """`expires` (RFC 3339 UTC, `YYYY-MM-DDTHH:MM:SSZ`) as an aware datetime; ImageRejected if not."""
     if not EXPIRES_RE.fullmatch(s):
         raise _bad("expires", f"{s!r} must be RFC 3339 UTC like 2030-01-31T12:00:00Z")
     try:
@@ -348,103 +340,3 @@ def _signature_field(f: Mapping[str, Any]) -> Signature | None:
     if len(raw) != 64:
         raise ImageRejected("signature.ed25519 must decode to 64 bytes", code="bad_signature")
     return Signature(kid, raw)
-
-
-# ---------------------------------------------------------------- versions
-
-
-def _version_key(v: str) -> tuple[tuple[int, int, int], tuple[tuple[int, int | str], ...] | None]:
-    m = SEMVER_RE.fullmatch(v)
-    if not m:
-        raise ImageRejected(f"{v!r} is not a semantic version like 1.2.0", code="bad_version")
-    core = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
-    if m.group(4) is None:
-        return core, None
-    # semver 11.4: numeric identifiers sort below alphanumeric ones
-    pre = tuple((0, int(p)) if p.isdigit() else (1, p) for p in m.group(4).split("."))
-    return core, pre
-
-
-def compare_versions(a: str, b: str) -> int:
-    """-1, 0 or 1 as `a` is lower, equal or higher than `b` by SemVer precedence."""
-    (ca, pa), (cb, pb) = _version_key(a), _version_key(b)
-    if ca != cb:
-        return -1 if ca < cb else 1
-    if pa == pb:
-        return 0
-    if pa is None or pb is None:  # a pre-release is lower than its release
-        return 1 if pa is None else -1
-    return -1 if pa < pb else 1  # shorter prefix is lower: tuple order does exactly that
-
-
-# ---------------------------------------------------------------- trust and install checks
-
-
-def _keys_by_id(trusted_keys: TrustedKeys) -> dict[str, Ed25519PublicKey]:
-    if isinstance(trusted_keys, Mapping):
-        return dict(trusted_keys)
-    return {key_id(k): k for k in trusted_keys}
-
-
-def verify_manifest(m: Manifest, trusted_keys: TrustedKeys, *, allow_unsigned: bool = False,
-                    now: datetime | None = None) -> None:
-    """Check the signature against the trusted keys and the expiry; raise ImageRejected."""
-    _check_expiry(m, now)
-    if m.signature is None:
-        if allow_unsigned:
-            log.warning("accepting UNSIGNED manifest %s %s (trust.allow_unsigned)",
-                        m.product, m.version)
-            return
-        raise ImageRejected(f"manifest {m.product} {m.version} is not signed; sign it with "
-                            "`stm32ota sign` or allow unsigned releases in trust", code="unsigned")
-    keys = _keys_by_id(trusted_keys)
-    key = keys.get(m.signature.key_id)
-    if key is None:
-        raise ImageRejected(f"manifest is signed by key {m.signature.key_id}, which is not in "
-                            "the trusted keys; add its .pub file to trust.keys", code="untrusted_key")
-    try:
-        key.verify(m.signature.value, m.canonical)
-    except InvalidSignature:
-        raise ImageRejected(f"signature of {m.product} {m.version} does not match its contents "
-                            f"(key {m.signature.key_id}); the manifest was altered or signed "
-                            "wrongly", code="bad_signature") from None
-
-
-def _check_expiry(m: Manifest, now: datetime | None) -> None:
-    exp = m.expires_at
-    now = now or datetime.now(timezone.utc)
-    if exp is not None and now >= exp:
-        raise ImageRejected(f"manifest {m.product} {m.version} expired at {m.expires}",
-                            code="expired")
-
-
-def check_install(m: Manifest, installed_version: str | None, *, allow_downgrade: bool = False,
-                  now: datetime | None = None) -> None:
-    """Refuse expired manifests, rollbacks (<= installed) and unmet `min_version`.
-
-    With `installed_version` None (unknown, e.g. a fresh board) there is nothing to compare,
-    so only the expiry is checked.
-    """
-    _check_expiry(m, now)
-    if installed_version is None or allow_downgrade:
-        return
-    order = compare_versions(m.version, installed_version)
-    if order == 0:
-        raise ImageRejected(f"{m.product} {m.version} is already installed", code="already_installed")
-    if order < 0:
-        raise ImageRejected(f"{m.product} {m.version} is older than the installed "
-                            f"{installed_version}; refusing a rollback (allow it explicitly "
-                            "to downgrade)", code="downgrade")
-    if m.min_version is not None and compare_versions(installed_version, m.min_version) < 0:
-        raise ImageRejected(f"{m.product} {m.version} needs at least {m.min_version} installed, "
-                            f"found {installed_version}; install an intermediate release first",
-                            code="min_version")
-
-
-def rollout_selected(manifest: Manifest, agent_id: str, target: str) -> bool:
-    """Whether this target is in the manifest's rollout percentage (stable per release)."""
-    if manifest.rollout is None or manifest.rollout >= 100:
-        return True
-    seed = "\0".join((manifest.product, manifest.version, agent_id, target)).encode("utf-8")
-    bucket = int.from_bytes(hashlib.sha256(seed).digest()[:8], "big") % 100
-    return bucket < manifest.rollout

@@ -1,86 +1,127 @@
 """One job, step by step: download, verify image, enter bootloader, flash, verify, start.
 
 Safety rule 1: nothing touches the MCU before the whole image is downloaded and has passed
-size, sha256 and signature checks. Rule 3: chip PID and flash size are checked against the
-manifest and the image's addresses before the first erase. The job is persisted before every
-phase, so a kill at any instant is recovered by `Updater.recover()`.
+size, sha256 and signature checks (the signature was checked when the job was queued, and
+again when it was recovered from disk). Rule 3: chip PID and flash size are checked against
+the manifest and the image's addresses before the first erase. The job store persists the job
+before every phase, so a kill at any instant is recovered by `Updater.recover()`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Optional
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
-from agent.ota import download
-
-from agent.flasher import image as firmware
-from agent.ota import manifest as mf
 from agent.errors import Aborted, ChipMismatch, ReadProtected, Stm32OtaError
+from agent.flasher import image as firmware
 from agent.flasher.plan import execute, plan
-from agent.ota.jobs import CANCELED, FAILED, IN_PROGRESS, SUCCEEDED, TOUCHES_FLASH, Job, overall_percent
-from agent.flasher.session import open_session
-
-if TYPE_CHECKING:
-    from agent.ota.updater import FlashTarget, Updater
+from agent.flasher.session import LinkSpec, PinsSpec, open_session
+from agent.ota import download
+from agent.ota.jobs import (CANCELED, FAILED, IN_PROGRESS, TOUCHES_FLASH, Job, JobStore,
+                            overall_percent)
+from agent.ota.manifest import Manifest
+from agent.progress import Throttled
 
 log = logging.getLogger(__name__)
 
-PUBLISH_INTERVAL = 1.0  # progress inside a phase is reported at most about once a second
+PUBLISH_INTERVAL = 1.0  # DESIGN.md "Progress": inside a phase, at most about once a second
+
+
+@dataclass(frozen=True)
+class FlashTarget:
+    """Everything the pipeline needs to know about one configured target."""
+
+    name: str
+    product: str
+    link: LinkSpec
+    pins: PinsSpec = field(default_factory=PinsSpec)
+    groups: tuple[str, ...] = ()
+    expect_chip: Optional[int] = None
+    verify: str = "auto"
+    auto_install: bool = False
+    allow_downgrade: bool = False
+    connect_attempts: int = 3
+    write_retries: int = 3
+    timeouts: Any = None  # agent.stm32.bootloader.Timeouts or None for the defaults
+    bootloader_options: dict = field(default_factory=dict)
+
+    @property
+    def link_key(self) -> str:
+        """Targets with the same key share a wire and are flashed one at a time."""
+        if self.link.type == "uart":
+            return f"uart:{self.link.port}"
+        return f"i2c:{self.link.bus if isinstance(self.link.bus, int) else id(self.link.bus)}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Trust and download settings shared by all targets."""
+
+    trusted_keys: tuple = ()
+    allow_unsigned: bool = False
+    cache_dir: str = "/var/cache/stm32ota"
+    max_image_size: int = 4 * 1024 * 1024
+    download_timeout: float = 30.0
+    download_retries: int = 5
+    download_backoff: float = 1.0
 
 
 class Pipeline:
     """Runs one job of one target to its terminal status."""
 
-    def __init__(self, updater: "Updater", target: "FlashTarget", job: Job,
-                 cancel: threading.Event) -> None:
-        self.u = updater
+    def __init__(self, target: FlashTarget, job: Job, release: Manifest, *, jobs: JobStore,
+                 policy: Policy, cancel: threading.Event, stopping: threading.Event,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.t = target
         self.job = job
+        self.release = release  # parsed and verified once, when the job was queued
+        self.jobs = jobs
+        self.policy = policy
         self.cancel = cancel
-        self._last_report = 0.0
+        self.stopping = stopping  # set when the agent stops: the job is left for recover()
+        self.sleep = sleep
+        self._throttled = Throttled(self._report, PUBLISH_INTERVAL, clock)
 
-    def _step(self, phase: str, percent: Optional[int] = None) -> None:
+    def _step(self, phase: str) -> None:
+        """Start a phase that reports no progress of its own (like any phase change)."""
+        self.progress(phase, 0, 0)
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        """Progress callback for download and flash: phase changes at once, the rest throttled."""
+        if phase != "read":  # the read-back inside verify is not a phase of the job
+            self._throttled(phase, done, total)
+
+    def _report(self, phase: str, done: int, total: int) -> None:
+        percent = overall_percent(phase, done, total)
+        if phase != self.job.phase:
+            self._begin(phase, percent)
+        elif percent != self.job.percent:
+            self.job = self.jobs.report(self.job.advance(percent=percent))  # not worth a disk write
+
+    def _begin(self, phase: str, percent: int) -> None:
         """Persist and report the start of a phase (before the phase does anything)."""
         if self.cancel.is_set():
             raise Aborted(f"aborted before {phase}")
-        if percent is None:
-            percent = overall_percent(phase)
-        self.job = self.u._save(self.job.advance(status=IN_PROGRESS, phase=phase, percent=percent))
-        self._last_report = self.u.clock()  # the next in-phase report waits a full interval
-
-    def progress(self, phase: str, done: int, total: int) -> None:
-        """Progress callback for download and flash: persist phase changes, throttle the rest."""
-        if phase == "read":
-            return
-        percent = overall_percent(phase, done, total)
-        if phase != self.job.phase:
-            self._step(phase, percent)
-            return
-        now = self.u.clock()
-        if percent != self.job.percent and (now - self._last_report >= PUBLISH_INTERVAL
-                                            or done >= total):
-            self._last_report = now
-            self.job = self.job.advance(percent=percent)
-            self.u.notify(self.t.name, self.job, True)  # progress need not hit the disk
+        self.job = self.jobs.save(self.job.advance(status=IN_PROGRESS, phase=phase,
+                                                   percent=percent))
 
     def run(self) -> Job:
         """Carry the job to exactly one terminal status and return it."""
+        m = self.release
         try:
-            manifest = mf.parse_manifest(self.job.manifest)
-            # Checked again here: the job may come from a state file after a restart.
-            mf.verify_manifest(manifest, self.u.policy.trusted_keys,
-                               allow_unsigned=self.u.policy.allow_unsigned)
-            self._install(manifest)
+            self._install(m)
         except Aborted as err:
             return self._aborted(err)
         except Stm32OtaError as err:
             log.error("%s: job %s failed in %s: [%s] %s", self.t.name, self.job.job_id,
                       self.job.phase, err.code, err)
-            return self.u._finish(self.job, FAILED, self._error(err), self._flash_note())
-        self.u.store.set_installed(self.t.name, manifest.version, manifest.sha256)
-        log.info("%s: %s installed and verified", self.t.name, manifest.version)
-        return self.u._finish(self.job, SUCCEEDED, None, None)
+            return self.jobs.finish(self.job, FAILED, self._error(err), self._flash_note())
+        log.info("%s: %s installed and verified", self.t.name, m.version)
+        return self.jobs.succeed(self.job, m.version, m.sha256)
 
     def _flash_note(self) -> Optional[str]:
         if self.job.phase in TOUCHES_FLASH:
@@ -96,21 +137,21 @@ class Pipeline:
         return d
 
     def _aborted(self, err: Aborted) -> Job:
-        if self.u.stopping:
+        if self.stopping.is_set():
             # The agent is shutting down, not the job: leave it open so recover() repeats it.
             log.warning("%s: agent stopping during %s; job %s resumes at the next start",
                         self.t.name, self.job.phase, self.job.job_id)
             return self.job
         log.warning("%s: job %s aborted in %s", self.t.name, self.job.job_id, self.job.phase)
         err = Aborted(f"aborted during {self.job.phase}")
-        return self.u._finish(self.job, CANCELED, self._error(err), self._flash_note())
+        return self.jobs.finish(self.job, CANCELED, self._error(err), self._flash_note())
 
-    def _install(self, m: "mf.Manifest") -> None:
-        p = self.u.policy
+    def _install(self, m: Manifest) -> None:
+        p = self.policy
         self._step("download")
         path = download.fetch(m.url, m.size, m.sha256, p.cache_dir, max_size=p.max_image_size,
                               timeout=p.download_timeout, retries=p.download_retries,
-                              backoff=p.download_backoff, sleep=self.u.sleep,
+                              backoff=p.download_backoff, sleep=self.sleep,
                               progress=self.progress, cancel=self.cancel)
         self._step("verify_image")
         image = firmware.load(str(path), fmt=m.format, address=m.address)
@@ -118,7 +159,7 @@ class Pipeline:
         expect = self.t.expect_chip if self.t.expect_chip is not None else m.chip
         with open_session(self.t.link, self.t.pins, expect_pid=expect, timeouts=self.t.timeouts,
                           attempts=self.t.connect_attempts,
-                          bootloader_options=self.t.bootloader_options, sleep=self.u.sleep) as s:
+                          bootloader_options=self.t.bootloader_options, sleep=self.sleep) as s:
             if m.chip is not None and s.info.pid != m.chip:
                 raise ChipMismatch(f"release {m.version} is built for chip 0x{m.chip:03X} but "
                                    f"{self.t.name} is 0x{s.info.pid:03X} ({s.chip.name})")

@@ -1,12 +1,13 @@
 """The update pipeline: accept releases and commands, queue jobs, run them on per-link workers.
 
-    command/release -> validate -> Job(QUEUED) -> worker of the target's link ->
+    command/release -> parse + verify manifest -> Job(QUEUED) -> worker of the target's link ->
       download -> verify image -> enter bootloader -> identify -> erase -> write -> verify
       -> start application -> SUCCEEDED (or exactly one of FAILED / REJECTED / CANCELED)
 
-Nothing here knows MQTT: every change goes to the `notify(target, job)` callback, and the
-service turns it into retained state/job messages and events. Each job is persisted before
-each step (`jobs.StateStore`), so `recover()` after a kill finishes or repeats the job.
+Nothing here knows MQTT: job state belongs to the `JobStore`, which saves each change before
+the step it describes and publishes it through its callback. A queue carries the job with its
+parsed, verified release, so a manifest is checked once per job (and once more by
+`recover()`, for a job read back from disk after a restart).
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
-from agent.ota import manifest as mf
 from agent.errors import ImageRejected, Stm32OtaError
-from agent.ota.jobs import (CANCELED, FAILED, QUEUED, REJECTED, SUCCEEDED, TOUCHES_FLASH, Job,
-                        StateStore)
-from agent.flasher.session import LinkSpec, PinsSpec
+from agent.ota.checks import check_install, rollout_selected
+from agent.ota.jobs import CANCELED, FAILED, QUEUED, TOUCHES_FLASH, Job, JobStore
+from agent.ota.keys import verify_manifest
+from agent.ota.manifest import Manifest, parse_manifest
+from agent.ota.pipeline import FlashTarget, Pipeline, Policy
 
 log = logging.getLogger(__name__)
 
@@ -30,58 +32,24 @@ MAX_ATTEMPTS = 3  # a job interrupted by a crash is repeated at most this many t
 
 
 @dataclass(frozen=True)
-class FlashTarget:
-    """Everything the pipeline needs to know about one configured target."""
+class Work:
+    """One queued job and its release, parsed and verified when the job was queued."""
 
-    name: str
-    product: str
-    link: LinkSpec
-    pins: PinsSpec = field(default_factory=PinsSpec)
-    groups: tuple[str, ...] = ()
-    expect_chip: Optional[int] = None
-    verify: str = "auto"
-    auto_install: bool = False
-    allow_downgrade: bool = False
-    connect_attempts: int = 3
-    write_retries: int = 3
-    timeouts: Any = None  # agent.stm32.bootloader.Timeouts or None for the defaults
-    bootloader_options: dict = field(default_factory=dict)
-
-    @property
-    def link_key(self) -> str:
-        """Targets with the same key share a wire and are flashed one at a time."""
-        if self.link.type == "uart":
-            return f"uart:{self.link.port}"
-        return f"i2c:{self.link.bus if isinstance(self.link.bus, int) else id(self.link.bus)}"
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Trust and download settings shared by all targets."""
-
-    trusted_keys: tuple = ()
-    allow_unsigned: bool = False
-    cache_dir: str = "/var/cache/stm32ota"
-    max_image_size: int = 4 * 1024 * 1024
-    download_timeout: float = 30.0
-    download_retries: int = 5
-    download_backoff: float = 1.0
-
-
-Notify = Callable[[str, Job, bool], None]  # (target, job, retain)
+    target: str
+    job_id: str
+    release: Manifest
 
 
 class Updater:
-    """Owns the job queue and workers; thread-safe entry points for the service."""
+    """Owns the job queues and workers; thread-safe entry points for the service."""
 
-    def __init__(self, agent_id: str, targets: list[FlashTarget], store: StateStore,
-                 policy: Policy, notify: Notify, *, sleep: Callable[[float], None] = time.sleep,
+    def __init__(self, agent_id: str, targets: list[FlashTarget], jobs: JobStore,
+                 policy: Policy, *, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.agent_id = agent_id
         self.targets = {t.name: t for t in targets}
-        self.store = store
+        self.jobs = jobs
         self.policy = policy
-        self.notify = notify
         self.sleep = sleep
         self.clock = clock
         self._lock = threading.RLock()
@@ -112,72 +80,68 @@ class Updater:
         for w in self._workers:
             w.join(timeout)
 
-    @property
-    def stopping(self) -> bool:
-        """True once stop() was called: an interrupted job is left for the next start."""
-        return self._stopping.is_set()
-
     def recover(self) -> None:
         """Safety rule 5/6: every unfinished job is repeated (bounded) or ends FAILED."""
-        for name in self.store.job_targets():
-            job = self.store.load_job(name)
-            if name not in self.targets and job is not None and not job.terminal:
-                # no topics to report on any more: close the record so it never lingers open
-                log.warning("%s: job %s was open but the target is no longer configured",
-                            name, job.job_id)
-                self.store.save_job(job.advance(status=FAILED, error={
-                    "code": "target_removed",
-                    "message": f"target {name} was removed from the config before the job ended"}))
+        self.jobs.close_orphans(self.targets)
         for name in self.targets:
-            job = self.store.load_job(name)
+            job = self.jobs.load(name)
             if job is None or job.terminal:
                 continue
             if job.attempt >= MAX_ATTEMPTS:
-                self._finish(job, FAILED, {"code": "too_many_attempts", "message":
-                             f"interrupted {job.attempt} times; giving up. The target may be in "
-                             "the bootloader: install again to repair it"})
+                self.jobs.finish(job, FAILED, {"code": "too_many_attempts", "message":
+                                 f"interrupted {job.attempt} times; giving up. The target may "
+                                 "be in the bootloader: install again to repair it"})
                 continue
-            note = None
-            if job.phase in TOUCHES_FLASH:
-                note = ("the agent stopped while flashing; repeating the flash from the verified "
-                        "cached image")
-            job = job.advance(status=QUEUED, phase="queued", percent=0, attempt=job.attempt + 1,
-                              note=note)
-            self._save(job)
-            log.warning("%s: resuming interrupted job %s (attempt %d)", name, job.job_id, job.attempt)
-            self._queue_for(name).put(job.job_id)
+            self._requeue(job)
+
+    def _requeue(self, job: Job) -> None:
+        """Queue an interrupted job again; its manifest comes from disk, so check it anew."""
+        note = None
+        if job.phase in TOUCHES_FLASH:
+            note = ("the agent stopped while flashing; repeating the flash from the verified "
+                    "cached image")
+        job = self.jobs.save(job.advance(status=QUEUED, phase="queued", percent=0,
+                                         attempt=job.attempt + 1, note=note))
+        log.warning("%s: resuming interrupted job %s (attempt %d)", job.target, job.job_id,
+                    job.attempt)
+        try:
+            release = self._verified(parse_manifest(job.manifest))
+        except Stm32OtaError as err:
+            log.error("%s: job %s failed in %s: [%s] %s", job.target, job.job_id, job.phase,
+                      err.code, err)
+            self.jobs.finish(job, FAILED, err.as_dict())
+            return
+        self._queue_for(job.target).put(Work(job.target, job.job_id, release))
 
     # ----- inbound ---------------------------------------------------------------------------
 
-    def latest(self, product: str) -> Optional[dict]:
-        """The latest accepted release manifest of a product."""
-        return self.store.release(product)
-
-    def installed_version(self, target: str) -> Optional[str]:
-        """What the target last verified, or None."""
-        rec = self.store.installed(target)
-        return rec["version"] if rec else None
+    def _verified(self, m: Manifest) -> Manifest:
+        """`m` once its signature and expiry pass the trust policy (else ImageRejected)."""
+        verify_manifest(m, self.policy.trusted_keys, allow_unsigned=self.policy.allow_unsigned)
+        return m
 
     def handle_release(self, product: str, raw: bytes) -> list[str]:
         """A release announcement: validate, remember, auto-install where allowed.
 
         Returns the names of targets whose view changed; raises ImageRejected when refused.
         """
-        m = mf.parse_manifest(raw)
+        m = parse_manifest(raw)
         if m.product != product:
             raise ImageRejected(f"manifest for product {m.product!r} published on the topic of "
                                 f"{product!r}", code="bad_field")
-        mf.verify_manifest(m, self.policy.trusted_keys, allow_unsigned=self.policy.allow_unsigned)
-        current = self.store.release(product)
+        self._verified(m)
+        state = self.jobs.state
+        current = state.release(product)
         if current and current.get("sha256") == m.sha256 and current.get("version") == m.version:
             affected = []
         else:
-            self.store.set_release(product, m.to_dict())
+            state.set_release(product, m.to_dict())
             affected = [t.name for t in self.targets.values() if t.product == product]
-        for name in [t.name for t in self.targets.values() if t.product == product]:
-            t = self.targets[name]
-            if t.auto_install and mf.rollout_selected(m, self.agent_id, name):
-                self._try_install(name, m, source="auto_install", quiet=True)
+        for t in self.targets.values():
+            if t.product != product or not t.auto_install:
+                continue
+            if rollout_selected(m, self.agent_id, t.name):
+                self._try_install(t.name, m, source="auto_install", quiet=True)
         return affected
 
     def handle_command(self, names: list[str], payload: dict, *, direct: bool) -> None:
@@ -192,66 +156,67 @@ class Updater:
     def _install_command(self, name: str, raw_manifest: Optional[dict], *, direct: bool) -> None:
         t = self.targets[name]
         try:
-            if raw_manifest is not None:
-                m = mf.parse_manifest(raw_manifest)
-                mf.verify_manifest(m, self.policy.trusted_keys,
-                                   allow_unsigned=self.policy.allow_unsigned)
-            else:
-                stored = self.store.release(t.product)
-                if stored is None:
-                    raise ImageRejected(f"no release of {t.product!r} has been announced on "
-                                        f"the release topic yet", code="no_release")
-                m = mf.parse_manifest(stored)
+            m = self._verified(parse_manifest(self._requested(t, raw_manifest)))
             if m.product != t.product:
                 if not direct:  # a group/fleet install of another product is not for this target
                     log.debug("%s: ignoring a %s install for product %s", name, m.product, t.product)
                     return
                 raise ImageRejected(f"the release is for product {m.product!r} but target {name} "
                                     f"runs {t.product!r}", code="wrong_product")
-            if not direct and not mf.rollout_selected(m, self.agent_id, name):
+            if not direct and not rollout_selected(m, self.agent_id, name):
                 log.info("%s: not in the %s%% rollout of %s", name, m.rollout, m.version)
                 return
         except Stm32OtaError as err:
-            self.reject(name, err, to_version=None)
+            self.jobs.reject(name, err, to_version=None)
             return
         self._try_install(name, m, source="command")
 
-    def _try_install(self, name: str, m: Any, *, source: str, quiet: bool = False) -> None:
+    def _requested(self, t: FlashTarget, raw_manifest: Optional[dict]) -> dict:
+        """The manifest an install command names: its own, or the product's latest release."""
+        if raw_manifest is not None:
+            return raw_manifest
+        stored = self.jobs.state.release(t.product)
+        if stored is None:
+            raise ImageRejected(f"no release of {t.product!r} has been announced on "
+                                f"the release topic yet", code="no_release")
+        return stored
+
+    def _try_install(self, name: str, m: Manifest, *, source: str, quiet: bool = False) -> None:
         t = self.targets[name]
-        installed = self.installed_version(name)
+        installed = self.jobs.state.installed_version(name)
         try:
-            mf.check_install(m, installed, allow_downgrade=t.allow_downgrade)
+            check_install(m, installed, allow_downgrade=t.allow_downgrade)
         except Stm32OtaError as err:
             if not quiet:
-                self.reject(name, err, to_version=m.version)
+                self.jobs.reject(name, err, to_version=m.version)
             else:
                 log.info("%s: not auto-installing %s: %s", name, m.version, err)
             return
         with self._lock:
-            current = self.store.load_job(name)
+            current = self.jobs.load(name)
             if current is not None and not current.terminal:
                 if current.to_version == m.version:
                     log.info("%s: %s is already queued or running", name, m.version)
                     return
-                self.reject(name, Stm32OtaError(
+                self.jobs.reject(name, Stm32OtaError(
                     f"target {name} is busy with job {current.job_id} ({current.to_version}); "
                     "abort it first", code="busy"), to_version=m.version, retain=False)
                 return
-            job = Job(target=name, from_version=installed, to_version=m.version,
-                      manifest=m.to_dict())
-            self._save(job)
+            job = self.jobs.save(Job(target=name, from_version=installed, to_version=m.version,
+                                     manifest=m.to_dict()))
         log.info("%s: queued %s -> %s (%s)", name, installed, m.version, source)
-        self._queue_for(name).put(job.job_id)
+        self._queue_for(name).put(Work(name, job.job_id, m))
 
     def abort(self, name: str) -> None:
         """Cancel a queued job at once, or ask a running one to stop at the next block."""
         with self._lock:
-            job = self.store.load_job(name)
+            job = self.jobs.load(name)
             if job is None or job.terminal:
                 log.info("%s: nothing to abort", name)
                 return
             if job.status == QUEUED and name not in self._cancel:
-                self._finish(job, CANCELED, {"code": "aborted", "message": "aborted before it started"})
+                self.jobs.finish(job, CANCELED, {"code": "aborted",
+                                                 "message": "aborted before it started"})
                 return
             # A worker has claimed the job (it may still read QUEUED): it ends it as CANCELED,
             # so the job gets one terminal status, not CANCELED here and SUCCEEDED there.
@@ -267,69 +232,33 @@ class Updater:
 
     def _work(self, q: queue.Queue) -> None:
         while not self._stopping.is_set():
-            job_id = q.get()
-            if job_id is None:
+            work = q.get()
+            if work is None:
                 return
-            name = self._target_of(job_id)
-            if name is None:
-                continue
             try:
-                self.run_job(name)
+                self._run(work)
             except Exception:  # a bug must not kill the worker or leave the job open
-                log.exception("%s: unexpected failure", name)
-                job = self.store.load_job(name)
+                log.exception("%s: unexpected failure", work.target)
+                job = self.jobs.load(work.target)
                 if job is not None and not job.terminal:
-                    self._finish(job, FAILED, {"code": "internal_error",
-                                               "message": "unexpected error; see the agent's log"})
+                    self.jobs.finish(job, FAILED, {
+                        "code": "internal_error", "message": "unexpected error; see the agent's log"})
 
-    def _target_of(self, job_id: str) -> Optional[str]:
-        for name in self.targets:
-            job = self.store.load_job(name)
-            if job is not None and job.job_id == job_id and not job.terminal:
-                return name
-        return None
-
-    def run_job(self, name: str) -> Job:
-        """Carry out the target's queued job to its one terminal status."""
-        from agent.ota.pipeline import Pipeline
-
+    def _run(self, work: Work) -> None:
+        """Carry out a queued job to its one terminal status, unless it ended while it waited."""
+        name = work.target
         with self._lock:
-            job = self.store.load_job(name)
-            if job is None:
-                raise RuntimeError(f"no job for {name}")
-            if job.terminal:  # e.g. aborted while it waited in the queue
-                log.info("%s: job %s is already %s", name, job.job_id, job.status)
-                return job
+            job = self.jobs.load(name)
+            if job is None or job.job_id != work.job_id or job.terminal:
+                log.info("%s: job %s ended before it ran (e.g. aborted in the queue)", name,
+                         work.job_id)
+                return
             cancel = self._cancel[name] = threading.Event()
-        pipeline = Pipeline(self, self.targets[name], job, cancel)
+        pipeline = Pipeline(self.targets[name], job, work.release, jobs=self.jobs,
+                            policy=self.policy, cancel=cancel, stopping=self._stopping,
+                            sleep=self.sleep, clock=self.clock)
         try:
-            return pipeline.run()
+            pipeline.run()
         finally:
             with self._lock:
                 self._cancel.pop(name, None)
-
-    # ----- reporting -------------------------------------------------------------------------
-
-    def _save(self, job: Job) -> Job:
-        self.store.save_job(job)
-        self.notify(job.target, job, True)
-        return job
-
-    def _finish(self, job: Job, status: str, error: Optional[dict], note: Optional[str] = None) -> Job:
-        percent = 100 if status == SUCCEEDED else job.percent
-        phase = "done" if status == SUCCEEDED else job.phase
-        return self._save(job.advance(status=status, error=error, percent=percent, phase=phase,
-                                      note=note or job.note))
-
-    def reject(self, name: str, err: Stm32OtaError, *, to_version: Optional[str],
-                retain: bool = True) -> None:
-        """Report a refused request as a REJECTED job (not retained while another job runs)."""
-        log.warning("%s: rejected: [%s] %s", name, err.code, err)
-        job = Job(target=name, status=REJECTED, phase="queued", error=err.as_dict(),
-                  from_version=self.installed_version(name), to_version=to_version)
-        job = job.advance()
-        if retain:
-            self._save(job)
-        else:  # another job is running: do not overwrite its retained record
-            self.notify(name, job, False)
-
