@@ -6,7 +6,8 @@ import pytest
 
 from agent.errors import LinkTimeout
 from agent.flasher.image import Image, Segment
-from agent.flasher.plan import execute, plan
+from agent.flasher.execute import execute
+from agent.flasher.plan import plan
 from agent.flasher.session import LinkSpec, open_session
 from agent.stm32.bootloader import Bootloader, Timeouts
 from agent.link.uart import UartLink

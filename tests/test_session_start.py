@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from agent.flasher.plan import execute, plan
+from agent.flasher.execute import execute
+from agent.flasher.plan import plan
 from agent.flasher.image import Image, Segment
 from agent.pins import PinSpec
 from agent.flasher.session import LinkSpec, PinsSpec, open_session

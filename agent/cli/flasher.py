@@ -13,8 +13,8 @@ from typing import Callable, Optional
 from agent.cli.options import add_link_options, command, int_auto, parser
 from agent.cli.connection import Connection, connection
 from agent.errors import LinkTimeout, Nack, ProtocolError, ReadProtected, Unsupported, UsageError
+from agent.flasher.plan import pages_of_range
 from agent.flasher.session import Session
-from agent.stm32.chips import Chip
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,8 @@ def run_flash(conn: Connection, image, *, verify: Optional[str] = None,
     `go` is None (stay in the bootloader), -1 (reset through the pins, or GO to the flash
     start) or an address for GO. Returns (flash.Result, how the application was started).
     """
-    from agent.flasher.plan import execute, plan
+    from agent.flasher.execute import execute
+    from agent.flasher.plan import plan
 
     with conn.open() as s:
         if s.read_protected:
@@ -263,23 +264,6 @@ def _erase_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="erase all of the flash")
     p.add_argument("--address", type=int_auto, help="first byte of the range (page aligned)")
     p.add_argument("--length", type=int_auto, help="bytes in the range (ends on a page boundary)")
-
-
-def pages_of_range(chip: Chip, flash_size: int, start: int, length: int) -> list[int]:
-    """Page numbers exactly covering [start, start+length); UsageError if not page aligned."""
-    pages = chip.page_table(flash_size)
-    end = start + length
-    flash_start, flash_end = pages[0][0], pages[-1][0] + pages[-1][1]
-    if length <= 0 or start < flash_start or end > flash_end:
-        raise UsageError(f"0x{start:08X}+0x{max(length, 0):X} is not inside the flash "
-                         f"(0x{flash_start:08X}-0x{flash_end - 1:08X})")
-    chosen = chip.pages_covering(start, length, flash_size)
-    first, last = pages[chosen[0]], pages[chosen[-1]]
-    if first[0] != start or last[0] + last[1] != end:
-        raise UsageError(
-            f"erase works on whole pages: the range 0x{start:08X}-0x{end - 1:08X} cuts pages; use "
-            f"--address 0x{first[0]:08X} --length 0x{last[0] + last[1] - first[0]:X}")
-    return chosen
 
 
 def run_erase(conn: Connection, address: Optional[int] = None,

@@ -17,7 +17,8 @@ from agent.ota import download
 from agent.flasher import image as firmware
 from agent.ota import manifest as mf
 from agent.errors import Aborted, ChipMismatch, ReadProtected, Stm32OtaError
-from agent.flasher.plan import execute, plan
+from agent.flasher.execute import execute
+from agent.flasher.plan import plan
 from agent.ota.jobs import CANCELED, FAILED, IN_PROGRESS, SUCCEEDED, TOUCHES_FLASH, Job, overall_percent
 from agent.flasher.session import open_session
 
