@@ -12,7 +12,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from agent.mqtt import contract as ha
 from agent.ota import manifest as mf
@@ -21,6 +21,7 @@ from agent.ota.manifest import strict_json
 from agent.config import Config
 from agent.errors import ImageRejected, Stm32OtaError
 from agent.ota.jobs import IN_PROGRESS, QUEUED, TERMINAL, Job, StateStore
+from agent.flasher.target import Devices
 from agent.ota.updater import FlashTarget, Policy, Updater
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ class Service:
     """The running agent."""
 
     def __init__(self, cfg: Config, targets: list[FlashTarget], *,
-                 client_factory: Optional[Callable[..., Any]] = None) -> None:
+                 client_factory: Optional[Callable[..., Any]] = None,
+                 devices: Optional[Mapping[str, Devices]] = None) -> None:
         from agent.ota.keys import load_public_key
 
         self.cfg = cfg
@@ -101,7 +103,8 @@ class Service:
                         cache_dir=str(cfg.agent.cache_dir), max_image_size=cfg.trust.max_image_size,
                         download_timeout=d.timeout, download_retries=d.retries,
                         download_backoff=d.backoff)
-        self.updater = Updater(self.agent_id, targets, self.store, policy, self._on_job)
+        self.updater = Updater(self.agent_id, targets, self.store, policy, self._on_job,
+                               devices=devices)
         self.client = (client_factory or self._make_client)()
         self.inbox: queue.Queue = queue.Queue(INBOX_SIZE)
         self._stop = threading.Event()

@@ -16,11 +16,10 @@ from agent.ota import download
 
 from agent.flasher import image as firmware
 from agent.ota import manifest as mf
-from agent.errors import Aborted, ChipMismatch, ReadProtected, Stm32OtaError
-from agent.flasher.execute import execute
-from agent.flasher.plan import plan
+from agent.errors import Aborted, Stm32OtaError
+from agent.flasher import ops
+from agent.flasher.target import Devices
 from agent.ota.jobs import CANCELED, FAILED, IN_PROGRESS, SUCCEEDED, TOUCHES_FLASH, Job, overall_percent
-from agent.flasher.session import open_session
 
 if TYPE_CHECKING:
     from agent.ota.updater import FlashTarget, Updater
@@ -34,11 +33,12 @@ class Pipeline:
     """Runs one job of one target to its terminal status."""
 
     def __init__(self, updater: "Updater", target: "FlashTarget", job: Job,
-                 cancel: threading.Event) -> None:
+                 cancel: threading.Event, devices: Devices = Devices()) -> None:
         self.u = updater
         self.t = target
         self.job = job
         self.cancel = cancel
+        self.devices = devices  # what stands in for the target's devices (the demo's sims)
         self._last_report = 0.0
 
     def _step(self, phase: str, percent: Optional[int] = None) -> None:
@@ -115,21 +115,7 @@ class Pipeline:
                               progress=self.progress, cancel=self.cancel)
         self._step("verify_image")
         image = firmware.load(str(path), fmt=m.format, address=m.address)
-        self._step("enter_bootloader")
-        expect = self.t.expect_chip if self.t.expect_chip is not None else m.chip
-        with open_session(self.t.link, self.t.pins, expect_pid=expect, timeouts=self.t.timeouts,
-                          attempts=self.t.connect_attempts,
-                          bootloader_options=self.t.bootloader_options, sleep=self.u.sleep) as s:
-            if m.chip is not None and s.info.pid != m.chip:
-                raise ChipMismatch(f"release {m.version} is built for chip 0x{m.chip:03X} but "
-                                   f"{self.t.name} is 0x{s.info.pid:03X} ({s.chip.name})")
-            if s.read_protected:
-                raise ReadProtected(f"{self.t.name} ({s.chip.name}) has read-out protection "
-                                    "active; it is never removed automatically because that "
-                                    "mass-erases the chip")
-            the_plan = plan(image, s.chip, flash_size=s.flash_size,
-                            max_write=s.link.caps.max_write)  # ChipMismatch before any erase
-            execute(the_plan, s.bl, self.progress, verify=self.t.verify,
-                    retries=self.t.write_retries, cancel=self.cancel)
-            self._step("start")
-            s.start_application()
+        ops.flash(self.t.target, image, built_for=m.chip, start_app=True,
+                  progress=self.progress, on_step=self._step, cancel=self.cancel,
+                  sleep=self.u.sleep, i2c_bus=self.devices.i2c_bus,
+                  pin_backend=self.devices.pin_backend())

@@ -15,14 +15,14 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
 
 from agent.ota import manifest as mf
 from agent.errors import ImageRejected, Stm32OtaError
 from agent.ota.jobs import (CANCELED, FAILED, QUEUED, REJECTED, SUCCEEDED, TOUCHES_FLASH, Job,
                         StateStore)
-from agent.flasher.session import LinkSpec, PinsSpec
+from agent.flasher.target import Devices, Target
 
 log = logging.getLogger(__name__)
 
@@ -31,28 +31,14 @@ MAX_ATTEMPTS = 3  # a job interrupted by a crash is repeated at most this many t
 
 @dataclass(frozen=True)
 class FlashTarget:
-    """Everything the pipeline needs to know about one configured target."""
+    """One configured target as the updater sees it: its OTA policy around a flasher Target."""
 
     name: str
     product: str
-    link: LinkSpec
-    pins: PinsSpec = field(default_factory=PinsSpec)
+    target: Target
     groups: tuple[str, ...] = ()
-    expect_chip: Optional[int] = None
-    verify: str = "auto"
     auto_install: bool = False
     allow_downgrade: bool = False
-    connect_attempts: int = 3
-    write_retries: int = 3
-    timeouts: Any = None  # agent.stm32.bootloader.Timeouts or None for the defaults
-    bootloader_options: dict = field(default_factory=dict)
-
-    @property
-    def link_key(self) -> str:
-        """Targets with the same key share a wire and are flashed one at a time."""
-        if self.link.type == "uart":
-            return f"uart:{self.link.port}"
-        return f"i2c:{self.link.bus if isinstance(self.link.bus, int) else id(self.link.bus)}"
 
 
 @dataclass(frozen=True)
@@ -75,10 +61,12 @@ class Updater:
     """Owns the job queue and workers; thread-safe entry points for the service."""
 
     def __init__(self, agent_id: str, targets: list[FlashTarget], store: StateStore,
-                 policy: Policy, notify: Notify, *, sleep: Callable[[float], None] = time.sleep,
+                 policy: Policy, notify: Notify, *, devices: Optional[Mapping[str, Devices]] = None,
+                 sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.agent_id = agent_id
         self.targets = {t.name: t for t in targets}
+        self.devices = dict(devices or {})  # per target name: what stands in for its devices
         self.store = store
         self.policy = policy
         self.notify = notify
@@ -94,7 +82,7 @@ class Updater:
 
     def start(self) -> None:
         """Start one worker per link and requeue what a previous run left unfinished."""
-        for key in sorted({t.link_key for t in self.targets.values()}):
+        for key in sorted({t.target.link_key for t in self.targets.values()}):
             q: queue.Queue = queue.Queue()
             self._queues[key] = q
             w = threading.Thread(target=self._work, args=(q,), name=f"worker {key}", daemon=True)
@@ -260,7 +248,7 @@ class Updater:
     # ----- worker ----------------------------------------------------------------------------
 
     def _queue_for(self, name: str) -> queue.Queue:
-        key = self.targets[name].link_key
+        key = self.targets[name].target.link_key
         if key not in self._queues:  # not started: a queue that start() will drain
             self._queues[key] = queue.Queue()
         return self._queues[key]
@@ -301,7 +289,8 @@ class Updater:
                 log.info("%s: job %s is already %s", name, job.job_id, job.status)
                 return job
             cancel = self._cancel[name] = threading.Event()
-        pipeline = Pipeline(self, self.targets[name], job, cancel)
+        pipeline = Pipeline(self, self.targets[name], job, cancel,
+                            self.devices.get(name, Devices()))
         try:
             return pipeline.run()
         finally:
