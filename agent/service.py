@@ -13,7 +13,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from agent.mqtt import contract as ha
 from agent.mqtt.client import MqttClient, TlsOptions
@@ -22,6 +22,7 @@ from agent.ota.checks import compare_versions
 from agent.ota.manifest import strict_json
 from agent.config import Config
 from agent.errors import ImageRejected, Stm32OtaError
+from agent.flasher.target import Devices
 from agent.ota.jobs import IN_PROGRESS, QUEUED, TERMINAL, Job, JobStore, StateStore
 from agent.ota.keys import load_public_key
 from agent.ota.pipeline import FlashTarget, Policy
@@ -91,7 +92,8 @@ class Service:
     """The running agent."""
 
     def __init__(self, cfg: Config, targets: list[FlashTarget], *,
-                 client_factory: Optional[Callable[..., Any]] = None) -> None:
+                 client_factory: Optional[Callable[..., Any]] = None,
+                 devices: Optional[Mapping[str, Devices]] = None) -> None:
         self.cfg = cfg
         self.agent_id = cfg.agent.id
         self.topics = ha.Topics(cfg.mqtt.base_topic, self.agent_id, cfg.mqtt.discovery_prefix)
@@ -104,7 +106,7 @@ class Service:
                         cache_dir=str(cfg.agent.cache_dir), max_image_size=cfg.trust.max_image_size,
                         download_timeout=d.timeout, download_retries=d.retries,
                         download_backoff=d.backoff)
-        self.updater = Updater(self.agent_id, targets, self.jobs, policy)
+        self.updater = Updater(self.agent_id, targets, self.jobs, policy, devices=devices)
         self.client = (client_factory or self._make_client)()
         self.inbox: queue.Queue = queue.Queue(INBOX_SIZE)
         self._stop = threading.Event()

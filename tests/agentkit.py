@@ -22,9 +22,9 @@ Parts:
   `.config` dict, `.flash_bytes(address, n)`, `.touched()` = any erase/write event).
   Pins are `mock` (driving `sim.set_line`) in-process, or `none` with `pins="none"`.
 - `write_config(**agent_overrides)` writes config.yaml and returns its path; `load_config()`;
-  `flash_targets(cfg)` builds FlashTargets wired to the simulators; `start_service()` /
-  `stop_service()`; `start_process()` runs `python -m agent run` as a subprocess (UART targets with
-  `pins="none"` only: a mock pin cannot cross processes).
+  `flash_targets(cfg)` builds FlashTargets, `devices(cfg)` the simulators standing in for their
+  devices; `start_service()` / `stop_service()`; `start_process()` runs `python -m agent run`
+  as a subprocess (UART targets with `pins="none"` only: a mock pin cannot cross processes).
 - Releases: `image(size, seed)` bytes; `release(product, version, data, **fields)` serves the
   data and returns a signed manifest dict; `sign(fields)` re-signs any dict.
 - MQTT: `publish_release(m)`, `command(target, payload)`, `group_command(g, payload)`,
@@ -51,8 +51,11 @@ import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.config.targets import flash_target
+from agent.flasher.target import Devices
 from agent.mqtt.contract import Topics
 from agent.ota.keys import keygen, sign_manifest
+from agent.pins.mock import MockBackend
 from agent.stm32.chips import CHIPS, Chip
 from agent.sim import PtySim, SimChip
 from agent.sim.core import Faults
@@ -294,14 +297,18 @@ class AgentKit:
         return load(self.write_config())
 
     def flash_targets(self, cfg: Any) -> list:
-        """FlashTargets wired to the simulators (I2C bus object, mock pins -> sim.set_line)."""
-        from agent.targets import flash_target
+        """The config's FlashTargets, as `stm32ota run` builds them."""
+        return [flash_target(tc) for tc in cfg.targets]
 
-        out = []
+    def devices(self, cfg: Any) -> dict[str, Devices]:
+        """The simulators stand in for the targets' devices (I2C bus, mock pins -> sim.set_line)."""
+        out = {}
         for tc in cfg.targets:
             sim_t = self.targets[tc.name]
-            listener = sim_t.sim.set_line if tc.pins.backend == "mock" else None
-            out.append(flash_target(tc, bus=sim_t.bus, listener=listener))
+            pins = None
+            if tc.pins.backend == "mock":
+                pins = lambda sim=sim_t.sim: MockBackend(sim.set_line)  # noqa: E731
+            out[tc.name] = Devices(i2c_bus=sim_t.bus, pins=pins)
         return out
 
     def start_service(self, wait_online: bool = True) -> Any:
@@ -310,7 +317,7 @@ class AgentKit:
 
         mark = self.obs.mark()
         cfg = self.load_config()
-        self.service = Service(cfg, self.flash_targets(cfg))
+        self.service = Service(cfg, self.flash_targets(cfg), devices=self.devices(cfg))
         self.service.start()
         if wait_online:
             self._wait_started(mark)

@@ -8,7 +8,9 @@ from typing import Sequence
 
 import pytest
 
-from agent.cli import main
+from agent.cli import build_parser, main
+from agent.cli.options import target_from_args
+from agent.flasher.target import Target
 from agent.stm32.chips import CHIPS
 from agent.sim import SimChip
 
@@ -96,3 +98,8 @@ def cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def target_of(*argv: str) -> Target:
+    """The Target a command line names (what its handler works on), without running it."""
+    return target_from_args(build_parser().parse_args(list(argv)))

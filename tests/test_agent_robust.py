@@ -21,8 +21,9 @@ from agent.ota import download
 from agent.ota.jobs import (CANCELED, FAILED, IN_PROGRESS, QUEUED, SUCCEEDED, TERMINAL, Job,
                             JobStore, StateStore)
 from agent.ota.keys import sign_manifest
+from agent.flasher.target import Devices, I2cSettings, PinsSettings, Target
 from agent.pins import PinSpec
-from agent.flasher.session import LinkSpec, PinsSpec
+from agent.pins.mock import MockBackend
 from agent.stm32.chips import CHIPS
 from agent.sim import SimChip, SimI2CBus
 from agent.ota.pipeline import FlashTarget, Policy
@@ -52,6 +53,8 @@ class Rig:
     sims: dict[str, SimChip] = field(default_factory=dict)
     lines: dict[str, list[tuple[str, bool]]] = field(default_factory=dict)
     targets: list[FlashTarget] = field(default_factory=list)
+    buses: list[SimI2CBus] = field(default_factory=list)  # bus number N stands for /dev/i2c-N
+    devices: dict[str, Devices] = field(default_factory=dict)
     seen: list[tuple[float, str, Job, bool]] = field(default_factory=list)
     hook: Optional[Callable[[str, Job], None]] = None
     updaters: list[Updater] = field(default_factory=list)
@@ -67,9 +70,12 @@ class Rig:
             self.lines[_n].append((line, high))
             _s.set_line(line, high)
 
-        pins = PinsSpec(backend="mock", nrst=PinSpec(1), boot0=PinSpec(2), listener=listener)
-        self.targets.append(FlashTarget(name=name, product="fw", pins=pins,
-                                        link=LinkSpec(type="i2c", bus=bus, address=address)))
+        if bus not in self.buses:
+            self.buses.append(bus)
+        pins = PinsSettings(backend="mock", nrst=PinSpec(1), boot0=PinSpec(2))
+        link = I2cSettings(bus=self.buses.index(bus), address=address)
+        self.targets.append(FlashTarget(name=name, product="fw", target=Target(link, pins)))
+        self.devices[name] = Devices(i2c_bus=bus, pins=lambda: MockBackend(listener))
         return sim
 
     def manifest(self, version: str = "1.0.0") -> dict:
@@ -94,7 +100,8 @@ class Rig:
             if self.hook is not None:
                 self.hook(name, job)
 
-        u = Updater("gw", list(self.targets), JobStore(self.store(), notify), self.policy())
+        u = Updater("gw", list(self.targets), JobStore(self.store(), notify), self.policy(),
+                    devices=self.devices)
         self.updaters.append(u)
         return u
 

@@ -1,8 +1,8 @@
 """The local flasher as a user runs it: `stm32ota flash/info/read/erase` against the simulator.
 
 Most tests call `agent.cli.main([...])` in-process on a simulated STM32L432 behind a real pty
-(8N1: a pty carries no parity). I2C goes through the same handler cores (`run_flash`, ...)
-with the simulator's bus in place of /dev/i2c-N.
+(8N1: a pty carries no parity). I2C goes through the operations the handlers call
+(`agent.flasher.ops`) with the simulator's bus handed in for /dev/i2c-N.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_tools import BASE, L432, PAGE, blob, cli, erased_pages, flash_bytes, write_image
+from cli_tools import (BASE, L432, PAGE, blob, cli, erased_pages, flash_bytes, target_of,
+                       write_image)
 
-from agent.cli.flasher import run_flash, run_info, run_read
-from agent.cli.connection import Connection
+from agent.cli.flasher import describe
+from agent.flasher import ops
 from agent.flasher.image import load
+from agent.flasher.target import I2cSettings, Target, UartSettings
+from agent.pins.mock import MockBackend
 from agent.progress import ProgressPrinter
-from agent.flasher.session import LinkSpec, wire_mock_pins
 from agent.sim import Faults, PtySim, SimChip, SimI2CBus
 
 # Gaps inside a page and across pages, an odd start and an unaligned end: real HEX shapes.
@@ -117,9 +119,9 @@ def test_progress_on_a_terminal_is_one_updating_bar_per_phase(sim_pty: PtySim,
                                                               tmp_path: Path) -> None:
     out = io.StringIO()
     printer = ProgressPrinter(out, tty=True, redraw=0.0)
-    conn = Connection(LinkSpec("uart", port=sim_pty.path, parity="none"))
+    target = Target(UartSettings(sim_pty.path, parity="none"))
     image = load(write_image(tmp_path, "fw.hex", GAPPY))
-    run_flash(conn, image, progress=printer)
+    ops.flash(target, image, progress=printer)
     printer.close()
     text = out.getvalue()
     lines = text.split("\n")
@@ -198,33 +200,36 @@ def test_a_range_beyond_the_flash_is_refused_as_such(sim_chip: SimChip, port: li
     assert erased_pages(sim_chip) == []
 
 
-# ---- I2C: the same handler cores with the simulator's bus in place of /dev/i2c-N ------------
+# ---- I2C: the operations the handlers call, with the simulator's bus for /dev/i2c-1 ---------
 
 
 @pytest.fixture
-def i2c(sim_chip: SimChip) -> Connection:
+def i2c(sim_chip: SimChip) -> tuple[Target, SimI2CBus]:
     bus = SimI2CBus()
     bus.attach(0x48, sim_chip)
-    return Connection(LinkSpec("i2c", bus=bus, address=0x48, busy_poll=0.0))
+    return Target(I2cSettings(bus=1, address=0x48, busy_poll=0.0)), bus
 
 
-def test_i2c_flash_verify_and_go(tmp_path: Path, sim_chip: SimChip, i2c: Connection) -> None:
+def test_i2c_flash_verify_and_go(tmp_path: Path, sim_chip: SimChip,
+                                 i2c: tuple[Target, SimI2CBus]) -> None:
+    target, bus = i2c
     image = load(write_image(tmp_path, "fw.srec", GAPPY))
-    result, how = run_flash(i2c, image, go=-1)
+    result, how = ops.flash(target, image, start_app=True, i2c_bus=bus)
     assert_holds(sim_chip, GAPPY)
     assert erased_pages(sim_chip) == GAPPY_PAGES
     assert result.verify in ("crc", "readback") and how == "go"
     assert ("go", BASE) in sim_chip.events
 
 
-def test_i2c_info_and_read(sim_chip: SimChip, i2c: Connection) -> None:
+def test_i2c_info_and_read(sim_chip: SimChip, i2c: tuple[Target, SimI2CBus]) -> None:
+    target, bus = i2c
     sim_chip.flash[:600] = blob(600, 9)
-    d = run_info(i2c)
+    d = describe(ops.info(target, i2c_bus=bus))
     assert (d["pid"], d["flash_size"]) == ("0x435", 256 * 1024)
-    assert run_read(i2c, BASE + 1, 599) == blob(600, 9)[1:]
+    assert ops.read(target, BASE + 1, 599, i2c_bus=bus) == blob(600, 9)[1:]
 
 
-# ---- --config --target with the mock pins backend driving the simulator ---------------------
+# ---- --config --target: the target's mock pins, handed the simulator's lines, reset it -------
 
 
 def write_config(tmp_path: Path, port: str, *, chip: str = "sim-bench", extra: str = "") -> Path:
@@ -254,36 +259,33 @@ def running() -> SimChip:
     return sim
 
 
-@pytest.fixture
-def wired(running: SimChip) -> SimChip:
-    """`running`, with the config's mock pins (chip /dev/sim-bench) wired to its NRST/BOOT0."""
-    wire_mock_pins("/dev/sim-bench", running.set_line)
-    yield running
-    wire_mock_pins("/dev/sim-bench", None)
-
-
-def test_config_target_resets_into_the_bootloader_and_back_out(tmp_path: Path, wired: SimChip,
-                                                               capsys) -> None:
+def test_config_target_resets_into_the_bootloader_and_back_out(tmp_path: Path,
+                                                               running: SimChip) -> None:
     image = write_image(tmp_path, "fw.hex", [(BASE + PAGE, blob(500))])
-    with PtySim(wired) as pty:
+    with PtySim(running) as pty:
         cfg = write_config(tmp_path, pty.path)
-        code, out, err = cli(capsys, "flash", str(image), "--config", str(cfg),
-                             "--target", "bench", "--go")
-    assert code == 0, err
-    assert flash_bytes(wired, BASE + PAGE, 500) == blob(500)
-    resets = [e[1:3] for e in wired.events if e[0] == "reset"]
+        target = target_of("flash", str(image), "--config", str(cfg), "--target", "bench",
+                           "--go")
+        _, how = ops.flash(target, load(image), start_app=True,
+                           pin_backend=MockBackend(running.set_line))
+    assert flash_bytes(running, BASE + PAGE, 500) == blob(500)
+    resets = [e[1:3] for e in running.events if e[0] == "reset"]
     assert resets[-2:] == [("nrst", "bootloader"), ("nrst", "application")]
-    assert not [e for e in wired.events if e[0] == "go"]  # started by reset, BOOT0 low
-    assert wired.mode == "application" and "application started (reset)" in out
+    assert not [e for e in running.events if e[0] == "go"]  # started by reset, BOOT0 low
+    assert running.mode == "application" and how == "reset"
 
 
-def test_the_only_target_of_a_config_needs_no_name(tmp_path: Path, wired: SimChip,
-                                                   capsys) -> None:
-    with PtySim(wired) as pty:
-        cfg = write_config(tmp_path, pty.path)
-        code, out, _ = cli(capsys, "info", "--config", str(cfg), "--json")
+def test_the_only_target_of_a_config_needs_no_name(tmp_path: Path, sim_chip: SimChip,
+                                                   running: SimChip, capsys) -> None:
+    with PtySim(sim_chip) as pty:  # already in the bootloader: unwired mock pins do not matter
+        code, out, _ = cli(capsys, "info", "--config", str(write_config(tmp_path, pty.path)),
+                           "--json")
     assert code == 0 and json.loads(out)["pid"] == "0x435"
-    assert wired.mode == "bootloader"  # without --go, releasing the pins resets nothing
+    with PtySim(running) as pty:
+        target = target_of("info", "--config", str(write_config(tmp_path, pty.path)))
+        identity = ops.info(target, pin_backend=MockBackend(running.set_line))
+    assert describe(identity)["pid"] == "0x435"
+    assert running.mode == "bootloader"  # without --go, releasing the pins resets nothing
 
 
 def test_read_recovers_from_bytes_lost_on_the_line(tmp_path: Path, capsys) -> None:

@@ -10,10 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cli_tools import BASE, L432, PAGE, blob, cli, commands_seen, erased_pages, write_image
+from cli_tools import (BASE, L432, PAGE, blob, cli, commands_seen, erased_pages, target_of,
+                       write_image)
 from test_cli import write_config
 
-from agent.flasher.session import wire_mock_pins
+from agent.errors import EXIT_NO_BOOTLOADER, NoBootloader
+from agent.flasher import ops
+from agent.flasher.image import load
+from agent.pins.mock import MockBackend
 from agent.sim import Faults, PtySim, SimChip
 
 
@@ -130,16 +134,15 @@ def test_a_chip_running_its_application_does_not_answer(tmp_path: Path, running:
     assert erased_pages(running) == [] and running.mode == "application"
 
 
-def test_a_chip_that_stays_silent_after_every_reset(tmp_path: Path, capsys, fw: Path) -> None:
+def test_a_chip_that_stays_silent_after_every_reset(tmp_path: Path, fw: Path) -> None:
     sim = SimChip(L432, faults=Faults(silent_resets=5))
-    wire_mock_pins("/dev/silent", sim.set_line)
-    try:
-        with PtySim(sim) as pty:
-            cfg = write_config(tmp_path, pty.path, chip="silent", extra=FAST_GIVE_UP)
-            code, _, err = cli(capsys, "flash", str(fw), "--config", str(cfg))
-    finally:
-        wire_mock_pins("/dev/silent", None)
-    assert code == 3 and "no answer from the STM32 bootloader" in err
+    with PtySim(sim) as pty:  # the config's mock pins, handed the simulator's lines
+        cfg = write_config(tmp_path, pty.path, chip="silent", extra=FAST_GIVE_UP)
+        target = target_of("flash", str(fw), "--config", str(cfg))
+        with pytest.raises(NoBootloader) as err:
+            ops.flash(target, load(fw), pin_backend=MockBackend(sim.set_line))
+    assert err.value.exit_code == EXIT_NO_BOOTLOADER == 3
+    assert "no answer from the STM32 bootloader" in str(err.value)
     assert [e[3] for e in sim.events if e[0] == "reset"][-2:] == ["silent", "silent"]
 
 

@@ -157,11 +157,10 @@ def test_a_foreign_workdir_is_refused_untouched(tmp_path: Path) -> None:
 
 def test_a_failed_update_exits_nonzero_with_the_reason(tmp_path: Path, monkeypatch) -> None:
     """Chips with read-out protection: the agent refuses to flash, the demo says why."""
-    from agent.demo import DemoFailed, DemoOptions, run_demo
-    from agent import sim
+    from agent.demo import DemoFailed, DemoOptions, run_demo, world
 
-    real = sim.Faults
-    monkeypatch.setattr(sim, "Faults", lambda **kw: real(**kw, read_protected=True))
+    real = world.Faults
+    monkeypatch.setattr(world, "Faults", lambda **kw: real(**kw, read_protected=True))
     out = tmp_path / "out.txt"
     with open(out, "w") as f, pytest.raises(DemoFailed) as err:
         run_demo(DemoOptions(fast=True, workdir=tmp_path / "demo", out=f, tty=False))

@@ -6,8 +6,10 @@ import pytest
 
 from agent.errors import LinkTimeout
 from agent.flasher.image import Image, Segment
-from agent.flasher.plan import execute, plan
-from agent.flasher.session import LinkSpec, open_session
+from agent.flasher.execute import execute
+from agent.flasher.plan import plan
+from agent.flasher.session import open_session
+from agent.flasher.target import Target, UartSettings
 from agent.stm32.bootloader import Bootloader, Timeouts
 from agent.link.uart import UartLink
 from agent.stm32.chips import CHIPS
@@ -29,7 +31,7 @@ def slow_f4():
 def test_a_big_sector_gets_the_time_the_table_says_it_needs(slow_f4) -> None:
     sim, port = slow_f4
     image = Image([Segment(SECTOR5, bytes(range(256)) * 4)])
-    with open_session(LinkSpec("uart", port=port, parity="none"), timeouts=FLOOR) as s:
+    with open_session(Target(UartSettings(port, parity="none"), timeouts=FLOOR)) as s:
         execute(plan(image, s.chip, flash_size=s.flash_size), s.bl)
     assert bytes(sim.flash[SECTOR5 - F407.flash_start:][:1024]) == bytes(range(256)) * 4
 

@@ -10,7 +10,8 @@ import pytest
 
 from agent.errors import Aborted, EXIT_INTERRUPTED, LinkTimeout, Nack, VerifyFailed
 from agent.flasher.image import Image, Segment, parse
-from agent.flasher.plan import Plan, Result, execute, plan
+from agent.flasher.execute import Result, execute
+from agent.flasher.plan import Plan, plan
 from agent.link.i2c import I2cLink
 from agent.link.uart import UartLink
 from agent.progress import ProgressPrinter, Throttled

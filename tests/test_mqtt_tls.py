@@ -241,7 +241,7 @@ def tls_kit(tmp_path: Path, broker: Mosquitto, password_file: Path) -> Iterator[
     cfg = load(kit.write_config(data))
     from agent.service import Service
 
-    kit.service = Service(cfg, kit.flash_targets(cfg))
+    kit.service = Service(cfg, kit.flash_targets(cfg), devices=kit.devices(cfg))
     try:
         yield kit
     finally:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from agent.flasher.plan import execute, plan
+from agent.flasher.execute import execute
 from agent.flasher.image import Image, Segment
+from agent.flasher.plan import plan
+from agent.flasher.session import open_session
+from agent.flasher.target import I2cSettings, PinsSettings, Target
 from agent.pins import PinSpec
-from agent.flasher.session import LinkSpec, PinsSpec, open_session
+from agent.pins.mock import MockBackend
 from agent.stm32.chips import CHIPS, find
 from agent.sim import SimChip, SimI2CBus
 
@@ -16,15 +19,16 @@ VECTORS = (0x20004000).to_bytes(4, "little") + (0x08000101).to_bytes(4, "little"
 def _target(chip, sim):
     bus = SimI2CBus()
     bus.attach(0x48, sim)
-    link = LinkSpec(type="i2c", bus=bus, address=0x48)
-    pins = PinsSpec(backend="mock", nrst=PinSpec(1), boot0=PinSpec(2), listener=sim.set_line)
-    return link, pins
+    link = I2cSettings(bus=1, address=0x48)
+    pins = PinsSettings(backend="mock", nrst=PinSpec(1), boot0=PinSpec(2))
+    return Target(link, pins), bus
 
 
 def _flash_and_start(chip, sim):
-    link, pins = _target(chip, sim)
+    target, bus = _target(chip, sim)
     image = Image([Segment(chip.flash_start, VECTORS + bytes(range(248)))])
-    with open_session(link, pins, sleep=lambda s: None) as s:
+    with open_session(target, i2c_bus=bus, pin_backend=MockBackend(sim.set_line),
+                      sleep=lambda s: None) as s:
         execute(plan(image, s.chip, flash_size=s.flash_size, max_write=s.link.caps.max_write), s.bl)
         how = s.start_application()
     return how

@@ -27,7 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Load the config, start the service, run until SIGTERM/SIGINT."""
     from agent.config import load
     from agent.service import Service
-    from agent.targets import flash_target
+    from agent.config.targets import flash_target
 
     cfg = load(args.config)
     if not args.verbose and not args.quiet:  # -v / -q on the command line win over the config

@@ -1,9 +1,19 @@
-"""The subcommand registry and the option groups several subcommands share."""
+"""The subcommand registry, the option groups several subcommands share, and their Target."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+import logging
+from dataclasses import replace
+from typing import Callable, Optional
+
+from agent.config import load
+from agent.config.targets import flasher_target
+from agent.errors import UsageError
+from agent.flasher.target import I2cSettings, LinkSettings, PinsSettings, Target, UartSettings
+from agent.pins import PinSpec
+
+log = logging.getLogger(__name__)
 
 PARSERS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
 
@@ -59,6 +69,69 @@ def add_link_options(p: argparse.ArgumentParser) -> None:
                     help="a low GPIO level selects the bootloader (an inverting driver)")
     pg.add_argument("--expect-chip", type=int_auto, metavar="PID",
                     help="refuse to touch any chip but this product ID, e.g. 0x435")
+
+
+def target_from_args(args: argparse.Namespace) -> Target:
+    """The Target the link options (or --config/--target) describe; UsageError if unclear."""
+    if args.config:
+        return _configured(args)
+    if args.target:
+        raise UsageError("--target needs --config PATH")
+    link = _link(args)
+    backend = args.pins_backend
+    if backend != "none" and not (args.nrst or args.boot0):
+        raise UsageError(f"--pins {backend} needs --nrst LINE and --boot0 LINE")
+    if backend == "none" and (args.nrst or args.boot0):
+        raise UsageError("--nrst/--boot0 need --pins BACKEND (auto, libgpiod, rpigpio or modem)")
+    pins = PinsSettings(backend=backend, gpiochip=args.gpiochip,
+                        nrst=_pin(args.nrst, not args.nrst_active_high),
+                        boot0=_pin(args.boot0, args.boot0_active_low))
+    return Target(link, pins, expect_chip=args.expect_chip)
+
+
+def _link(args: argparse.Namespace) -> LinkSettings:
+    if args.port and args.i2c_bus is not None:
+        raise UsageError("give either --port or --i2c-bus, not both")
+    if args.port:
+        return UartSettings(port=args.port, baud=args.baud, parity=args.parity,
+                            inter_byte_delay=args.inter_byte_delay)
+    if args.i2c_bus is None:
+        raise UsageError("say how the STM32 is connected: --port DEV, --i2c-bus N, "
+                         "or --config PATH --target NAME")
+    if not 0x03 <= args.i2c_address <= 0x77:
+        raise UsageError(f"I2C address 0x{args.i2c_address:x} is not a 7-bit device address "
+                         "(0x03-0x77); the L43x bootloader answers at 0x48")
+    return I2cSettings(bus=args.i2c_bus, address=args.i2c_address,
+                       read_chunk=args.i2c_read_chunk, write_chunk=args.i2c_write_chunk)
+
+
+def _pin(line: Optional[str], active_low: bool) -> Optional[PinSpec]:
+    if line is None:
+        return None
+    return PinSpec(line=int(line) if line.isdigit() else line, active_low=active_low)
+
+
+def _configured(args: argparse.Namespace) -> Target:
+    """A configured target's link, pins, sequences, timeouts and quirks (--config/--target)."""
+    given = [o for o, v in (("--port", args.port), ("--i2c-bus", args.i2c_bus),
+                            ("--nrst", args.nrst), ("--boot0", args.boot0)) if v is not None]
+    if args.pins_backend != "none":
+        given.append("--pins")
+    if given:
+        raise UsageError(f"--config takes the link and pins from the target; drop "
+                         f"{', '.join(given)} or drop --config")
+    cfg = load(args.config)
+    if args.target is None:
+        if len(cfg.targets) != 1:
+            names = ", ".join(t.name for t in cfg.targets)
+            raise UsageError(f"{args.config} has several targets ({names}): say which with --target")
+        t = cfg.targets[0]
+    else:
+        t = cfg.target(args.target)
+    target = flasher_target(t)
+    if args.expect_chip is not None:
+        target = replace(target, expect_chip=args.expect_chip)
+    return target
 
 
 def parser(name: str, helptext: str) -> Callable:

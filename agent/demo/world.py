@@ -19,10 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-from agent.flasher import image as firmware
+from agent.config import load
+from agent.config.targets import flash_target
 from agent.demo.parts import FLASH_BASE, FileServer, ihex, make_image, start_broker
 from agent.demo.view import Board, Row
 from agent.errors import UsageError
+from agent.flasher import image as firmware
+from agent.flasher.target import Devices
+from agent.mqtt.client import MqttClient
+from agent.mqtt.contract import Topics
+from agent.ota.jobs import StateStore
+from agent.ota.keys import build_manifest, keygen
+from agent.pins.mock import MockBackend
+from agent.service import MAX_COMMAND_BYTES, Service
+from agent.sim import Faults, PtySim, SimChip, SimI2CBus
+from agent.stm32.chips import CHIPS
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +133,7 @@ def config_text(work: Path, host: str, port: int, uart_port: str) -> str:
         nrst, boot0 = t.lines
         if t.link == "uart":
             link = f"{{type: uart, port: {q(uart_port)}, baud: 115200, parity: none}}"  # a pty: 8N1
-        else:  # the bus number is replaced by the simulated bus object
+        else:  # the agent is handed the simulated bus object for bus 1
             link = "{type: i2c, bus: 1, address: 0x48}"
         lines += [f"  - name: {t.name}", f"    product: {t.product}", f"    link: {link}",
                   f"    pins: {{backend: mock, nrst: {{line: {nrst}}}, boot0: {{line: {boot0}}}}}",
@@ -139,13 +150,11 @@ class World:
     """Everything the demo runs, wired together."""
 
     def __init__(self, opts: DemoOptions, work: Path, stack: contextlib.ExitStack) -> None:
-        from agent.mqtt.contract import Topics
-
         self.o = opts
         self.work = work
         self.stack = stack
         self.topics = Topics(BASE_TOPIC, AGENT_ID)
-        self.sims: dict[str, Any] = {}
+        self.sims: dict[str, SimChip] = {}
         self.labels: dict[str, str] = {}
         self.files: dict[tuple[str, str], Path] = {}
         self.host, self.port, self.protocol, self.broker_text = "", 0, 5, ""
@@ -154,7 +163,7 @@ class World:
         self.viewer: Any = None
         self.web: Optional[FileServer] = None
         self.board: Optional[Board] = None
-        self.bus: Any = None
+        self.bus: Optional[SimI2CBus] = None
         self.manifests: dict[str, dict] = {}
         self.before: dict[str, Optional[str]] = {}  # versions installed before the update
         self.chaos_note = ""
@@ -178,8 +187,6 @@ class World:
         self._viewer()
 
     def _keys(self) -> Path:
-        from agent.ota.keys import keygen
-
         (self.work / "keys").mkdir()
         key, _ = keygen(self.work / "keys" / "demo-release")
         return key
@@ -199,9 +206,6 @@ class World:
 
     def _chips(self) -> str:
         """Both simulated L432s, running 1.0.0; returns the UART pty path."""
-        from agent.stm32.chips import CHIPS
-        from agent.sim import Faults, PtySim, SimChip, SimI2CBus
-
         uart_port = ""
         for t in TARGETS:
             faults = Faults()
@@ -228,8 +232,6 @@ class World:
         return uart_port
 
     def _sign(self, key: Path) -> None:
-        from agent.ota.keys import build_manifest
-
         (self.work / "releases").mkdir()
         assert self.web is not None
         for t in TARGETS:
@@ -242,11 +244,6 @@ class World:
             self.manifests[t.name] = m
 
     def _agent(self, uart_port: str) -> None:
-        from agent.config import load
-        from agent.ota.jobs import StateStore
-        from agent.service import MAX_COMMAND_BYTES, Service
-        from agent.targets import flash_target
-
         path = self.work / "config.yaml"
         path.write_text(config_text(self.work, self.host, self.port, uart_port), encoding="utf-8")
         cfg = load(path)
@@ -254,19 +251,22 @@ class World:
         for t in TARGETS:  # the agent's records agree with what the chips run
             old = self.files[(t.name, OLD)]
             store.set_installed(t.name, OLD, _sha256(old))
-        targets = [flash_target(cfg.target(t.name), listener=self.sims[t.name].set_line,
-                                bus=self.bus if t.link == "i2c" else None) for t in TARGETS]
+        targets = [flash_target(cfg.target(t.name)) for t in TARGETS]
 
         def client() -> Any:
             return self._client(f"stm32ota-{cfg.agent.id}", will=(self.topics.availability,
                                                                   "offline", True),
                                 max_payload=MAX_COMMAND_BYTES)
 
-        self.svc = Service(cfg, targets, client_factory=client)
+        self.svc = Service(cfg, targets, client_factory=client, devices=self._devices())
+
+    def _devices(self) -> dict[str, Devices]:
+        """The simulators stand in for each target's devices: mock pins drive their lines."""
+        return {t.name: Devices(i2c_bus=self.bus if t.link == "i2c" else None,
+                                pins=lambda sim=self.sims[t.name]: MockBackend(sim.set_line))
+                for t in TARGETS}
 
     def _client(self, client_id: str, **kw: Any) -> Any:
-        from agent.mqtt.client import MqttClient
-
         return MqttClient(self.host, self.port, client_id=client_id, protocol=self.protocol,
                           reconnect_min=0.5, reconnect_max=2, keepalive=20,
                           session_expiry=0 if self.protocol == 5 else 3600,

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from agent.errors import UsageError
-from agent.link.base import Capabilities, Link
+from agent.link.base import Capabilities, I2CBus, Link
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Capabilities", "Link", "open_link"]
+__all__ = ["Capabilities", "I2CBus", "Link", "open_link"]
 
 
 def open_link(
@@ -19,7 +18,7 @@ def open_link(
     baud: int = 115200,
     parity: str = "even",
     inter_byte_delay: float = 0.0,
-    i2c_bus: int | str | Any | None = None,
+    i2c_bus: int | str | I2CBus | None = None,
     i2c_address: int | None = None,
     read_chunk: int = 256,
     write_chunk: int = 256,

@@ -9,7 +9,7 @@ returns 1 byte to GET_VERSION.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -44,3 +44,14 @@ class Link(Protocol):
 
     def close(self) -> None:
         """Release the port or bus."""
+
+
+class I2CBus(Protocol):
+    """An I2C adapter as smbus2.SMBus offers it: combined transfers of i2c_msg messages.
+
+    A link opens /dev/i2c-N itself; a simulated bus object is handed in instead (one explicit
+    parameter, see agent.flasher.target.Devices), as pyserial's loop:// stands in for a port.
+    """
+
+    def i2c_rdwr(self, *msgs: Any) -> None:
+        """Carry out the messages as one transfer (repeated starts, no stop in between)."""

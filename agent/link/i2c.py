@@ -5,12 +5,12 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from smbus2 import I2cFunc, SMBus, i2c_msg
 
 from agent.errors import LinkError, LinkTimeout, UsageError
-from agent.link.base import Capabilities
+from agent.link.base import Capabilities, I2CBus
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class I2cLink:
 
     def __init__(
         self,
-        bus: int | str | Any,
+        bus: int | str | I2CBus,
         address: int,
         read_chunk: int = 256,
         write_chunk: int = 256,

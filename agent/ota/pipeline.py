@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
-from agent.errors import Aborted, ChipMismatch, ReadProtected, Stm32OtaError
+from agent.errors import Aborted, Stm32OtaError
 from agent.flasher import image as firmware
-from agent.flasher.plan import execute, plan
-from agent.flasher.session import LinkSpec, PinsSpec, open_session
+from agent.flasher import ops
+from agent.flasher.target import Devices, Target
 from agent.ota import download
 from agent.ota.jobs import (CANCELED, FAILED, IN_PROGRESS, TOUCHES_FLASH, Job, JobStore,
                             overall_percent)
@@ -32,28 +32,14 @@ PUBLISH_INTERVAL = 1.0  # DESIGN.md "Progress": inside a phase, at most about on
 
 @dataclass(frozen=True)
 class FlashTarget:
-    """Everything the pipeline needs to know about one configured target."""
+    """One configured target as the updater sees it: its OTA policy around a flasher Target."""
 
     name: str
     product: str
-    link: LinkSpec
-    pins: PinsSpec = field(default_factory=PinsSpec)
+    target: Target
     groups: tuple[str, ...] = ()
-    expect_chip: Optional[int] = None
-    verify: str = "auto"
     auto_install: bool = False
     allow_downgrade: bool = False
-    connect_attempts: int = 3
-    write_retries: int = 3
-    timeouts: Any = None  # agent.stm32.bootloader.Timeouts or None for the defaults
-    bootloader_options: dict = field(default_factory=dict)
-
-    @property
-    def link_key(self) -> str:
-        """Targets with the same key share a wire and are flashed one at a time."""
-        if self.link.type == "uart":
-            return f"uart:{self.link.port}"
-        return f"i2c:{self.link.bus if isinstance(self.link.bus, int) else id(self.link.bus)}"
 
 
 @dataclass(frozen=True)
@@ -74,7 +60,7 @@ class Pipeline:
 
     def __init__(self, target: FlashTarget, job: Job, release: Manifest, *, jobs: JobStore,
                  policy: Policy, cancel: threading.Event, stopping: threading.Event,
-                 sleep: Callable[[float], None] = time.sleep,
+                 devices: Devices = Devices(), sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.t = target
         self.job = job
@@ -84,6 +70,7 @@ class Pipeline:
         self.cancel = cancel
         self.stopping = stopping  # set when the agent stops: the job is left for recover()
         self.sleep = sleep
+        self.devices = devices  # what stands in for the target's devices (the demo's sims)
         self._throttled = Throttled(self._report, PUBLISH_INTERVAL, clock)
 
     def _step(self, phase: str) -> None:
@@ -156,20 +143,7 @@ class Pipeline:
         self._step("verify_image")
         image = firmware.load(str(path), fmt=m.format, address=m.address)
         self._step("enter_bootloader")
-        expect = self.t.expect_chip if self.t.expect_chip is not None else m.chip
-        with open_session(self.t.link, self.t.pins, expect_pid=expect, timeouts=self.t.timeouts,
-                          attempts=self.t.connect_attempts,
-                          bootloader_options=self.t.bootloader_options, sleep=self.sleep) as s:
-            if m.chip is not None and s.info.pid != m.chip:
-                raise ChipMismatch(f"release {m.version} is built for chip 0x{m.chip:03X} but "
-                                   f"{self.t.name} is 0x{s.info.pid:03X} ({s.chip.name})")
-            if s.read_protected:
-                raise ReadProtected(f"{self.t.name} ({s.chip.name}) has read-out protection "
-                                    "active; it is never removed automatically because that "
-                                    "mass-erases the chip")
-            the_plan = plan(image, s.chip, flash_size=s.flash_size,
-                            max_write=s.link.caps.max_write)  # ChipMismatch before any erase
-            execute(the_plan, s.bl, self.progress, verify=self.t.verify,
-                    retries=self.t.write_retries, cancel=self.cancel)
-            self._step("start")
-            s.start_application()
+        ops.flash(self.t.target, image, built_for=m.chip, start_app=True,
+                  progress=self.progress, on_step=self._step, cancel=self.cancel,
+                  sleep=self.sleep, i2c_bus=self.devices.i2c_bus,
+                  pin_backend=self.devices.pin_backend())

@@ -17,9 +17,10 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 from agent.errors import ImageRejected, Stm32OtaError
+from agent.flasher.target import Devices
 from agent.ota.checks import check_install, rollout_selected
 from agent.ota.jobs import CANCELED, FAILED, QUEUED, TOUCHES_FLASH, Job, JobStore
 from agent.ota.keys import verify_manifest
@@ -44,10 +45,12 @@ class Updater:
     """Owns the job queues and workers; thread-safe entry points for the service."""
 
     def __init__(self, agent_id: str, targets: list[FlashTarget], jobs: JobStore,
-                 policy: Policy, *, sleep: Callable[[float], None] = time.sleep,
+                 policy: Policy, *, devices: Optional[Mapping[str, Devices]] = None,
+                 sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.agent_id = agent_id
         self.targets = {t.name: t for t in targets}
+        self.devices = dict(devices or {})  # per target name: what stands in for its devices
         self.jobs = jobs
         self.policy = policy
         self.sleep = sleep
@@ -62,7 +65,7 @@ class Updater:
 
     def start(self) -> None:
         """Start one worker per link and requeue what a previous run left unfinished."""
-        for key in sorted({t.link_key for t in self.targets.values()}):
+        for key in sorted({t.target.link_key for t in self.targets.values()}):
             q: queue.Queue = queue.Queue()
             self._queues[key] = q
             w = threading.Thread(target=self._work, args=(q,), name=f"worker {key}", daemon=True)
@@ -225,7 +228,7 @@ class Updater:
     # ----- worker ----------------------------------------------------------------------------
 
     def _queue_for(self, name: str) -> queue.Queue:
-        key = self.targets[name].link_key
+        key = self.targets[name].target.link_key
         if key not in self._queues:  # not started: a queue that start() will drain
             self._queues[key] = queue.Queue()
         return self._queues[key]
@@ -256,7 +259,8 @@ class Updater:
             cancel = self._cancel[name] = threading.Event()
         pipeline = Pipeline(self.targets[name], job, work.release, jobs=self.jobs,
                             policy=self.policy, cancel=cancel, stopping=self._stopping,
-                            sleep=self.sleep, clock=self.clock)
+                            devices=self.devices.get(name, Devices()), sleep=self.sleep,
+                            clock=self.clock)
         try:
             pipeline.run()
         finally:

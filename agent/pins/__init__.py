@@ -81,16 +81,17 @@ def make_backend(backend: str, *, chip: str = "/dev/gpiochip0", serial: Any = No
     raise ConfigError(f"unknown pins backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def open_pins(backend: str, nrst: Optional[PinSpec], boot0: Optional[PinSpec], *,
+def open_pins(backend: str | Backend, nrst: Optional[PinSpec], boot0: Optional[PinSpec], *,
               chip: str = "/dev/gpiochip0", serial: Any = None,
               listener: Optional[Listener] = None, sleep: Callable[[float], None] = time.sleep,
               clock: Optional[Callable[[], float]] = None) -> Pins:
-    """Open a backend and claim NRST/BOOT0 at their released levels (never resets the MCU)."""
+    """Open a backend (by name, or one handed in) and claim NRST/BOOT0 released (no reset)."""
     specs = {n: s for n, s in (("nrst", nrst), ("boot0", boot0)) if s is not None}
     if nrst is not None and boot0 is not None and nrst.line == boot0.line:
         raise ConfigError(f"nrst and boot0 both use line {nrst.line!r}; each needs its own")
     if backend == "none" and specs:
         raise ConfigError("pins backend 'none' takes no nrst/boot0 lines; remove them or "
                           "choose a backend (auto, libgpiod, rpigpio, modem)")
-    return Pins(make_backend(backend, chip=chip, serial=serial, listener=listener, clock=clock),
-                specs, sleep)
+    if isinstance(backend, str):
+        backend = make_backend(backend, chip=chip, serial=serial, listener=listener, clock=clock)
+    return Pins(backend, specs, sleep)

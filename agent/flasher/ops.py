@@ -1,0 +1,135 @@
+"""What the flasher does to one target: info, start, flash, read, erase (like esptool's cmds.py).
+
+Each operation opens a session (reset into the bootloader, identify the chip), refuses to
+write, read or erase a chip with read-out protection, does its work and leaves; the command
+line's handlers and the update pipeline both call these, so a chip is flashed one way.
+Progress comes back through `progress(phase, done, total)`, steps without a measure through
+`on_step(phase)`, cancel through a threading.Event; `sleep` is injectable. `i2c_bus` and
+`pin_backend` hand in objects that stand in for the target's devices (a simulator's).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from typing import Callable, Optional
+
+from agent.errors import ChipMismatch, Nack, ReadProtected
+from agent.flasher.execute import Result, execute, read_memory
+from agent.flasher.image import Image
+from agent.flasher.plan import pages_of_range, plan
+from agent.flasher.session import Identity, Session, Sleep, open_session
+from agent.flasher.target import Target
+from agent.link import I2CBus
+from agent.pins import Backend
+from agent.progress import ProgressCallback
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[str], None]
+"""on_step(phase): a step without a measure begins ("enter_bootloader", "start")."""
+
+
+def info(target: Target, *, i2c_bus: Optional[I2CBus] = None,
+         pin_backend: Optional[Backend] = None, sleep: Sleep = time.sleep) -> Identity:
+    """Enter the bootloader and identify the chip; it stays in the bootloader."""
+    with open_session(target, i2c_bus=i2c_bus, pin_backend=pin_backend, sleep=sleep) as s:
+        return s.identity()
+
+
+def start(target: Target, address: Optional[int] = None, *, i2c_bus: Optional[I2CBus] = None,
+          pin_backend: Optional[Backend] = None,
+          sleep: Sleep = time.sleep) -> tuple[Identity, str]:
+    """Identify the chip, then start its application (GO to `address` if given).
+
+    Returns the identity and how the application was started: "reset" or "go".
+    """
+    with open_session(target, i2c_bus=i2c_bus, pin_backend=pin_backend, sleep=sleep) as s:
+        return s.identity(), s.start_application(address)
+
+
+def flash(target: Target, image: Image, *, built_for: Optional[int] = None,
+          start_app: bool = False, start_address: Optional[int] = None,
+          progress: Optional[ProgressCallback] = None, on_step: Optional[StepCallback] = None,
+          cancel: Optional[threading.Event] = None, i2c_bus: Optional[I2CBus] = None,
+          pin_backend: Optional[Backend] = None,
+          sleep: Sleep = time.sleep) -> tuple[Result, Optional[str]]:
+    """Erase the pages `image` covers, write, verify (target.verify) and optionally start it.
+
+    `built_for` is the product ID the image is made for (a release's chip): the chip must be
+    it, and it is expected when the target expects none. Returns the Result and how the
+    application was started ("reset", "go"; None: it stays in the bootloader).
+    """
+    step = on_step or _no_step
+    if target.expect_chip is None and built_for is not None:
+        target = replace(target, expect_chip=built_for)
+    step("enter_bootloader")
+    with open_session(target, i2c_bus=i2c_bus, pin_backend=pin_backend, sleep=sleep) as s:
+        if built_for is not None and s.info.pid != built_for:
+            raise ChipMismatch(f"the image is built for chip 0x{built_for:03X} but "
+                               f"{target.describe()} answered 0x{s.info.pid:03X} ({s.chip.name})")
+        if s.read_protected:
+            raise ReadProtected(
+                f"{s.chip.name} has read-out protection active: nothing was written. It is never "
+                "removed automatically because that mass-erases the chip; if that is what you "
+                "want, do it explicitly.")
+        the_plan = plan(image, s.chip, flash_size=s.flash_size,
+                        max_write=s.link.caps.max_write)  # ChipMismatch before any erase
+        result = execute(the_plan, s.bl, progress, verify=target.verify,
+                         retries=target.write_retries, cancel=cancel)
+        if not start_app:
+            return result, None
+        step("start")
+        return result, s.start_application(start_address)
+
+
+def read(target: Target, address: int, length: int, *,
+         progress: Optional[ProgressCallback] = None, cancel: Optional[threading.Event] = None,
+         i2c_bus: Optional[I2CBus] = None, pin_backend: Optional[Backend] = None,
+         sleep: Sleep = time.sleep) -> bytes:
+    """Read `length` bytes from `address` (flash or any readable memory)."""
+    with open_session(target, i2c_bus=i2c_bus, pin_backend=pin_backend, sleep=sleep) as s:
+        if s.read_protected:
+            raise ReadProtected(f"{s.chip.name} has read-out protection active; memory cannot "
+                                "be read (removing it mass-erases the chip)")
+        try:
+            return read_memory(s.bl, address, length, progress, retries=target.write_retries,
+                               cancel=cancel)
+        except Nack as err:
+            start_, end = s.chip.flash_start, s.chip.flash_start + s.flash_size - 1
+            raise Nack(f"{err}; the bootloader reads only mapped memory (flash of "
+                       f"{s.chip.name}: 0x{start_:08X}-0x{end:08X}): check --address and "
+                       f"--length") from err
+
+
+def erase(target: Target, address: Optional[int] = None, length: Optional[int] = None, *,
+          i2c_bus: Optional[I2CBus] = None, pin_backend: Optional[Backend] = None,
+          sleep: Sleep = time.sleep) -> str:
+    """Erase all flash (no address) or the whole pages of a range; says what was erased."""
+    with open_session(target, i2c_bus=i2c_bus, pin_backend=pin_backend, sleep=sleep) as s:
+        if s.read_protected:
+            raise ReadProtected(f"{s.chip.name} has read-out protection active: nothing erased")
+        if address is None:
+            return _erase_all(s)
+        chosen = pages_of_range(s.chip, s.flash_size, address, length or 0)
+        s.bl.erase_pages(chosen)
+        return f"erased pages {chosen[0]}-{chosen[-1]} ({length} bytes)"
+
+
+def _erase_all(s: Session) -> str:
+    if s.chip.mass_erase and s.flash_size == s.chip.flash_size:
+        s.bl.mass_erase()
+    else:  # AN2606 / stm32flash: L0/L1 cannot mass erase; erase page by page
+        s.bl.erase_pages(list(range(len(s.chip.page_table(s.flash_size)))))
+    return f"erased all {size_text(s.flash_size)} of {s.chip.name}"
+
+
+def size_text(n: int) -> str:
+    """A size for people: whole KiB as "256 KiB", anything else in bytes."""
+    return f"{n // 1024} KiB" if n >= 1024 and n % 1024 == 0 else f"{n} B"
+
+
+def _no_step(phase: str) -> None:
+    """An on_step callback that ignores everything."""
