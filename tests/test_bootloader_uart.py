@@ -8,9 +8,9 @@ import pytest
 
 from agent.errors import LinkTimeout, Nack, NoBootloader, ReadProtected, Unsupported, UsageError
 from agent.link.uart import UartLink
-from agent.stm32.bootloader import Bootloader, Timeouts, pick_opcodes
+from agent.stm32.bootloader import Bootloader, Timeouts
 from agent.stm32.chips import CHIPS
-from agent.stm32.protocol import stm32_crc32
+from agent.stm32.protocol import pick_opcodes, stm32_crc32
 from agent.sim import Faults, PtySim, SimChip
 
 L432 = CHIPS[0x435]
