@@ -68,6 +68,12 @@ class NoBootloader(LinkError):
     code = "no_bootloader"
 
 
+class PinError(LinkError):
+    """A pin could not be claimed or driven (line busy, chip missing, no permission)."""
+
+    code = "pins"
+
+
 class ProtocolError(Stm32OtaError, OSError):
     """The bootloader answered something the protocol does not allow here."""
 
