@@ -1,6 +1,6 @@
 """The error tree: every failure has a reason code, an exit code and a message a person can act on.
 
-Library code raises these; `cli.py` maps them to exit codes and the update worker maps them
+Library code raises these; `agent/cli` maps them to exit codes and the update worker maps them
 to a FAILED/REJECTED job with `{"code": err.code, "message": str(err)}`. Each class also
 inherits the matching builtin so callers that only know Python's exceptions still work.
 """
@@ -74,6 +74,12 @@ class NoBootloader(LinkError):
     code = "no_bootloader"
 
 
+class PinError(LinkError):
+    """A pin could not be claimed or driven (line busy, chip missing, no permission)."""
+
+    code = "pins"
+
+
 class ProtocolError(Stm32OtaError, OSError):
     """The bootloader answered something the protocol does not allow here."""
 
@@ -91,6 +97,18 @@ class Unsupported(ProtocolError):
     """The bootloader's GET reply does not offer a command we need."""
 
     code = "unsupported_command"
+
+
+class NackReason(ProtocolError):
+    """Inside the simulator: why the simulated bootloader refuses; it answers NACK."""
+
+    code = "sim_nack"
+
+
+class MemoryRefused(NackReason):
+    """Inside the simulator: the simulated chip refuses a memory access (answered with NACK)."""
+
+    code = "sim_refused"
 
 
 class ChipMismatch(Stm32OtaError, ValueError):

@@ -57,8 +57,7 @@ from agent.mqtt.contract import Topics
 from agent.ota.keys import keygen, sign_manifest
 from agent.pins.mock import MockBackend
 from agent.stm32.chips import CHIPS, Chip
-from agent.sim import PtySim, SimChip
-from agent.sim.core import Faults
+from agent.sim import Faults, PtySim, SimChip
 from agent.sim.i2c import SimI2CBus
 from httpserver import FileServer
 from mosquitto import Mosquitto

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from agent.ota.keys import keygen, sign_manifest
-from agent.sim.core import Faults
+from agent.sim import Faults
 from agentkit import FLASH_START, AgentKit, SimTarget
 
 FW = AgentKit.image(2048, seed=11)

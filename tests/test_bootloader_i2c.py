@@ -8,9 +8,9 @@ import pytest
 
 from agent.errors import LinkTimeout, Nack, ReadProtected
 from agent.link.i2c import I2cLink
-from agent.stm32.bootloader import ACK, BUSY, Bootloader, Timeouts
+from agent.stm32.bootloader import Bootloader, Timeouts
 from agent.stm32.chips import CHIPS
-from agent.stm32.protocol import stm32_crc32
+from agent.stm32.protocol import ACK, BUSY, stm32_crc32
 from agent.sim import Faults, SimChip, SimI2CBus
 
 L432 = CHIPS[0x435]

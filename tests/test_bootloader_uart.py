@@ -8,9 +8,9 @@ import pytest
 
 from agent.errors import LinkTimeout, Nack, NoBootloader, ReadProtected, Unsupported, UsageError
 from agent.link.uart import UartLink
-from agent.stm32.bootloader import Bootloader, Timeouts, pick_opcodes
+from agent.stm32.bootloader import Bootloader, Timeouts
 from agent.stm32.chips import CHIPS
-from agent.stm32.protocol import stm32_crc32
+from agent.stm32.protocol import pick_opcodes, stm32_crc32
 from agent.sim import Faults, PtySim, SimChip
 
 L432 = CHIPS[0x435]
@@ -273,6 +273,22 @@ def test_readout_protect_then_unprotect_mass_erases_and_resyncs(session):
     assert bl.read_memory(FLASH, 8) == b"\xff" * 8
     bl.write_unprotect()
     assert bl.connect().pid == 0x435
+
+
+def test_write_protect_keeps_data_out_until_write_unprotect(session):
+    sim, _, link, bl = session
+    bl.connect()
+    link.frames.clear()
+    bl.write_protect([0, 1])
+    assert link.frames[:2] == [b"\x63\x9c", b"\x01\x00\x01\x00"]  # N-1, sectors, xor
+    assert sim.mem.write_protected == {0, 1}
+    bl.connect()  # the chip reset after WRITE PROTECT (AN3155 3.9)
+    bl.write_memory(FLASH, b"\x12" * 8)  # AN3155 3.6: no error, the sector keeps its data
+    assert bytes(sim.flash[:8]) == b"\xff" * 8
+    bl.write_unprotect()
+    bl.connect()
+    bl.write_memory(FLASH, b"\x12" * 8)
+    assert bytes(sim.flash[:8]) == b"\x12" * 8
 
 
 def test_l412_extra_ack_after_sync_is_absorbed(pty_device):

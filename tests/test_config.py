@@ -12,7 +12,7 @@ import yaml
 
 from agent import config
 from agent.config import ConfigInvalid, Problem
-from agent.config.schema import ROOT, Link, Table
+from agent.config.schema import ROOT, LinkVariants, Table
 from agent.config.values import ListOf
 from agent.errors import EXIT_USAGE, ConfigError
 from agent.pins.sequence import Delay, PinStep
@@ -349,7 +349,7 @@ def _all_keys(table: Table, prefix: str = "") -> list[str]:
         path += "[]" if isinstance(key.kind, ListOf) else ""
         if isinstance(kind, Table):
             out += _all_keys(kind, path)
-        elif isinstance(kind, Link):
+        elif isinstance(kind, LinkVariants):
             out.append(f"{path}.type")
             for variant_table in kind.variants.values():
                 out += _all_keys(variant_table, path)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import ConfigError
-from agent.pins import PinError, PinSpec, open_pins
+from agent.errors import ConfigError, PinError
+from agent.pins import PinSpec, open_pins
 from agent.pins.mock import MockBackend
 
 

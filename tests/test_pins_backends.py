@@ -18,8 +18,8 @@ from typing import Any, Optional
 import pytest
 import serial
 
-from agent.errors import ConfigError
-from agent.pins import PinError, PinSpec, open_pins
+from agent.errors import ConfigError, PinError
+from agent.pins import PinSpec, open_pins
 
 # ---------------------------------------------------------------- fake gpiod (v2 API surface)
 

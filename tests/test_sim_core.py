@@ -71,7 +71,7 @@ def test_sim_takes_page_layout_and_bootloader_id_from_the_chip_table() -> None:
 
 def test_sim_erase_time_follows_the_tables_uneven_f4_sectors() -> None:
     from agent.stm32.chips import lookup
-    from agent.sim.bootrom import ACK
+    from agent.stm32.protocol import ACK
     f407 = lookup(0x413)
     now = [0.0]
     sim = SimChip(f407, faults=Faults(erase_factor=2), clock=lambda: now[0])  # timed, not realtime

@@ -18,18 +18,9 @@ from agent.flasher import ops
 from agent.flasher.session import Identity
 from agent.flasher.target import Target
 from agent.progress import ProgressPrinter
+from agent.stm32.protocol import OPCODE_NAMES
 
 log = logging.getLogger(__name__)
-
-# AN3155 / AN4221 command names, for people reading `info`.
-OPCODE_NAMES = {
-    0x00: "GET", 0x01: "GET_VERSION", 0x02: "GET_ID", 0x11: "READ_MEMORY", 0x21: "GO",
-    0x31: "WRITE_MEMORY", 0x32: "WRITE_MEMORY_NS", 0x43: "ERASE", 0x44: "EXTENDED_ERASE",
-    0x45: "EXTENDED_ERASE_NS", 0x50: "SPECIAL", 0x51: "EXTENDED_SPECIAL", 0x63: "WRITE_PROTECT",
-    0x64: "WRITE_PROTECT_NS", 0x73: "WRITE_UNPROTECT", 0x74: "WRITE_UNPROTECT_NS",
-    0x82: "READOUT_PROTECT", 0x83: "READOUT_PROTECT_NS", 0x92: "READOUT_UNPROTECT",
-    0x93: "READOUT_UNPROTECT_NS", 0xA1: "GET_CHECKSUM",
-}
 
 
 def _out(args: argparse.Namespace) -> Callable[[str], None]:

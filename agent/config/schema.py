@@ -72,7 +72,7 @@ class Table:
         return out
 
 
-class Link:
+class LinkVariants:
     """`targets[].link`: a mapping whose keys depend on its `type`."""
 
     DOCS = ("uart: AN3155", "i2c: AN4221")
@@ -286,8 +286,8 @@ TARGET = Table(
     Key("product", NAME, "which releases apply (`<base>/release/<product>`)", REQUIRED,
         example="pump-ctrl"),
     Key("groups", ListOf(NAME), "groups for `<base>/group/<group>/cmd`", []),
-    Key("link", Link(uart=UART_LINK, i2c=I2C_LINK), "how the bootloader is reached", REQUIRED,
-        example="{type: uart, port: /dev/ttyAMA0}"),
+    Key("link", LinkVariants(uart=UART_LINK, i2c=I2C_LINK), "how the bootloader is reached",
+        REQUIRED, example="{type: uart, port: /dev/ttyAMA0}"),
     Key("pins", PINS, "how NRST and BOOT0 are driven", REQUIRED, example="{backend: none}"),
     Key("enter_bootloader", Sequence(), "steps that start the ROM bootloader",
         default_doc=f"`[{', '.join(DEFAULT_ENTER)}]`; none with backend none"),
@@ -324,7 +324,7 @@ def _sections(table: Table, prefix: str, title: str,
         path = join(prefix, key.name) + ("[]" if isinstance(key.kind, ListOf) else "")
         if isinstance(kind, Table):
             out += _sections(kind, path, f"`{path}`")
-        elif isinstance(kind, Link):
+        elif isinstance(kind, LinkVariants):
             for name, sub in kind.variants.items():
                 out += _sections(sub, path, f"`{path}` with `type: {name}`", name)
     return out
@@ -354,7 +354,7 @@ def reference_markdown() -> str:
                   "|---|---|---|---|"]
         if variant:
             lines.append(f"| `{prefix}.type` | `{variant}` | **required** | "
-                         f"selects this kind of link ({' or '.join(Link.DOCS)}) |")
+                         f"selects this kind of link ({' or '.join(LinkVariants.DOCS)}) |")
         for key in table.keys.values():
             full = join(prefix, key.name)
             lines.append(f"| `{full}` | {key.kind.describe()} | {_default_text(key)} | "

@@ -6,6 +6,8 @@ import logging
 
 from agent.errors import UsageError
 from agent.link.base import Capabilities, I2CBus, Link
+from agent.link.i2c import I2cLink
+from agent.link.uart import UartLink
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +31,9 @@ def open_link(
         raise UsageError("give either a serial port or an I2C bus (with its address), not both "
                          "or neither", code="link_choice")
     if port is not None:
-        from agent.link.uart import UartLink  # pyserial only when a UART is used
-
         return UartLink(port, baud=baud, parity=parity, inter_byte_delay=inter_byte_delay)
     if i2c_address is None:
         raise UsageError("an I2C link needs the bootloader's 7-bit address (e.g. 0x48 for L43x)",
                          code="link_choice")
-    from agent.link.i2c import I2cLink  # smbus2 only when I2C is used
-
     return I2cLink(i2c_bus, i2c_address, read_chunk=read_chunk, write_chunk=write_chunk,
                    busy_poll=busy_poll)

@@ -1,11 +1,12 @@
 """NRST/BOOT0 pins and reset sequences: open a backend, claim the lines released, run sequences.
 
-Backends (each imported only when chosen): ``libgpiod`` (gpiod>=2.0, any Linux board, the
-Pi 5 included), ``rpigpio`` (RPi.GPIO, BCM numbers, Pi 4 and older), ``modem`` (RTS/DTR of
-the uart link's port), ``none`` (no pins; enter/exit do nothing), ``mock`` (records history,
-drives the simulator) and ``auto``: libgpiod if ``gpiod`` imports and the chip device exists,
-else RPi.GPIO, else an error that says what to install. See ``base`` for the polarity rules and
-``sequence`` for the step language and the default timings.
+Backends (each imports its GPIO library only when chosen, since those are optional):
+``libgpiod`` (gpiod>=2.0, any Linux board, the Pi 5 included), ``rpigpio`` (RPi.GPIO, BCM
+numbers, Pi 4 and older), ``modem`` (RTS/DTR of the uart link's port), ``none`` (no pins;
+enter/exit do nothing), ``mock`` (records history, drives the simulator) and ``auto``:
+libgpiod if ``gpiod`` imports and the chip device exists, else RPi.GPIO, else an error that
+says what to install. See ``base`` for the polarity rules and ``sequence`` for the step
+language and the default timings.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import logging
 import time
 from typing import Any, Callable, Optional
 
-from agent.errors import ConfigError
-from agent.pins.base import (DEFAULT_ACTIVE_LOW, Backend, Listener, NoneBackend, PinError,
-                             Pins, PinSpec)
+from agent.errors import ConfigError, PinError
+from agent.pins import libgpiod, rpigpio
+from agent.pins.base import DEFAULT_ACTIVE_LOW, Backend, Listener, NoneBackend, Pins, PinSpec
+from agent.pins.mock import MockBackend
+from agent.pins.modem import ModemBackend
 from agent.pins.sequence import (DEFAULT_ENTER, DEFAULT_EXIT, Delay, PinStep, Step,
                                  format_sequence, parse_sequence, validate_sequence)
 
@@ -26,15 +29,13 @@ BACKENDS: tuple[str, ...] = ("auto", "libgpiod", "rpigpio", "modem", "none", "mo
 
 __all__ = [
     "BACKENDS", "DEFAULT_ACTIVE_LOW", "DEFAULT_ENTER", "DEFAULT_EXIT", "Backend", "Delay",
-    "PinError", "PinSpec", "PinStep", "Pins", "Step", "format_sequence", "open_pins",
-    "parse_sequence", "validate_sequence",
+    "PinSpec", "PinStep", "Pins", "Step", "format_sequence", "open_pins", "parse_sequence",
+    "validate_sequence",
 ]
 
 
 def _auto(chip: str) -> Backend:
     """libgpiod when usable, else RPi.GPIO; log the choice and why."""
-    from agent.pins import libgpiod, rpigpio  # noqa: PLC0415 - neither imports its library yet
-
     try:
         libgpiod.import_gpiod()
         gpiod_problem = None if libgpiod.chip_available(chip) else f"{chip} does not exist"
@@ -57,26 +58,18 @@ def _auto(chip: str) -> Backend:
 def make_backend(backend: str, *, chip: str = "/dev/gpiochip0", serial: Any = None,
                  listener: Optional[Listener] = None,
                  clock: Optional[Callable[[], float]] = None) -> Backend:
-    """Build (and import) the named backend; ConfigError for an unknown name."""
+    """Build the named backend (importing its GPIO library); ConfigError for an unknown name."""
     if backend == "auto":
         return _auto(chip)
     if backend == "libgpiod":
-        from agent.pins.libgpiod import GpiodBackend  # noqa: PLC0415
-
-        return GpiodBackend(chip)
+        return libgpiod.GpiodBackend(chip)
     if backend == "rpigpio":
-        from agent.pins.rpigpio import RpiGpioBackend  # noqa: PLC0415
-
-        return RpiGpioBackend()
+        return rpigpio.RpiGpioBackend()
     if backend == "modem":
-        from agent.pins.modem import ModemBackend  # noqa: PLC0415
-
         return ModemBackend(serial)
     if backend == "none":
         return NoneBackend()
     if backend == "mock":
-        from agent.pins.mock import MockBackend  # noqa: PLC0415
-
         return MockBackend(listener, clock or time.monotonic)
     raise ConfigError(f"unknown pins backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 

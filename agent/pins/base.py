@@ -22,20 +22,15 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Optional, Protocol, Union
 
-from agent.errors import ConfigError, LinkError
-from agent.pins.sequence import SIGNALS, SequenceLike, Step, parse_sequence, validate_sequence
-from agent.pins.sequence import DEFAULT_ENTER, DEFAULT_EXIT, Delay, PinStep, format_sequence
+from agent.errors import ConfigError, PinError
+from agent.pins.sequence import (DEFAULT_ENTER, DEFAULT_EXIT, SIGNALS, Delay, PinStep,
+                                 SequenceLike, Step, format_sequence, parse_sequence,
+                                 validate_sequence)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ACTIVE_LOW: dict[str, bool] = {"nrst": True, "boot0": False}
 Listener = Callable[[str, bool], None]  # (signal name, MCU pin level is high)
-
-
-class PinError(LinkError):
-    """A pin could not be claimed or driven (line busy, chip missing, no permission)."""
-
-    code = "pins"
 
 
 @dataclass(frozen=True)

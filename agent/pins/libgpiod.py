@@ -14,7 +14,8 @@ import logging
 import os
 from typing import Any
 
-from agent.pins.base import PinError, PinSpec
+from agent.errors import PinError
+from agent.pins.base import PinSpec
 
 log = logging.getLogger(__name__)
 

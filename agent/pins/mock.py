@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-from agent.pins.base import Listener, PinError, PinSpec
+from agent.errors import PinError
+from agent.pins.base import Listener, PinSpec
 from agent.pins.sequence import ASSERTED_HIGH
 
 log = logging.getLogger(__name__)

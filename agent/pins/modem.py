@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent.errors import ConfigError
-from agent.pins.base import PinError, PinSpec
+from agent.errors import ConfigError, PinError
+from agent.pins.base import PinSpec
 
 log = logging.getLogger(__name__)
 

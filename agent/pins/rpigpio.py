@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent.pins.base import PinError, PinSpec
+from agent.errors import PinError
+from agent.pins.base import PinSpec
 
 log = logging.getLogger(__name__)
 

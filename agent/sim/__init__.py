@@ -12,21 +12,20 @@ Public names (others code against these):
     parse_faults(["nack-write=5", "drop=200", "corrupt=300", "silent-resets=2",
                   "slow-erase=4", "rdp", "i2c-erase-no-ack"]) -> Faults
 
-Behaviour is documented in sim_core (boot, interface selection, timing), sim_proto (the
-command set, from AN3155/AN4221) and sim_memory (flash programming rules).
+Behaviour is documented in core (boot, interface selection, timing), framing (packets in,
+answers out), bootrom (the command set, from AN3155/AN4221), memory (flash programming rules)
+and faults. The protocol facts are agent.stm32.protocol, which the host-side client shares.
 """
 
 from __future__ import annotations
 
 import logging
 
-from agent.stm32.protocol import stm32_crc32
-from agent.sim.core import Faults, SimChip, parse_faults
+from agent.sim.core import SimChip
+from agent.sim.faults import Faults, parse_faults
 from agent.sim.i2c import SimI2CBus
-from agent.sim.bootrom import ACK, BUSY, NACK, command_set
 from agent.sim.pty import PtySim, serve_pty
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ACK", "BUSY", "NACK", "Faults", "PtySim", "SimChip", "SimI2CBus", "command_set",
-           "parse_faults", "serve_pty", "stm32_crc32"]
+__all__ = ["Faults", "PtySim", "SimChip", "SimI2CBus", "parse_faults", "serve_pty"]

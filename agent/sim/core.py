@@ -1,7 +1,7 @@
 """The simulated STM32: pins, boot mode, interface selection, timing and fault injection.
 
-`SimChip` is the device. Transports (`sim_pty.PtySim`, `sim_i2c.SimI2CBus`) hand it what the
-host sends and take what it answers; the command set itself lives in `sim_proto.Bootrom`.
+`SimChip` is the device. Transports (`pty.PtySim`, `i2c.SimI2CBus`) hand it what the host
+sends and take what it answers; the command set itself lives in `bootrom.Bootrom`.
 
 Boot rules (AN2606): NRST low holds the chip in reset (silent). On the NRST rising edge it
 samples BOOT0: high -> system bootloader; low -> the application (silent on both bootloader
@@ -28,59 +28,16 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from agent.errors import UsageError
-from agent.stm32.chips import Chip
+from agent.sim.bootrom import Bootrom
+from agent.sim.faults import Faults
 from agent.sim.memory import RDP_LEVEL0, RDP_LEVEL1, SimMemory
-from agent.sim.bootrom import ACK, BUSY, NACK, Bootrom
+from agent.stm32.chips import Chip
+from agent.stm32.protocol import ACK, BUSY, NACK, SYNC
 
 log = logging.getLogger(__name__)
 
 I2C_TIMEOUT_S = 1.0  # AN2606 Table 230 / AN4221 caution: 1 s between frames, then system reset
 _MAX_EVENTS = 20000
-
-
-@dataclass
-class Faults:
-    """Faults to inject; all off by default."""
-
-    nack_every_write: int = 0  # NACK every N-th WRITE_MEMORY data packet without programming
-    drop_every: int = 0  # lose every N-th byte the chip receives
-    corrupt_every: int = 0  # flip bit 0 of every N-th byte the chip sends
-    silent_resets: int = 0  # the first N NRST-triggered boots stay silent until the next reset
-    erase_factor: float = 1.0  # erase takes this many times longer (also when not realtime)
-    read_protected: bool = False  # RDP level 1 from power-on
-    i2c_erase_no_ack: bool = False  # seed-notes.md L432 quirk: no final ACK after an I2C erase
-
-
-_FAULT_SPECS: dict[str, tuple[str, type]] = {
-    "nack-write": ("nack_every_write", int), "drop": ("drop_every", int),
-    "corrupt": ("corrupt_every", int), "silent-resets": ("silent_resets", int),
-    "slow-erase": ("erase_factor", float), "rdp": ("read_protected", bool),
-    "i2c-erase-no-ack": ("i2c_erase_no_ack", bool),
-}
-
-
-def parse_faults(specs: list[str]) -> Faults:
-    """Faults from command-line specs such as ["nack-write=5", "slow-erase=4", "rdp"]."""
-    faults = Faults()
-    for spec in specs:
-        name, _, value = spec.partition("=")
-        if name not in _FAULT_SPECS:
-            raise UsageError(f"unknown fault {name!r}; known: {', '.join(_FAULT_SPECS)}",
-                             code="bad_fault")
-        field, kind = _FAULT_SPECS[name]
-        if kind is bool:
-            if value:
-                raise UsageError(f"fault {name!r} takes no value", code="bad_fault")
-            setattr(faults, field, True)
-            continue
-        try:
-            number = kind(value)
-        except ValueError:
-            raise UsageError(f"fault {name!r} needs a number, e.g. {name}=4", code="bad_fault") from None
-        if number <= 0:
-            raise UsageError(f"fault {name!r} needs a positive number, got {value}", code="bad_fault")
-        setattr(faults, field, number)
-    return faults
 
 
 @dataclass
@@ -270,7 +227,7 @@ class SimChip:
             return
         if self._iface is None:
             self._iface = "uart"
-            if byte != 0x7F:
+            if byte != SYNC:
                 # AN2606 4.5: anything but 0x7F first makes the autobaud lock onto a wrong rate
                 self._uart_deaf = True
                 self.note("deaf", byte)

@@ -1,7 +1,7 @@
 """Memory of a simulated STM32: main flash with silicon's programming rules, RAM, read-only areas.
 
 Device side only (the simulator's model of the chip); the host-side client never imports this.
-Every refusal raises `MemoryRefused` with a reason, which the protocol layer turns into a NACK.
+Every refusal raises `MemoryRefused` with a reason, which the session answers with NACK.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from agent.errors import ProtocolError
+from agent.errors import MemoryRefused
 from agent.stm32.chips import Chip
 
 log = logging.getLogger(__name__)
@@ -20,12 +20,6 @@ _ECC_FAMILIES = frozenset({"L4", "L4+", "L5", "U5", "G0", "G4", "WB", "WL", "H7"
 
 RDP_LEVEL0 = 0xAA  # option byte value that means "no read-out protection" (RM0394 3.5.1)
 RDP_LEVEL1 = 0xBB  # any value other than 0xAA/0xCC is level 1
-
-
-class MemoryRefused(ProtocolError):
-    """The simulated chip refuses an access (the bootloader answers NACK)."""
-
-    code = "sim_refused"
 
 
 @dataclass

@@ -15,9 +15,9 @@ import tty
 from typing import Any
 
 from agent.errors import UsageError
-from agent.stm32 import chips
+from agent.sim.core import SimChip
+from agent.sim.faults import Faults
 from agent.stm32.chips import Chip
-from agent.sim.core import Faults, SimChip
 
 log = logging.getLogger(__name__)
 
@@ -138,21 +138,7 @@ class PtySim:
                 return
 
 
-def _resolve_chip(chip: Chip | str | int) -> Chip:
-    if isinstance(chip, Chip):
-        return chip
-    finder = getattr(chips, "find", None)
-    if isinstance(chip, str) and finder is not None:
-        return finder(chip)
-    try:
-        pid = chip if isinstance(chip, int) else int(chip, 0)
-        return chips.CHIPS[pid]
-    except (ValueError, KeyError):
-        raise UsageError(f"unknown chip {chip!r}; known PIDs: "
-                         f"{', '.join(hex(p) for p in chips.CHIPS)}", code="unknown_chip") from None
-
-
-def serve_pty(path: str, chip: Chip | str | int, *, baud: int = 115200, realtime: bool = True,
+def serve_pty(path: str, chip: Chip, *, baud: int = 115200, realtime: bool = True,
               faults: Faults | None = None, stop_event: threading.Event | None = None) -> None:
     """Serve a simulated chip on a pty linked at `path` until stopped.
 
@@ -160,7 +146,7 @@ def serve_pty(path: str, chip: Chip | str | int, *, baud: int = 115200, realtime
     standalone chip has no NRST wire: SIGUSR1 pulses NRST with BOOT0 high (a fresh bootloader
     that wants a new 0x7F). It starts in bootloader mode.
     """
-    sim = SimChip(_resolve_chip(chip), baud=baud, realtime=realtime, faults=faults, boot0=True)
+    sim = SimChip(chip, baud=baud, realtime=realtime, faults=faults, boot0=True)
     stop = stop_event or threading.Event()
     pty = PtySim(sim, link_path=path)
     old: dict[int, Any] = {}

@@ -1,6 +1,6 @@
 """AN3155 (USART) / AN4221 (I2C) ROM bootloader client.
 
-CONTRACT (flash.py and cli.py code against these names):
+CONTRACT (agent/flasher and agent/cli code against these names):
 
     bl = Bootloader(link, timeouts=Timeouts(), clock=time.monotonic, sleep=time.sleep,
                     i2c_erase_nack="verify")
@@ -23,9 +23,9 @@ CONTRACT (flash.py and cli.py code against these names):
 Function names for supports(): get, get_version, get_id, read, go, write, erase,
 write_protect, write_unprotect, readout_protect, readout_unprotect, checksum.
 
-Every command goes through one choke point (`_command`, in bootloader_wire.py with the opcode
-table, framing, BUSY polling and sync) that sends opcode + complement, waits for ACK and raises
-Nack / LinkTimeout; timeouts are named fields of Timeouts.
+Every command goes through one choke point (`_command`, in wire.py with BUSY polling and
+sync) that sends opcode + complement, waits for ACK and raises Nack / LinkTimeout; timeouts are
+named fields of Timeouts. The protocol facts (opcodes, answers, XOR, CRC) are in protocol.py.
 
 Quirks (constructor keywords):
     i2c_erase_nack="verify"  On a frame link, a missing or NACK final answer after an erase
@@ -44,12 +44,14 @@ from typing import Optional, Callable, Iterable, Sequence
 
 from agent.errors import LinkTimeout, Nack, ProtocolError, ReadProtected, Unsupported, UsageError
 from agent.link.base import Link
-from agent.stm32.wire import (_I2C_GET_N, _OPCODES, _STM32_CRC_INIT, _STM32_CRC_POLY,
-                                         ACK, BUSY, NACK, SYNC, BootloaderInfo, Timeouts, Wire,
-                                         _with_xor, _xor, pick_opcodes)
+from agent.stm32.protocol import (ACK, CRC_INIT, CRC_POLY, ERASE, ERASE_BANK1, ERASE_BANK2,
+                                  ERASE_GLOBAL, ERASE_GLOBAL_N, ERASE_SPECIAL, GET, GET_ID,
+                                  GET_VERSION, I2C_GET_N, MAX_ERASE_PAGES, OPCODES,
+                                  pick_opcodes, with_xor, xor)
+from agent.stm32.wire import BootloaderInfo, Timeouts, Wire
 
-__all__ = ["ACK", "BUSY", "NACK", "SYNC", "Bootloader", "BootloaderInfo", "Timeouts",
-           "pick_opcodes"]
+# BootloaderInfo and Timeouts are part of this module's contract (see above)
+__all__ = ["Bootloader", "BootloaderInfo", "Timeouts"]
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ class Bootloader(Wire):
 
     def _get_version(self) -> tuple[int, bytes]:
         what = "GET_VERSION (0x01)"
-        self._command(0x01, what)
+        self._command(GET_VERSION, what)
         n = 1 + self.caps.version_extra_bytes
         reply = self._read(n, self.timeouts.byte, what)
         if self.caps.byte_stream and reply[0] == ACK:
@@ -114,12 +116,12 @@ class Bootloader(Wire):
 
     def _get(self, version: int) -> tuple[int, ...]:
         what = "GET (0x00)"
-        self._command(0x00, what)
+        self._command(GET, what)
         if self.caps.byte_stream:
             count = self._read(1, self.timeouts.byte, what)[0]
             body = self._read(count + 1, self.timeouts.byte + self._line_time(count + 1), what)
         else:
-            guess = _I2C_GET_N.get(version, 17)
+            guess = I2C_GET_N.get(version, 17)
             frame = self._read(guess + 2, self.timeouts.byte, what)
             count = frame[0]
             if count > guess:
@@ -133,7 +135,7 @@ class Bootloader(Wire):
 
     def _get_id(self) -> int:
         what = "GET_ID (0x02)"
-        self._command(0x02, what)
+        self._command(GET_ID, what)
         if self.caps.byte_stream:
             count = self._read(1, self.timeouts.byte, what)[0]
             body = self._read(count + 1, self.timeouts.byte, what)
@@ -146,9 +148,9 @@ class Bootloader(Wire):
 
     def supports(self, name: str) -> bool:
         """True if GET offered an opcode for the function `name` (e.g. "checksum")."""
-        if name not in _OPCODES:
+        if name not in OPCODES:
             raise UsageError(f"unknown bootloader function {name!r}; known: "
-                             f"{', '.join(_OPCODES)}", code="bad_function")
+                             f"{', '.join(OPCODES)}", code="bad_function")
         return name in self._ops
 
     def opcode(self, name: str) -> int:
@@ -192,7 +194,7 @@ class Bootloader(Wire):
         data = bytes(data) + b"\xff" * (-len(data) % 4)  # AN3155 3.6: N+1 a multiple of 4
         self._command(self._op("write"), what)
         self._address(addr, what)
-        frame = _with_xor(bytes([len(data) - 1]) + data)
+        frame = with_xor(bytes([len(data) - 1]) + data)
         self._send(frame, f"{what}: {len(data)} data bytes",
                    self.timeouts.write_block + self._line_time(len(frame)))
 
@@ -213,16 +215,16 @@ class Bootloader(Wire):
         if self.caps.byte_stream:
             # AN3155 3.13 (USART V3.3): size in 32-bit words, CRC polynomial, CRC initial
             # value, each with its XOR and its own ACK (flashers.md 4.3)
-            self._send(_with_xor(struct.pack(">I", length // 4)), f"{what}: size")
-            self._send(_with_xor(struct.pack(">I", _STM32_CRC_POLY)), f"{what}: polynomial")
-            self._send(_with_xor(struct.pack(">I", _STM32_CRC_INIT)), f"{what}: initial value")
+            self._send(with_xor(struct.pack(">I", length // 4)), f"{what}: size")
+            self._send(with_xor(struct.pack(">I", CRC_POLY)), f"{what}: polynomial")
+            self._send(with_xor(struct.pack(">I", CRC_INIT)), f"{what}: initial value")
         else:
             # AN4221 2.20 (I2C V1.2, no-stretch): size in bytes, a non-zero multiple of 4
-            self._send(_with_xor(struct.pack(">I", length)), f"{what}: size")
+            self._send(with_xor(struct.pack(">I", length)), f"{what}: size")
         # both: the chip computes (I2C answers BUSY meanwhile), then ACK, CRC MSB first, XOR
         self._wait_ack(f"{what}: result", self.timeouts.checksum)
         reply = self._read(5, self.timeouts.byte, f"{what}: CRC")
-        if _xor(reply) != 0:
+        if xor(reply) != 0:
             raise ProtocolError(f"{what}: CRC reply {reply.hex(' ')} fails its checksum")
         return struct.unpack(">I", reply[:4])[0]
 
@@ -232,7 +234,7 @@ class Bootloader(Wire):
         # AN4221 2.7: at most 512 pages per erase; stm32flash: "STM32L152 cannot erase more
         # than 512 pages ... even 511 for STM32L082". 0x43: N+1 <= 255, N=255 is the global
         # erase (AN3155 3.7). A frame link must also fit 2 bytes a page + XOR in one frame.
-        limit = 511 if extended else 255
+        limit = MAX_ERASE_PAGES - 1 if extended else ERASE_GLOBAL_N
         if self.caps.max_frame is not None:
             limit = min(limit, (self.caps.max_frame - 1) // 2)
         return limit
@@ -241,8 +243,8 @@ class Bootloader(Wire):
         """Erase the given page/sector numbers, split into as few commands as allowed."""
         pages = list(pages)
         op = self._op("erase")
-        extended = op != 0x43
-        top = 0xFFEF if extended else 0xFF  # 0x43: one byte per page number
+        extended = op != ERASE
+        top = ERASE_SPECIAL - 1 if extended else 0xFF  # ERASE: one byte per page number
         bad = [p for p in pages if not isinstance(p, int) or not 0 <= p <= top]
         if bad or not pages:
             raise UsageError(f"ERASE: page numbers must be 0..{top}, got {bad or 'none'}",
@@ -269,18 +271,18 @@ class Bootloader(Wire):
         what = f"ERASE (0x{op:02X}) of pages {chunk[0]}..{chunk[-1]} ({len(chunk)} pages)"
         self._command(op, what)
         timeout = sum(self._page_deadline(p) for p in chunk)
-        if op == 0x43:
+        if op == ERASE:
             body = bytes([len(chunk) - 1]) + bytes(chunk)
-            self.link.write(_with_xor(body))
+            self.link.write(with_xor(body))
             return self._erase_answer(what, timeout)
         count = struct.pack(">H", len(chunk) - 1)
         pages = b"".join(struct.pack(">H", p) for p in chunk)
         if self.caps.erase_count_checksum:
             # AN4221 2.x: the count has its own checksum and ACK before the page list
-            self._send(_with_xor(count), f"{what}: page count")
-            self.link.write(_with_xor(pages))
+            self._send(with_xor(count), f"{what}: page count")
+            self.link.write(with_xor(pages))
         else:
-            self.link.write(_with_xor(count + pages))
+            self.link.write(with_xor(count + pages))
         self._erase_answer(what, timeout + self._line_time(len(pages)))
 
     def _erase_answer(self, what: str, timeout: float) -> None:
@@ -296,15 +298,15 @@ class Bootloader(Wire):
 
     def _special_erase(self, code: int, what: str) -> None:
         op = self._op("erase")
-        if op == 0x43:
-            if code != 0xFFFF:
+        if op == ERASE:
+            if code != ERASE_GLOBAL:
                 raise Unsupported(f"{what}: needs Extended Erase (0x44), the bootloader offers "
                                   f"only 0x43")
             self._command(op, what)
-            self.link.write(bytes([0xFF, 0x00]))  # AN3155 3.7: N=255 means global erase
+            self.link.write(bytes([ERASE_GLOBAL_N, 0x00]))  # AN3155 3.7: N=255 means global erase
         else:
             self._command(op, what)
-            self.link.write(_with_xor(struct.pack(">H", code)))  # AN3155 3.8 special codes
+            self.link.write(with_xor(struct.pack(">H", code)))  # AN3155 3.8 special codes
         self.last_erase_unconfirmed = False
         try:
             self._erase_answer(what, max(self.timeouts.mass_erase, self._mass_erase_s))
@@ -314,13 +316,14 @@ class Bootloader(Wire):
 
     def mass_erase(self) -> None:
         """Erase the whole flash (0x44 FFFF / 0x43 FF)."""
-        self._special_erase(0xFFFF, "MASS ERASE")
+        self._special_erase(ERASE_GLOBAL, "MASS ERASE")
 
     def bank_erase(self, bank: int) -> None:
         """Erase bank 1 or 2 (0x44 FFFE / FFFD) on dual-bank parts."""
         if bank not in (1, 2):
             raise UsageError(f"bank must be 1 or 2, not {bank}", code="bad_bank")
-        self._special_erase(0xFFFF - bank, f"BANK {bank} ERASE")
+        code = ERASE_BANK1 if bank == 1 else ERASE_BANK2
+        self._special_erase(code, f"BANK {bank} ERASE")
 
     # ---- protection (explicit only; the chip resets afterwards) -----------------------------
 
@@ -353,7 +356,7 @@ class Bootloader(Wire):
         if not sectors or any(not 0 <= s <= 0xFF for s in sectors) or len(sectors) > 256:
             raise UsageError("WRITE PROTECT needs 1..256 sector numbers 0..255",
                              code="bad_pages")
-        body = _with_xor(bytes([len(sectors) - 1]) + bytes(sectors))
+        body = with_xor(bytes([len(sectors) - 1]) + bytes(sectors))
         self._protection("write_protect", self.timeouts.byte * 2, body)
 
     def close(self) -> None:

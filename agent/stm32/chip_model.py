@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from agent.errors import ChipMismatch, UsageError
+from agent.stm32.protocol import ERASE, EXTENDED_ERASE, command_set
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,8 @@ class Chip:
     @property
     def uart_erase_opcode(self) -> int:
         """0x44 Extended Erase from USART protocol V3.0 on, else the legacy 0x43 (AN3155)."""
-        return 0x44 if self.uart_version >= 0x30 else 0x43
-
-    @property
-    def has_option_bytes(self) -> bool:
-        """True when the option bytes are memory mapped and reachable with READ/WRITE."""
-        return self.option_end > self.option_start
+        offered = command_set("uart", self.uart_version)
+        return EXTENDED_ERASE if EXTENDED_ERASE in offered else ERASE
 
     def page_table(self, flash_size: int | None = None) -> tuple[tuple[int, int], ...]:
         """(address, size) of each erasable page/sector number, in number order.

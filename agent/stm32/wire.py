@@ -1,11 +1,11 @@
-"""The wire of the AN3155/AN4221 client: opcodes, framing, the command choke point, sync.
+"""The wire of the AN3155/AN4221 client: the command choke point, BUSY polling, sync.
 
-Everything here is about getting bytes to and answers from the bootloader: the opcode table
-and the choice between variants from the GET reply (AN3155 3 / AN4221 2), the XOR checksum,
-`Timeouts`, and `Wire`, the base of `Bootloader` that owns the one choke point (`_command`:
-opcode + complement, then ACK, NACK -> `Nack`, silence -> `LinkTimeout`), the BUSY polling of
+Everything here is about getting bytes to and answers from the bootloader: `Timeouts`, and
+`Wire`, the base of `Bootloader` that owns the one choke point (`_command`: opcode +
+complement, then ACK, NACK -> `Nack`, silence -> `LinkTimeout`), the BUSY polling of
 no-stretch commands (AN4221) and the 0x7F sync / resync of the USART bootloader (AN3155 2).
-The operations (GET, READ, WRITE, ERASE, ...) are in bootloader.py.
+The protocol facts (answer bytes, opcodes, XOR) are in protocol.py; the operations (GET, READ,
+WRITE, ERASE, ...) in bootloader.py.
 """
 
 from __future__ import annotations
@@ -14,39 +14,13 @@ import logging
 import struct
 import time
 from dataclasses import dataclass, field
-from functools import reduce
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
 from agent.errors import LinkTimeout, Nack, NoBootloader, ProtocolError, Unsupported, UsageError
 from agent.link.base import Link
+from agent.stm32.protocol import ACK, BUSY, NACK, SYNC, with_xor
 
 log = logging.getLogger(__name__)
-
-ACK = 0x79
-NACK = 0x1F
-BUSY = 0x76  # AN4221: answer to a poll while a no-stretch command is still running
-SYNC = 0x7F
-
-# function -> (stretching opcodes, best first; no-stretch opcodes). AN3155 3 / AN4221 2.
-_OPCODES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    "get": ((0x00,), ()),
-    "get_version": ((0x01,), ()),
-    "get_id": ((0x02,), ()),
-    "read": ((0x11,), ()),
-    "go": ((0x21,), ()),
-    "write": ((0x31,), (0x32,)),
-    "erase": ((0x44, 0x43), (0x45,)),  # 0x43 and 0x44 are exclusive on one device (AN3155 3.7)
-    "write_protect": ((0x63,), (0x64,)),
-    "write_unprotect": ((0x73,), (0x74,)),
-    "readout_protect": ((0x82,), (0x83,)),
-    "readout_unprotect": ((0x92,), (0x93,)),
-    "checksum": ((0xA1,), ()),
-}
-_NAMES = {op: name for name, (std, ns) in _OPCODES.items() for op in std + ns}
-# stm32flash stm32_guess_len_cmd: GET's N per I2C protocol version (11, 17 or 18 commands)
-_I2C_GET_N = {0x10: 11, 0x11: 17, 0x12: 18}
-_STM32_CRC_POLY = 0x04C11DB7
-_STM32_CRC_INIT = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -61,7 +35,7 @@ class Timeouts:
     checksum: float = 5.0
     unprotect: float = 35.0  # readout unprotect mass-erases first
     busy_poll_interval: float = 0.002  # AN4221: host polls one byte until ACK/NACK
-    reset_settle: float = 0.1  # after WP/WUP/RP/RUP the chip resets (AN3155 3.8-3.11)
+    reset_settle: float = 0.1  # after WP/WUP/RP/RUP the chip resets (AN3155 3.9-3.12)
 
 
 @dataclass(frozen=True)
@@ -72,26 +46,6 @@ class BootloaderInfo:
     option_bytes: bytes  # UART GET_VERSION's two legacy bytes; b"" on I2C
     commands: tuple[int, ...] = field(default_factory=tuple)  # opcodes from GET, in order
     pid: int = 0  # product ID from GET_ID
-
-
-def _xor(data: Iterable[int], start: int = 0) -> int:
-    return reduce(lambda a, b: a ^ b, data, start)
-
-
-def _with_xor(data: bytes) -> bytes:
-    return data + bytes([_xor(data)])
-
-
-def pick_opcodes(offered: Sequence[int], no_stretch: bool) -> dict[str, int]:
-    """Map function names to the opcode to use, from GET's list and the link's preference."""
-    chosen: dict[str, int] = {}
-    for name, (std, ns) in _OPCODES.items():
-        for op in (ns + std if no_stretch else std + ns):
-            if op in offered:
-                chosen[name] = op
-                break
-    return chosen
-
 
 
 class Wire:
@@ -123,7 +77,7 @@ class Wire:
         return 2.0 * n / rate if rate else 0.0
 
     def _wait_ack(self, what: str, timeout: float) -> None:
-        """Read the answer byte; on a BUSY-polling link poll while 0x76 (AN4221 2.x no-stretch)."""
+        """Read the answer byte; on a BUSY-polling link poll while 0x76 (AN4221 2: no-stretch)."""
         deadline = self._clock() + timeout
         while True:
             remaining = max(deadline - self._clock(), 0.0)
@@ -154,17 +108,16 @@ class Wire:
         cmds = self.info.commands if self.info else ()
         return " ".join(f"{c:02X}" for c in cmds) or "nothing yet: call connect() first"
 
-    def _command(self, opcode: int, what: str | None = None) -> None:
+    def _command(self, opcode: int, what: str) -> None:
         """The choke point: send opcode + complement, wait for ACK, raise Nack/LinkTimeout."""
-        label = what or f"{_NAMES.get(opcode, 'command')} (0x{opcode:02X})"
-        log.debug("command 0x%02X %s", opcode, label)
-        self._send(bytes([opcode, opcode ^ 0xFF]), label)
+        log.debug("command 0x%02X %s", opcode, what)
+        self._send(bytes([opcode, opcode ^ 0xFF]), what)
 
     def _address(self, addr: int, what: str) -> None:
         if not 0 <= addr <= 0xFFFFFFFF:
             raise UsageError(f"{what}: address 0x{addr:X} is not a 32-bit address",
                              code="bad_address")
-        self._send(_with_xor(struct.pack(">I", addr)), f"{what}: address 0x{addr:08X}")
+        self._send(with_xor(struct.pack(">I", addr)), f"{what}: address 0x{addr:08X}")
 
     # ---- connection -----------------------------------------------------------------------
 
