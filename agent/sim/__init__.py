@@ -10,7 +10,7 @@ Public names (others code against these):
     SimI2CBus().attach(address, sim); bus.i2c_rdwr(*smbus2_i2c_msgs); bus.close()
     serve_pty(path, chip, *, baud, realtime=True, faults=Faults(), stop_event=None)
     parse_faults(["nack-write=5", "drop=200", "corrupt=300", "silent-resets=2",
-                  "slow-erase=4", "rdp", "i2c-erase-no-ack"]) -> Faults
+                  "slow-erase=4", "rdp", "i2c-erase-no-ack", "rup-ack-after-erase"]) -> Faults
 
 Behaviour is documented in core (boot, interface selection, timing), framing (packets in,
 answers out), bootrom (the command set, from AN3155/AN4221), memory (flash programming rules)

@@ -152,6 +152,7 @@ class SimChip:
         self._last_ready = 0.0
         self.busy_until = 0.0
         self._i2c_last = 0.0
+        self._i2c_stalled = False  # an answer was read only in part (see _i2c_take)
 
     def _enter_reset(self) -> None:
         self.mode = "reset"
@@ -261,6 +262,7 @@ class SimChip:
         """True if the bootloader would acknowledge its I2C address right now."""
         with self.lock:
             self._i2c_timeout_check()
+            self._run_due_timers()
             return (self.mode == "bootloader" and not self._silent and self.chip.i2c_version != 0
                     and self._iface in (None, "i2c"))
 
@@ -284,6 +286,7 @@ class SimChip:
         """One I2C write transaction addressed to the bootloader (address already ACKed)."""
         with self.lock:
             session = self._i2c_select()
+            self._i2c_unstall()
             if self._out:
                 # it is still trying to send its answer: SCL stays stretched
                 raise OSError(errno.ETIMEDOUT, "bootloader has an unread answer pending; "
@@ -298,13 +301,32 @@ class SimChip:
         """One I2C read transaction of n bytes (address already ACKed)."""
         with self.lock:
             self._i2c_select()
+            self._i2c_unstall()
             got = bytearray()
             while len(got) < n:
                 got += self._i2c_next(n - len(got))
             self._i2c_last = self.clock()
             return bytes(got)
 
+    def _run_due_timers(self) -> None:
+        """Run the end of operations that send nothing (e.g. the erase after RUP's ACKs)."""
+        while self._out and not self._out[0].data and self._out[0].ready <= self.clock():
+            item = self._out.popleft()
+            if item.then:
+                item.then()
+
+    def _i2c_unstall(self) -> None:
+        """After a partly read answer the bootloader still waits to send the rest, with SCL
+        stretched at the next address match until its own I2C timeout resets it (OpenBL
+        `OPENBL_I2C_SendByte`: no ADDR handling, `NVIC_SystemReset` on timeout)."""
+        if self._i2c_stalled:
+            self.note("i2c_stall")
+            self.system_reset()
+            raise OSError(errno.ETIMEDOUT, "bootloader stretched SCL: the previous answer was "
+                          "read only in part")
+
     def _i2c_next(self, n: int) -> bytes:
+        self._run_due_timers()
         if not self._out:
             if self._quirk_nack:
                 return bytes([NACK]) * n
@@ -325,10 +347,19 @@ class SimChip:
             finally:
                 self.lock.acquire()
             return b""
+        if n > len(item.data):
+            # AN4221 / OpenBL: each answer is one read transaction; past its end the
+            # bootloader has no byte to send, stretches SCL and resets on its I2C timeout
+            self.note("i2c_overread", n, len(item.data))
+            self.system_reset()
+            raise OSError(errno.ETIMEDOUT, f"read of {n} bytes, the answer holds "
+                          f"{len(item.data)}: SCL stretched")
         take = bytes(item.data[:n])
         del item.data[:n]
+        self._i2c_stalled = bool(item.data)
         if not item.data:
             self._out.popleft()
             if item.then:
                 item.then()
+            self._run_due_timers()
         return take

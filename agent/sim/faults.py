@@ -25,6 +25,8 @@ class Faults:
     erase_factor: float = 1.0  # erase takes this many times longer (also when not realtime)
     read_protected: bool = False  # RDP level 1 from power-on
     i2c_erase_no_ack: bool = False  # seed-notes.md L432 quirk: no final ACK after an I2C erase
+    rup_ack_after_erase: bool = False  # AN3155 3.12 text order: 2nd RUP ACK after the erase
+    i2c_commands: tuple[int, ...] = ()  # GET lists these instead (AN4221 V2.0: per product)
 
 
 _FAULT_SPECS: dict[str, tuple[str, type]] = {
@@ -32,6 +34,7 @@ _FAULT_SPECS: dict[str, tuple[str, type]] = {
     "corrupt": ("corrupt_every", int), "silent-resets": ("silent_resets", int),
     "slow-erase": ("erase_factor", float), "rdp": ("read_protected", bool),
     "i2c-erase-no-ack": ("i2c_erase_no_ack", bool),
+    "rup-ack-after-erase": ("rup_ack_after_erase", bool),
 }
 
 

@@ -164,9 +164,59 @@ class Wire:
 
     def _answered(self, filler: bytes, timeout: float) -> bool:
         """Send filler bytes; True once the bootloader answers anything (an ACK or NACK)."""
-        self.link.write(filler)
         try:
+            # an I2C target that still stretches SCL (a part-read answer, a reset under way)
+            # refuses the write itself
+            self.link.write(filler)
             self.link.read(1, timeout)
         except LinkTimeout:
             return False
         return True
+
+    def _get_frame(self, opcode: int, guess: int, what: str) -> bytes:
+        """The N, data... read of an I2C GET-like answer whose length N the host must guess.
+
+        AN4221 2.1: the answer is one read transaction; OpenBL serves exactly N+2 bytes, then
+        waits for the host's NACK and STOP. A wrong guess either runs past the answer (the
+        read fails) or leaves part of it unread (the bootloader keeps SCL stretched), so, as
+        stm32flash's i2c_cmd_get_reply does: resync, ask again, read the length it gave.
+        """
+        try:
+            frame = self._read(guess + 2, self.timeouts.byte, what)
+        except LinkTimeout:
+            log.debug("%s: reading %d bytes failed; asking for the length", what, guess + 2)
+            self._ask_again(opcode, what)
+            count = self._read(1, self.timeouts.byte, what)[0]
+        else:
+            count = frame[0]
+            if count == guess:
+                return frame
+        log.debug("%s: N=%d, guessed %d: asking again", what, count, guess)
+        self._ask_again(opcode, what)
+        return self._read(count + 2, self.timeouts.byte, what)
+
+    def _ask_again(self, opcode: int, what: str) -> None:
+        self.resync()
+        self._command(opcode, what)
+
+    def _await_reset(self, what: str, wait: float, deadline: float) -> None:
+        """After a command that resets the chip: listen `wait` s (bytes sent while it erases
+        are lost, and on I2C a stretched bus helps nobody), then try to reach the bootloader
+        again until `deadline` s from now: 0x7F sync on UART, a 0xFF 0x00 frame that earns a
+        NACK on I2C (stm32flash's I2C resync)."""
+        self._sleep(wait)
+        end = self._clock() + deadline
+        while True:
+            try:
+                if self.caps.needs_sync:
+                    self.sync()
+                    return
+                if self._answered(b"\xff\x00", self.timeouts.byte):
+                    return
+                error: Exception = LinkTimeout("no answer to a 0xFF 0x00 frame")
+            except (LinkTimeout, NoBootloader) as exc:
+                error = exc
+            if self._clock() >= end:
+                raise NoBootloader(f"{what}: the chip did not come back within "
+                                   f"{wait + deadline:.3g} s of its reset ({error})")
+            self._sleep(self.timeouts.sync / 5)
