@@ -75,7 +75,7 @@ def flash(target: Target, image: Image, *, built_for: Optional[int] = None,
                 f"{s.chip.name} has read-out protection active: nothing was written. It is never "
                 "removed automatically because that mass-erases the chip; if that is what you "
                 "want, do it explicitly.")
-        the_plan = plan(image, s.chip, flash_size=s.flash_size,
+        the_plan = plan(image, s.chip, flash_size=s.flash_size, dual_bank=s.dual_bank,
                         max_write=s.link.caps.max_write)  # ChipMismatch before any erase
         result = execute(the_plan, s.bl, progress, verify=target.verify,
                          retries=target.write_retries, cancel=cancel)
@@ -113,7 +113,7 @@ def erase(target: Target, address: Optional[int] = None, length: Optional[int] =
             raise ReadProtected(f"{s.chip.name} has read-out protection active: nothing erased")
         if address is None:
             return _erase_all(s)
-        chosen = pages_of_range(s.chip, s.flash_size, address, length or 0)
+        chosen = pages_of_range(s.chip, s.flash_size, address, length or 0, s.dual_bank)
         s.bl.erase_pages(chosen)
         return f"erased pages {chosen[0]}-{chosen[-1]} ({length} bytes)"
 
@@ -122,7 +122,7 @@ def _erase_all(s: Session) -> str:
     if s.chip.mass_erase and s.flash_size == s.chip.flash_size:
         s.bl.mass_erase()
     else:  # AN2606 / stm32flash: L0/L1 cannot mass erase; erase page by page
-        s.bl.erase_pages(list(range(len(s.chip.page_table(s.flash_size)))))
+        s.bl.erase_pages(list(s.chip.page_map(s.flash_size, s.dual_bank)))
     return f"erased all {size_text(s.flash_size)} of {s.chip.name}"
 
 

@@ -71,6 +71,7 @@ class Session:
     bootloader_id: Optional[int] = None
     exit_sequence: tuple[Step, ...] = ()
     blank_at_entry: bool = False  # the first flash word read 0xFFFFFFFF when we connected
+    dual_bank: Optional[bool] = None  # bank mode from the option bytes (Chip.dual_bank_from)
 
     def identity(self) -> Identity:
         """The chip's identity, to keep after the session is closed."""
@@ -112,6 +113,19 @@ def _read_flash_size(bl: Bootloader, chip: Chip) -> int:
                     kib, chip.name, chip.flash_size // 1024)
         return chip.flash_size
     return kib * 1024
+
+
+def _read_dual_bank(bl: Bootloader, chip: Chip, flash_size: int) -> Optional[bool]:
+    """Bank mode where the page layout depends on it: a dual-bank part with less flash than
+    its PID's largest and a bank-selection option bit (user option word at option_start)."""
+    if not chip.bank2_unknown(flash_size, None):
+        return chip.dual_bank_from(None)
+    try:
+        word = int.from_bytes(bl.read_memory(chip.option_start, 4), "little")
+    except ProtocolError as err:
+        log.warning("option bytes of %s not readable (%s): bank 2 is left alone", chip.name, err)
+        return None
+    return chip.dual_bank_from(word)
 
 
 def _flash_blank(bl: Bootloader, chip: Chip) -> bool:
@@ -202,6 +216,7 @@ def _identify(link: Link, pins: Pins, bl: Bootloader, info: BootloaderInfo,
     bl.size_erase_deadlines(chip.erase_ms, len(chip.page_table()))  # table: the largest part
     bid = None if protected else _read_bootloader_id(bl, chip)
     blank = False if protected else _flash_blank(bl, chip)
+    dual = None if protected else _read_dual_bank(bl, chip, flash_size)
     return Session(link=link, pins=pins, bl=bl, info=info, chip=chip, flash_size=flash_size,
                    read_protected=protected, bootloader_id=bid,
-                   exit_sequence=tuple(target.pins.exit), blank_at_entry=blank)
+                   exit_sequence=tuple(target.pins.exit), blank_at_entry=blank, dual_bank=dual)

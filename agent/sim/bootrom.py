@@ -175,7 +175,7 @@ class Bootrom(Framing):
         if pages is None:
             if not self.chip.chip.mass_erase:
                 raise NackReason("global erase is not supported by this chip")
-            pages = list(range(len(self.mem.pages)))
+            pages = list(self.mem.pages)
             self.mem.erase_pages(pages)
             self.chip.note("mass_erase")
         else:
@@ -217,7 +217,7 @@ class Bootrom(Framing):
         if not ok:
             raise NackReason("sector list checksum mismatch")
         sectors = list(body[:-1])
-        if any(s >= len(self.mem.pages) for s in sectors):
+        if any(s not in self.mem.pages for s in sectors):
             raise NackReason("sector number out of range")
         self.mem.write_protected.update(sectors)
         self.chip.note("write_protect", sectors)
@@ -250,7 +250,7 @@ class Bootrom(Framing):
         self.mem.ram.data[:] = bytes(len(self.mem.ram.data))
         self.mem.options.data[0] = RDP_LEVEL0
         self.chip.note("readout_unprotect")
-        seconds = self._erase_seconds(range(len(self.mem.pages)))
+        seconds = self._erase_seconds(list(self.mem.pages))
         if self.chip.faults.rup_ack_after_erase:
             self.answer(bytes([ACK]), seconds, op, erase=True, then=self._reset_after())
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from agent.errors import MemoryRefused
+from agent.errors import MemoryRefused, UsageError
 from agent.stm32.chips import Chip
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ class SimMemory:
         self.chip = chip
         size = flash_size if flash_size is not None else chip.flash_size
         self.flash = bytearray(b"\xff" * size)
-        self.pages = list(chip.page_table(size))  # the table's layout, cut at the flash size
         self.ecc = chip.family in _ECC_FAMILIES or chip.write_align >= 8
         self.write_protected: set[int] = set()
         self.flash_region = Region("flash", chip.flash_start, self.flash, True)
@@ -56,6 +55,13 @@ class SimMemory:
         self.options = Region("option bytes", chip.option_start,
                               bytearray(b"\xff" * (chip.option_end - chip.option_start)), True)
         self.options.data[0] = RDP_LEVEL0
+        # page number -> (address, size) for this size and the bank mode of the option
+        # word (all-ones erased options: two banks)
+        word = int.from_bytes(self.options.data[:4], "little") if self.options.data else None
+        self.pages = chip.page_map(size, chip.dual_bank_from(word))
+        if any(a + n > chip.flash_start + size for a, n in self.pages.values()):
+            raise UsageError(f"{chip.name} with {size // 1024} KiB puts bank 2 apart from "
+                             "bank 1, which the simulator does not model", code="usage")
         sysmem = bytearray(b"\xff" * (chip.sysmem_end - chip.sysmem_start))
         self.sysmem = Region("system memory", chip.sysmem_start, sysmem, False)
         self.regions = [self.flash_region, self.ram, self.options, self.sysmem]
@@ -146,7 +152,7 @@ class SimMemory:
 
     def _page_of(self, addr: int) -> int:
         """Page number that holds a flash address."""
-        for number, (start, size) in enumerate(self.pages):
+        for number, (start, size) in self.pages.items():
             if start <= addr < start + size:
                 return number
         return -1
@@ -154,7 +160,7 @@ class SimMemory:
     def erase_pages(self, numbers: list[int]) -> list[int]:
         """Erase pages by number (all must exist); returns those actually erased (not WP'd)."""
         for number in numbers:
-            if not 0 <= number < len(self.pages):
+            if number not in self.pages:
                 raise MemoryRefused(f"page {number} does not exist (chip has {len(self.pages)})",
                                     code="bad_page")
         done = []
@@ -173,8 +179,8 @@ class SimMemory:
 
     def bank_pages(self, bank: int) -> list[int]:
         """Page numbers of bank 1 or 2 (halves of the flash on dual-bank parts)."""
-        half = len(self.pages) // 2
-        return list(range(half)) if bank == 1 else list(range(half, len(self.pages)))
+        middle = self.flash_region.start + len(self.flash) // 2
+        return [n for n, (a, _) in self.pages.items() if (a < middle) == (bank == 1)]
 
     def is_empty(self) -> bool:
         """AN2606 empty check: first word of main flash reads 0xFFFFFFFF."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent.stm32.chip_model import KiB, Chip
+from agent.stm32.chip_model import Banks, KiB, Chip
 
 log = logging.getLogger(__name__)
 
@@ -249,18 +249,22 @@ ROWS: tuple[Chip, ...] = (
     _chip("G0", 0x467, "STM32G0B0/B1/C1xx", 512, _p(256, _2K), (0x20004000, 0x20020000),
           ("G0B0", "G0B1", "G0C1"), bootloader_id_addr=0x1FFF9FFE, dual_bank=True,
           i2c_address=0x5D,  # AN2606 G0B0/B1 chapter
-          note="bank 2 page numbers assumed to follow bank 1 [INF]"),
+          # OPTR DUAL_BANK bit 21 (CMSIS); bank 2 of the 256/128 KiB parts: RM0444 not read
+          banks=Banks(option_bit=21, known=False),
+          note="bank 2 of parts under 512 KiB is not mapped here: flash only bank 1 there"),
     # G4 -- AN2606 G4 chapters. G47x/48x: DBANK=1 (default) gives 2 x 128 pages of 2 KiB.
     _chip("G4", 0x468, "STM32G431xx/441xx", 128, _p(64, _2K), 0x20005800, ("G431", "G441")),
     _chip("G4", 0x469, "STM32G47xxx/48xxx", 512, _p(256, _2K), 0x20018000,
-          ("G471", "G473", "G474", "G483", "G484"), dual_bank=True),
+          ("G471", "G473", "G474", "G483", "G484"), dual_bank=True,
+          banks=Banks(option_bit=22, known=False)),  # OPTR DBANK (CMSIS); RM0440 not read
     _chip("G4", 0x479, "STM32G491xx/A1xx", 512, _p(256, _2K), 0x2001C000, ("G491", "G4A1"),
           i2c_address=0x5F),  # AN2606, confirmed on the ST community forum
     # H7 -- AN2606 H7 chapters. H74x I2C 0x4E (CubeProgrammer example), H7A3 0x57 (ST
     # community, AN2606's "0b10101111x" typo). H7A3 programs 128-bit flash words (RM0455).
     _chip("H7", 0x450, "STM32H74xxx/75xxx", 2048, _p(16, _128K), 0x20020000,
           ("H742", "H743", "H745", "H747", "H750", "H753", "H755", "H757"), dual_bank=True,
-          i2c_address=0x4E),
+          i2c_address=0x4E,  # CMSIS stm32h743xx.h: FLASH_BANK2_BASE 0x08100000 on every size
+          banks=Banks(bank2_address=0x08100000)),
     _chip("H7", 0x483, "STM32H72xxx/73xxx", 1024, _p(8, _128K), 0x20020000,
           ("H723", "H725", "H730", "H733", "H735"),
           note="flash starts at 0x08000000 (stm32flash has the typo 0x80000000)"),
@@ -310,9 +314,13 @@ ROWS: tuple[Chip, ...] = (
           note="clear PEMPTY after flashing a blank part, or it re-enters the bootloader"),
     _chip("L4", 0x415, "STM32L47xxx/48xxx", 1024, _p(512, _2K), 0x20018000,
           ("L471", "L475", "L476", "L485", "L486"), option_end=0x1FFFF810, dual_bank=True,
-          i2c_version=0x11, i2c_address=0x43),  # AN2606 L47x/48x chapter
+          i2c_version=0x11, i2c_address=0x43,  # AN2606 L47x/48x chapter
+          # OPTR DUALBANK bit 21 (CMSIS); 512/256 KiB: bank 2 pages from 256 (RM0351 Table 9
+          # as quoted on the ST community; second-hand)
+          banks=Banks(option_bit=21)),
     _chip("L4", 0x461, "STM32L496xx/4A6xx", 1024, _p(512, _2K), 0x20040000, ("L496", "L4A6"),
-          option_end=0x1FFFF810, dual_bank=True, i2c_version=0x11, i2c_address=0x4C),
+          option_end=0x1FFFF810, dual_bank=True, i2c_version=0x11, i2c_address=0x4C,
+          banks=Banks(option_bit=21)),  # as L47x
     # RM0432: 2 MiB, DBANK=1 (default) gives 2 x 256 pages of 4 KiB (stm32flash: 1 MiB/2 KiB).
     _chip("L4", 0x470, "STM32L4Rxx/4Sxx", 2048, _p(512, _4K), (0x20003200, 0x200A0000),
           ("L4R5", "L4R7", "L4R9", "L4S5", "L4S7", "L4S9"), option_end=0x1FFFF810,
