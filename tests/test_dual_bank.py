@@ -85,3 +85,9 @@ def test_flash_across_the_banks_of_a_512k_l476_erases_bank2_pages_and_verifies()
     assert erased == [126, 127, 256, 257]
     assert bytes(sim.flash[0x3F000:0x41000]) == data
     assert result.pages_erased == 4
+
+
+def test_unknown_layout_stays_in_bank1_even_in_single_bank_mode() -> None:
+    # G47x with DBANK=0 has 4 KiB pages (HAL): nothing about it is guessed
+    g474 = CHIPS[0x469]
+    assert list(g474.page_map(256 * KiB, dual=False)) == list(range(64))

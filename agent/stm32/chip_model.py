@@ -112,11 +112,7 @@ class Chip:
             raise ChipMismatch(
                 f"{flash_size // KiB} KiB does not end on a page boundary of {self.name}",
                 code="flash_size_mismatch")
-        if self.dual_bank:
-            log.warning("%s is dual-bank: with %d KiB instead of %d KiB the second bank moves; "
-                        "page numbers above the first bank are not verified", self.name,
-                        flash_size // KiB, self.flash_size // KiB)
-        return cut
+        return cut  # the contiguous cut; page_map() places bank 2 where it moves
 
     def dual_bank_from(self, option_word: int | None) -> bool | None:
         """Two banks (True), one (False) or unknown (None) from the user option word."""
@@ -133,8 +129,8 @@ class Chip:
         full = _expand(self.flash_start, self.pages)
         if flash_size is None or flash_size == self.flash_size:
             return dict(enumerate(full))
-        if self.banks is None or dual is False and self.banks.option_bit is not None:
-            return dict(enumerate(self.page_table(flash_size)))
+        if self.banks is None or not self.bank2_unknown(flash_size, dual) and dual is False:
+            return dict(enumerate(self.page_table(flash_size)))  # one bank: contiguous
         self.page_table(flash_size)  # the same size checks
         half, first2 = flash_size // 2, len(full) // 2
         bank1 = {n: p for n, p in enumerate(full[:first2]) if p[0] < self.flash_start + half}
