@@ -1,9 +1,11 @@
-"""fetch() against a real HTTP server on loopback: resume, retries, caps, hashing, cache."""
+"""fetch() against a real HTTP server on loopback: resume, retries, caps, hashing, cache,
+time limits, redirects, and URLs that never show their secrets."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import threading
 from pathlib import Path
@@ -11,8 +13,8 @@ from pathlib import Path
 import pytest
 from httpserver import Behaviour, FileServer
 
-from agent.ota.download import fetch, prune_cache
 from agent.errors import Aborted, DownloadFailed, ImageRejected
+from agent.ota.download import Limits, fetch, prune_cache
 from agent.ota.manifest import parse_manifest
 
 DATA = bytes((i * 7 + i // 251) & 0xFF for i in range(300_000))
@@ -41,6 +43,11 @@ def get(srv: FileServer, tmp_path: Path, **kw):
     return fetch(srv.url("/fw.bin"), len(DATA), SHA, tmp_path, max_size=MAX, **kw)
 
 
+def retry_delays(caplog: pytest.LogCaptureFixture) -> list[float]:
+    """The backoff delays the downloader announced, in order (it sleeps them in slices)."""
+    return [float(m) for m in re.findall(r"retrying in ([\d.]+)s", caplog.text)]
+
+
 def cache_names(tmp_path: Path) -> set[str]:
     return {p.name for p in tmp_path.iterdir()}
 
@@ -62,7 +69,7 @@ def test_manifest_source_takes_url_size_and_sha_from_it(srv, tmp_path):
     assert fetch(m, cache_dir=tmp_path, max_size=MAX).read_bytes() == DATA
 
 
-def test_resumes_with_range_after_the_connection_drops(srv, tmp_path):
+def test_resumes_with_range_after_the_connection_drops(srv, tmp_path, caplog):
     srv.queue(Behaviour(truncate_after=196_000))  # just short of a 64 KiB boundary
     sleep = FakeSleep()
     path = get(srv, tmp_path, sleep=sleep)
@@ -71,7 +78,7 @@ def test_resumes_with_range_after_the_connection_drops(srv, tmp_path):
     rng = srv.requests[1].headers["Range"]
     start = int(rng.removeprefix("bytes=").rstrip("-"))
     assert 196_000 - 8 * 1024 < start <= 196_000  # what arrived is kept, give or take 8 KiB
-    assert sleep.calls == [1.0]
+    assert retry_delays(caplog) == [1.0] and sum(sleep.calls) == pytest.approx(1.0)
     assert cache_names(tmp_path) == {SHA}
 
 
@@ -98,24 +105,23 @@ def test_404_fails_at_once_naming_the_status(srv, tmp_path):
     assert len(srv.requests) == 1 and sleep.calls == []
 
 
-def test_500_is_retried_with_exponential_backoff(srv, tmp_path):
+def test_500_is_retried_with_exponential_backoff(srv, tmp_path, caplog):
     srv.queue(Behaviour(status=500), Behaviour(status=503))
     sleep = FakeSleep()
-    assert get(srv, tmp_path, sleep=sleep, backoff=0.5).read_bytes() == DATA
-    assert sleep.calls == [0.5, 1.0]
+    assert get(srv, tmp_path, sleep=sleep, limits=Limits(backoff=0.5)).read_bytes() == DATA
+    assert retry_delays(caplog) == [0.5, 1.0] and sum(sleep.calls) == pytest.approx(1.5)
 
 
-def test_retries_are_bounded(srv, tmp_path):
+def test_retries_are_bounded(srv, tmp_path, caplog):
     srv.default = Behaviour(status=500)
-    sleep = FakeSleep()
     with pytest.raises(DownloadFailed, match="3 attempts.*500"):
-        get(srv, tmp_path, sleep=sleep, retries=2)
-    assert len(srv.requests) == 3 and sleep.calls == [1.0, 2.0]
+        get(srv, tmp_path, limits=Limits(retries=2))
+    assert len(srv.requests) == 3 and retry_delays(caplog) == [1.0, 2.0]
 
 
 def test_read_timeout_on_a_stalled_server_is_retried(srv, tmp_path):
     srv.queue(Behaviour(delay=2.0))
-    assert get(srv, tmp_path, timeout=0.3).read_bytes() == DATA
+    assert get(srv, tmp_path, limits=Limits(timeout=0.3)).read_bytes() == DATA
     assert len(srv.requests) == 2
 
 
@@ -146,7 +152,7 @@ def test_short_file_on_server_ends_in_a_bounded_failure(srv, tmp_path):
     srv.files["/fw.bin"] = DATA[:1000]
     (tmp_path / f"{SHA}.part").write_bytes(b"x" * 2000)  # longer than the server's file: 416
     with pytest.raises(DownloadFailed):
-        get(srv, tmp_path, retries=3)
+        get(srv, tmp_path, limits=Limits(retries=3))
     assert len(srv.requests) == 4
 
 
@@ -159,7 +165,8 @@ def closed_port_url() -> str:
 
 def test_cached_image_needs_no_network(tmp_path):
     (tmp_path / SHA).write_bytes(DATA)
-    path = fetch(closed_port_url(), len(DATA), SHA, tmp_path, max_size=MAX, retries=0)
+    path = fetch(closed_port_url(), len(DATA), SHA, tmp_path, max_size=MAX,
+                 limits=Limits(retries=0))
     assert path.read_bytes() == DATA
 
 
@@ -168,11 +175,11 @@ def test_corrupt_cache_entry_is_downloaded_again(srv, tmp_path):
     assert get(srv, tmp_path).read_bytes() == DATA and len(srv.requests) == 1
 
 
-def test_server_down_exhausts_retries_with_download_failed(tmp_path):
-    sleep = FakeSleep()
-    with pytest.raises(DownloadFailed, match="ConnectionError"):
-        fetch(closed_port_url(), len(DATA), SHA, tmp_path, max_size=MAX, retries=2, sleep=sleep)
-    assert sleep.calls == [1.0, 2.0]
+def test_server_down_exhausts_retries_with_download_failed(tmp_path, caplog):
+    with pytest.raises(DownloadFailed, match="ConnectionRefused"):
+        fetch(closed_port_url(), len(DATA), SHA, tmp_path, max_size=MAX,
+              limits=Limits(retries=2), sleep=FakeSleep())
+    assert retry_delays(caplog) == [1.0, 2.0]
 
 
 def test_cancel_before_start_makes_no_request(srv, tmp_path):
