@@ -116,7 +116,7 @@ def _make_handler(server: FileServer) -> type:
         def do_GET(self) -> None:  # noqa: N802 - http.server naming
             req = Request("GET", self.path, dict(self.headers.items()))
             b = server.next_behaviour(req)
-            data = server.files.get(self.path)
+            data = server.files.get(self.path.partition("?")[0])  # a query (a token) is not a name
             if b.hang:
                 server.closing.wait()
                 self.close_connection = True
