@@ -20,7 +20,7 @@ from agent.errors import Aborted, DownloadFailed, ImageRejected
 from agent.ota.download import Limits, fetch, prune_cache
 from agent.ota.jobs import FAILED, IN_PROGRESS, Job, JobStore, StateStore
 from agent.ota.manifest import parse_manifest, redact_url
-from agent.ota.pipeline import Pipeline, Policy, tidy_cache
+from agent.ota.pipeline import FlashTarget, Pipeline, Policy, tidy_cache
 from agent.ota.transfer import Guard, same_origin
 from agent.ota.updater import Updater
 
@@ -538,3 +538,22 @@ def test_the_agent_tidies_the_cache_when_it_starts(srv, tmp_path):
     updater.start()
     updater.stop()
     assert not part.exists() and cache_names(cache) == {"notes.txt"}
+
+
+def test_stopping_the_agent_ends_a_stalled_download_within_a_second_and_keeps_the_job(
+        srv, tmp_path):
+    """What SIGTERM does (service.stop -> Updater.stop) to a job stuck in a slow-loris read."""
+    cache, jobs = tmp_path / "cache", _store(tmp_path)
+    srv.default = Behaviour(chunk=1, delay=10)
+    release = parse_manifest(_manifest(srv.url("/fw.bin")))
+    target = FlashTarget("a", "p", SimpleNamespace(link_key="link"))  # type: ignore[arg-type]
+    updater = Updater("gw", [target], jobs, Policy(cache_dir=str(cache), allow_unsigned=True))
+    jobs.save(Job(target="a", manifest=release.to_dict()))
+    updater.start()  # recover() queues the open job
+    wait_for(lambda: srv.requests)
+    time.sleep(0.5)
+    asked = time.monotonic()
+    updater.stop(timeout=10)
+    assert time.monotonic() - asked < 1.5
+    job = jobs.load("a")
+    assert job is not None and not job.terminal and job.phase == "download"  # resumed next start
