@@ -129,6 +129,9 @@ class DownloadConfig:
     timeout: float
     retries: int
     backoff: float
+    deadline: float
+    min_rate: int  # bytes per second
+    allow_redirects: str  # "same-host" or "any"
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,11 @@ DOWNLOAD = Table(
     Key("timeout", POSITIVE, "give up on a stalled connection or read after this", "30s"),
     Key("retries", Integer(0, 100), "further attempts after a failed download", 3),
     Key("backoff", Duration(), "wait before the first retry (doubles each time)", "2s"),
+    Key("deadline", POSITIVE, "give up on a download, retries included, after this", "30m"),
+    Key("min_rate", Size(lo=0), "slowest transfer accepted, per second, averaged over "
+        "`timeout` (`0B`: only a stall fails)", "1KiB"),
+    Key("allow_redirects", Choice("same-host", "any"), "follow redirects to the same host and "
+        "port only, or to any host", "same-host"),
 )
 
 TRUST = Table(
