@@ -22,8 +22,9 @@ from typing import Callable, Iterator, Optional
 from agent.errors import (ChipMismatch, LinkError, NoBootloader, ProtocolError, ReadProtected,
                           UsageError)
 from agent.flasher.target import Target, UartSettings
-from agent.link import I2CBus, Link, open_link
+from agent.link import I2CBus, Link, baud_rates, open_link
 from agent.pins import Backend, Pins, Step, open_pins
+from agent.pins.modem import released_states
 from agent.stm32.bootloader import Bootloader, BootloaderInfo
 from agent.stm32.chips import Chip, lookup
 
@@ -39,8 +40,10 @@ def _open_link(target: Target, i2c_bus: Optional[I2CBus]) -> Link:
         if i2c_bus is not None:
             raise UsageError(f"an I2C bus was handed in for the UART target {link.describe()}",
                              code="link_choice")
-        return open_link(port=link.port, baud=link.baud, parity=link.parity,
-                         inter_byte_delay=link.inter_byte_delay)
+        p = target.pins
+        lines = released_states(p.nrst, p.boot0) if p.backend == "modem" else {}
+        return open_link(port=link.port, baud=baud_rates(link.baud)[0], parity=link.parity,
+                         inter_byte_delay=link.inter_byte_delay, modem_lines=lines)
     return open_link(i2c_bus=link.bus if i2c_bus is None else i2c_bus, i2c_address=link.address,
                      read_chunk=link.read_chunk, write_chunk=link.write_chunk,
                      busy_poll=link.busy_poll)
