@@ -1,7 +1,8 @@
 """Faults the simulated chip can inject, and their command-line spelling (`stm32ota sim --fault`).
 
 A forgiving fake hides bugs: these make the simulator NACK, lose and garble bytes, stay silent
-after a reset, erase slowly, start read-protected, or show the L432's missing I2C erase ACK.
+after a reset, erase slowly, start read-protected, show the L432's missing I2C erase ACK, run
+its autobaud off by a clock error, or let a floating TX line put a 0x00 before the sync ACK.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ class Faults:
     erase_factor: float = 1.0  # erase takes this many times longer (also when not realtime)
     read_protected: bool = False  # RDP level 1 from power-on
     i2c_erase_no_ack: bool = False  # seed-notes.md L432 quirk: no final ACK after an I2C erase
+    clock_error: float = 0.0  # % the ROM's autobaud is off at 115200 (pty only; see PtySim)
+    stray_zero: bool = False  # TX floats low until the ROM drives it: 0x00 before the sync ACK
 
 
 _FAULT_SPECS: dict[str, tuple[str, type]] = {
     "nack-write": ("nack_every_write", int), "drop": ("drop_every", int),
     "corrupt": ("corrupt_every", int), "silent-resets": ("silent_resets", int),
     "slow-erase": ("erase_factor", float), "rdp": ("read_protected", bool),
-    "i2c-erase-no-ack": ("i2c_erase_no_ack", bool),
+    "i2c-erase-no-ack": ("i2c_erase_no_ack", bool), "clock-error": ("clock_error", float),
+    "stray-zero": ("stray_zero", bool),
 }
 
 
@@ -50,7 +54,7 @@ def parse_faults(specs: list[str]) -> Faults:
             setattr(faults, field, True)
             continue
         try:
-            number = kind(value)
+            number = kind(value.removesuffix("%") if name == "clock-error" else value)
         except ValueError:
             raise UsageError(f"fault {name!r} needs a number, e.g. {name}=4", code="bad_fault") from None
         if number <= 0:
