@@ -145,7 +145,7 @@ def _rates(target: Target, pins: Pins) -> tuple[Optional[int], ...]:
     rates = baud_rates(target.link.baud)
     if len(rates) > 1 and not pins.can_reset:
         # the ROM keeps the rate it measured on the first 0x7F until the next reset
-        log.warning("baud auto: without NRST/BOOT0 pins the bootloader cannot be restarted at a "
+        log.info("baud auto: without NRST/BOOT0 pins the bootloader cannot be restarted at a "
                     "lower rate; trying %d baud only", rates[0])
         return rates[:1]
     return rates
