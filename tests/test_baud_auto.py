@@ -15,6 +15,7 @@ from agent.cli import main
 from agent.errors import NoBootloader
 from agent.flasher import ops
 from agent.flasher.image import Image, Segment
+from agent.flasher.session import open_session
 from agent.flasher.target import PinsSettings, Target, UartSettings
 from agent.pins import PinSpec
 from agent.pins.mock import MockBackend
@@ -76,7 +77,8 @@ def test_info_reports_the_rate_that_worked(off_by_9, capsys):
 def test_without_reset_pins_auto_tries_the_first_rate_only(off_by_9, caplog):
     sim, path = off_by_9
     target = _target(path, "auto", PinsSettings())
-    with pytest.raises(NoBootloader) as err:
+    with caplog.at_level(logging.INFO, logger="agent.flasher.session"), \
+            pytest.raises(NoBootloader) as err:
         ops.info(target, sleep=lambda s: None)
     assert "trying 115200 baud only" in caplog.text and "tried" not in str(err.value)
 
@@ -97,3 +99,10 @@ def test_the_host_sends_nothing_before_the_sync_byte():
         ops.info(_target(pty.path, "auto"), pin_backend=MockBackend(sim.set_line),
                  sleep=lambda s: None)
     assert ("sync",) in sim.events and not [e for e in sim.events if e[0] == "deaf"]
+
+
+def test_the_bootloader_times_its_deadlines_at_the_rate_found(off_by_9):
+    sim, path = off_by_9
+    with open_session(_target(path, "auto"), pin_backend=MockBackend(sim.set_line),
+                      sleep=lambda s: None) as s:
+        assert s.bl.caps.line_bytes_per_s == pytest.approx(19200 / 10)  # 8N1 on the pty

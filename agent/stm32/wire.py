@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from agent.errors import LinkTimeout, Nack, NoBootloader, ProtocolError, Unsupported, UsageError
-from agent.link.base import Link
+from agent.link.base import Capabilities, Link
 from agent.stm32.protocol import ACK, BUSY, NACK, SYNC, with_xor
 
 log = logging.getLogger(__name__)
@@ -59,13 +59,17 @@ class Wire:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.link = link
-        self.caps = link.caps
         self.timeouts = timeouts
         self._clock = clock
         self._sleep = sleep
         self.info: BootloaderInfo | None = None
         self._ops: dict[str, int] = {}
         self._listen_s = 0.0  # after a long command timed out: how long resync listens first
+
+    @property
+    def caps(self) -> Capabilities:
+        """The link's capabilities now (a UART's line rate changes under `baud: auto`)."""
+        return self.link.caps
 
     def _read(self, n: int, timeout: float, what: str) -> bytes:
         try:
