@@ -150,7 +150,7 @@ class UartLinkConfig:
     """`link: {type: uart}` (AN3155)."""
 
     port: str
-    baud: int
+    baud: int | str  # a rate, or "auto"
     parity: str
     inter_byte_delay: float
     type: str = "uart"

@@ -22,8 +22,10 @@ from typing import Callable, Iterator, Optional
 from agent.errors import (ChipMismatch, LinkError, NoBootloader, ProtocolError, ReadProtected,
                           UsageError)
 from agent.flasher.target import Target, UartSettings
-from agent.link import I2CBus, Link, open_link
+from agent.link import I2CBus, Link, baud_rates, open_link
+from agent.link.uart import UartLink
 from agent.pins import Backend, Pins, Step, open_pins
+from agent.pins.modem import released_states
 from agent.stm32.bootloader import Bootloader, BootloaderInfo
 from agent.stm32.chips import Chip, lookup
 
@@ -39,8 +41,10 @@ def _open_link(target: Target, i2c_bus: Optional[I2CBus]) -> Link:
         if i2c_bus is not None:
             raise UsageError(f"an I2C bus was handed in for the UART target {link.describe()}",
                              code="link_choice")
-        return open_link(port=link.port, baud=link.baud, parity=link.parity,
-                         inter_byte_delay=link.inter_byte_delay)
+        p = target.pins
+        lines = released_states(p.nrst, p.boot0) if p.backend == "modem" else {}
+        return open_link(port=link.port, baud=baud_rates(link.baud)[0], parity=link.parity,
+                         inter_byte_delay=link.inter_byte_delay, modem_lines=lines)
     return open_link(i2c_bus=link.bus if i2c_bus is None else i2c_bus, i2c_address=link.address,
                      read_chunk=link.read_chunk, write_chunk=link.write_chunk,
                      busy_poll=link.busy_poll)
@@ -55,6 +59,7 @@ class Identity:
     flash_size: int
     read_protected: bool
     bootloader_id: Optional[int] = None
+    baud: Optional[int] = None  # the UART rate the bootloader answered at (`baud: auto`)
 
 
 @dataclass
@@ -76,7 +81,7 @@ class Session:
     def identity(self) -> Identity:
         """The chip's identity, to keep after the session is closed."""
         return Identity(self.info, self.chip, self.flash_size, self.read_protected,
-                        self.bootloader_id)
+                        self.bootloader_id, getattr(self.link, "baud", None))
 
     def start_application(self, address: Optional[int] = None) -> str:
         """Leave the bootloader: reset with BOOT0 low where pins allow, else GO to `address`.
@@ -147,10 +152,50 @@ def _read_bootloader_id(bl: Bootloader, chip: Chip) -> Optional[int]:
         return None
 
 
+def _rates(target: Target, pins: Pins) -> tuple[Optional[int], ...]:
+    """The UART rates to try in turn (`baud: auto` steps down); (None,) for I2C."""
+    if not isinstance(target.link, UartSettings):
+        return (None,)
+    rates = baud_rates(target.link.baud)
+    if len(rates) > 1 and not pins.can_reset:
+        # the ROM keeps the rate it measured on the first 0x7F until the next reset
+        log.info("baud auto: without NRST/BOOT0 pins the bootloader cannot be restarted at a "
+                    "lower rate; trying %d baud only", rates[0])
+        return rates[:1]
+    return rates
+
+
 def _enter(link: Link, pins: Pins, bl: Bootloader, target: Target,
            sleep: Sleep) -> BootloaderInfo:
-    """Run the entry sequence and connect, retrying with a fresh reset each time."""
-    last: Exception | None = None
+    """Run the entry sequence and connect, at each rate `baud: auto` allows, fastest first."""
+    rates = _rates(target, pins)
+    for rate in rates:
+        if rate is not None and isinstance(link, UartLink) and link.baud != rate:
+            link.set_baud(rate)
+        info = _connect(link, pins, bl, target, sleep)
+        if info is not None:
+            if len(rates) > 1:
+                log.info("baud auto: the bootloader on %s answers at %d baud", target.describe(),
+                         rate)
+            return info
+        if rate is not None and rate != rates[-1]:
+            log.warning("no bootloader answer at %d baud; trying a lower rate (a ROM whose "
+                        "autobaud is off, AN2606 4.5)", rate)
+    hint = "check the wiring (TX and RX crossed, a common GND) and that BOOT0 is high at reset"
+    if isinstance(target.link, UartSettings) and target.link.parity == "even":
+        hint += ("; the bootloader needs 8 data bits with even parity, which a Raspberry Pi's "
+                 "mini UART (ttyS0) and some USB adapters cannot send: use the PL011 (ttyAMA0)")
+    if len(rates) > 1:
+        hint += f"; tried {', '.join(str(r) for r in rates)} baud"
+    if not pins.can_reset:
+        hint += "; no reset pins are configured, so put the chip in bootloader mode by hand"
+    raise NoBootloader(f"no answer from the STM32 bootloader on {target.describe()} after "
+                       f"{target.connect_attempts} attempts: {hint}")
+
+
+def _connect(link: Link, pins: Pins, bl: Bootloader, target: Target,
+             sleep: Sleep) -> Optional[BootloaderInfo]:
+    """Reset into the bootloader and connect, `connect_attempts` times; None if it never answers."""
     attempts = target.connect_attempts
     for attempt in range(1, attempts + 1):
         pins.enter_bootloader(target.pins.enter or None)
@@ -160,19 +205,10 @@ def _enter(link: Link, pins: Pins, bl: Bootloader, target: Target,
         except (LinkError, ProtocolError) as err:
             if isinstance(err, ReadProtected):
                 raise
-            last = err
             log.info("no bootloader answer on %s (attempt %d/%d): %s",
                      target.describe(), attempt, attempts, err)
             sleep(0.05 * attempt)
-    hint = "check the wiring (TX and RX crossed, a common GND) and that BOOT0 is high at reset"
-    if isinstance(target.link, UartSettings) and target.link.parity == "even":
-        hint += ("; the bootloader needs 8 data bits with even parity, which a Raspberry Pi's "
-                 "mini UART (ttyS0) and some USB adapters cannot send: use the PL011 (ttyAMA0)")
-    if not pins.can_reset:
-        hint += "; no reset pins are configured, so put the chip in bootloader mode by hand"
-    log.debug("last connect error: %s", last)
-    raise NoBootloader(f"no answer from the STM32 bootloader on {target.describe()} after "
-                       f"{attempts} attempts: {hint}")
+    return None
 
 
 @contextmanager

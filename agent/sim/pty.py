@@ -2,6 +2,14 @@
 
 The pty stays usable across clients: we hold our own slave fd open, so a client closing the
 port does not hang up the master. Master and slave are raw (no echo, no CR/LF mangling).
+
+The pty carries no parity and no rate, but the host's rate is in the termios the client set
+(master and slave share one), which is what the clock-error fault needs: a ROM that measures
+the 0x7F in software is off by up to 5 % at 115200 on an L4 and less at lower rates (AN2606
+4.5 and Table 6), and a link works only within 2.5 % (AN3155 2). Past that the chip's answers
+arrive with their last data bit in the wrong bit cell (the timing error grows along the
+frame), for a share of the bytes that grows with the error until, at twice the tolerance,
+every byte is wrong.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ import logging
 import os
 import select
 import signal
+import termios
 import threading
 import tty
 from typing import Any
@@ -23,6 +32,16 @@ log = logging.getLogger(__name__)
 
 _BITS_PER_BYTE = 11  # 8E1: start + 8 data + parity + stop (AN3155 1)
 _POLL_S = 0.02
+_TOLERANCE = 0.025  # AN3155 2: host and bootloader rates must agree within 2.5 %
+_JITTER_AT = 115200  # AN2606 Table 6 states the autobaud error at this rate
+_RATES = {getattr(termios, f"B{r}"): r for r in (1200, 2400, 4800, 9600, 19200, 38400, 57600,
+                                                  115200, 230400, 460800, 921600)}
+
+
+def garbled_share(clock_error_pct: float, rate: int) -> float:
+    """Share of the chip's bytes that arrive wrong at `rate` for a clock error given at 115200."""
+    error = abs(clock_error_pct) / 100 * rate / _JITTER_AT  # AN2606 4.5: shrinks with the rate
+    return min(1.0, max(0.0, (error - _TOLERANCE) / _TOLERANCE))
 
 
 class PtySim:
@@ -36,6 +55,8 @@ class PtySim:
         self._master = self._slave = -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._garble_debt = 0.0  # spreads the garbled share evenly over the bytes sent
+        self._stray_zero = sim.faults.stray_zero
 
     def start(self) -> "PtySim":
         """Open the pty, make the symlink (if asked) and start serving."""
@@ -82,7 +103,8 @@ class PtySim:
         self.stop()
 
     def _drain_input(self) -> None:
-        """On reset, bytes the chip had not taken in yet are lost."""
+        """On reset, bytes the chip had not taken in yet are lost (and TX floats again)."""
+        self._stray_zero = self.sim.faults.stray_zero
         try:
             while os.read(self._master, 4096):
                 pass
@@ -120,7 +142,30 @@ class PtySim:
             if self.sim.generation == generation:
                 self.sim.uart_receive(chunk)
 
+    def host_rate(self) -> int:
+        """The rate the client set on the port (the simulator's own when termios cannot say)."""
+        try:
+            return _RATES.get(termios.tcgetattr(self._slave)[4], self.sim.baud)
+        except (termios.error, OSError):
+            return self.sim.baud
+
+    def _on_the_wire(self, data: bytes) -> bytes:
+        """What the host receives: the clock-error and floating-TX faults applied."""
+        out = bytearray(data)
+        if self._stray_zero:
+            self._stray_zero = False
+            out[:0] = b"\x00"
+        share = garbled_share(self.sim.faults.clock_error, self.host_rate())
+        for i in range(len(out) if share else 0):
+            self._garble_debt += share
+            if self._garble_debt >= 1.0:
+                self._garble_debt -= 1.0
+                self.sim.note("fault", "clock-error", out[i])
+                out[i] ^= 0x80  # the last data bit (LSB first) sampled in the parity cell
+        return bytes(out)
+
     def _send(self, data: bytes) -> None:
+        data = self._on_the_wire(data)
         line = self._line_time(len(data))
         if line:
             self.sim.sleep(line)
