@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Optional
 
 from agent.errors import (BootConfigError, ChipMismatch, LinkError, NoBootloader, ProtocolError,
                           ReadProtected, StillInBootloader, UsageError)
+from agent.flasher.execute import write_memory
 from agent.flasher.target import Target, UartSettings
 from agent.link import I2CBus, Link, open_link
 from agent.pins import Backend, Pins, Step, open_pins
@@ -113,9 +114,8 @@ class Session:
             # until our reset, or resets itself (with BOOT0 released) when NRST is not wired
             if not nrst:
                 self._release_boot0()
-            for off in range(0, len(routine), self.link.caps.max_write):
-                self.bl.write_memory(self.chip.ram_start + off,
-                                     routine[off:off + self.link.caps.max_write])
+            retries = self.target.write_retries if self.target else 3
+            write_memory(self.bl, self.chip.ram_start, routine, retries=retries)
             self.bl.go(self.chip.ram_start)
             log.info("empty-check flag of %s set from the flash contents", self.chip.name)
             if not nrst:
