@@ -79,6 +79,16 @@ def read_memory(bl: Any, address: int, length: int,
 _E = TypeVar("_E", bound=BaseException)
 
 
+def write_memory(bl: Any, address: int, data: bytes, *, retries: int = 3) -> None:
+    """Write `data` (e.g. a routine to RAM) in the largest chunks the link allows, with retries."""
+    commands = _Commands(bl, retries, None)
+    step = min(256, getattr(getattr(bl, "caps", None), "max_write", 256) or 256)
+    for off in range(0, len(data), step):
+        chunk = data[off:off + step]
+        commands.retry("write", address + off,
+                       lambda a=address + off, c=chunk: bl.write_memory(a, c))
+
+
 def _tag(err: _E, phase: str, address: int) -> _E:
     """Name the phase and the failing address in an error (once; innermost wins)."""
     if getattr(err, "phase", None) is None:

@@ -4,7 +4,8 @@ Public names (others code against these):
 
     sim = SimChip(chip, *, baud=115200, realtime=False, faults=Faults(), flash_size=None,
                   clock=time.monotonic, sleep=time.sleep, boot0=True, strict=True)
-    sim.flash / sim.set_line("nrst"|"boot0", high) / sim.reset(boot0=True) / sim.power_cycle()
+    sim.flash / sim.set_line("nrst"|"boot0"|"power", high) / sim.reset(boot0=True) / sim.power_cycle()
+    sim.empty_flag (the empty-check latch) / sim.system_reset(obl=False) / sim.jump(addr)
     sim.mode ("reset" | "bootloader" | "application") / sim.events / sim.read_protected
     PtySim(sim, link_path=None).start() -> .path, .stop()
     SimI2CBus().attach(address, sim); bus.i2c_rdwr(*smbus2_i2c_msgs); bus.close()

@@ -21,9 +21,22 @@ log = logging.getLogger(__name__)
 KiB = 1024
 
 
-# Families whose boot pattern (AN2606) includes the empty check; RM0394 3.7.5 (L4 PEMPTY)
-# latches it at power-on.
-EMPTY_CHECK_FAMILIES = frozenset({"L4", "G0", "G4", "C0"})
+# Parts whose boot pattern has the empty check (AN2606 Table 2, patterns 6/11/13/16; ST KB
+# "Empty check mechanism on STM32"), by PID, with the way software re-evaluates the flag that
+# is otherwise sampled only at power-on or option-byte reload (RM0360 2.5 and RM0394 3.7.5 as
+# quoted by stm32flash stm32.c; CMSIS device headers for the bits):
+#   "obl_launch"  F0: the flag is not readable; FLASH_CR.OBL_LAUNCH reloads the options
+#   "pempty"      L41x-L46x, L4R/S: FLASH_SR.PEMPTY (bit 17), writing 1 flips it
+#   "acr"         G0, C0, WL: FLASH_ACR bit 16 (PROGEMPTY/EMPTY), read/write
+#   ""            has the check, but no documented software flag (L496: no PEMPTY in CMSIS;
+#                 WB, L01x/02x not researched): only a power cycle clears it
+# Not G4 (AN2606 pattern 14 has no empty row; absent from the ST KB list), not L47x (pattern 7).
+EMPTY_CHECK: dict[int, str] = {
+    0x442: "obl_launch", 0x445: "obl_launch",
+    0x464: "pempty", 0x435: "pempty", 0x462: "pempty", 0x470: "pempty", 0x461: "",
+    0x466: "acr", 0x456: "acr", 0x460: "acr", 0x467: "acr", 0x443: "acr", 0x453: "acr",
+    0x497: "acr", 0x494: "", 0x495: "", 0x457: "",
+}
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,12 @@ class Chip:
     def empty_check(self) -> bool:
         """AN2606 boot patterns with an empty check: a blank flash at power-on boots the
         bootloader even with BOOT0 low, and the flag stays latched until the next power-on."""
-        return self.family in EMPTY_CHECK_FAMILIES
+        return self.pid in EMPTY_CHECK
+
+    @property
+    def empty_flag(self) -> str:
+        """How software re-evaluates the empty-check flag (see EMPTY_CHECK); "" if it cannot."""
+        return EMPTY_CHECK.get(self.pid, "")
 
     @property
     def uart_erase_opcode(self) -> int:
