@@ -174,3 +174,9 @@ class Aborted(Stm32OtaError):
 
     code = "aborted"
     exit_code = EXIT_INTERRUPTED
+
+
+class DemoFailed(Stm32OtaError):
+    """The demo's update did not end with both targets verified on the new version."""
+
+    code = "demo_failed"

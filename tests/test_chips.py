@@ -6,6 +6,7 @@ import pytest
 
 from agent.errors import EXIT_USAGE, EXIT_WRONG_CHIP, ChipMismatch, UsageError
 from agent.stm32.chips import CHIPS, KiB, Chip, find, lookup
+from agent.stm32.protocol import command_set
 
 # stm32flash master cae1bb8 dev_table.c (62 AN2606 rows + 3 "not yet in AN2606");
 # release 0.7 knows a subset of these.
@@ -93,7 +94,8 @@ def test_bootloader_id_lives_in_system_memory(chip: Chip) -> None:
 @pytest.mark.parametrize("chip", ALL, ids=ids)
 def test_protocol_facts_are_plausible(chip: Chip) -> None:
     assert chip.uart_version in {0x22, 0x31}
-    assert chip.uart_erase_opcode == (0x43 if chip.uart_version < 0x30 else 0x44)
+    erase = 0x43 if chip.uart_version < 0x30 else 0x44  # AN3155: Extended Erase from V3.0
+    assert erase in command_set("uart", chip.uart_version)
     assert chip.i2c_version in {0, 0x10, 0x11, 0x12}
     if chip.i2c_address is not None:
         assert chip.i2c_version != 0
@@ -123,8 +125,9 @@ def test_no_i2c_bootloader_on_families_an4221_does_not_list() -> None:
 
 
 def test_legacy_erase_only_on_f1_class_bootloaders() -> None:
-    assert lookup(0x410).uart_erase_opcode == 0x43
-    assert lookup(0x435).uart_erase_opcode == 0x44
+    f1, l4 = command_set("uart", lookup(0x410).uart_version), command_set("uart", lookup(0x435).uart_version)
+    assert 0x43 in f1 and 0x44 not in f1
+    assert 0x44 in l4 and 0x43 not in l4
 
 
 def test_flash_size_register_per_family() -> None:

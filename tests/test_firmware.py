@@ -49,18 +49,6 @@ def test_read_fills_gaps_and_spans_widen_to_alignment() -> None:
     assert img.spans(1) == [(0x103, 0x105), (0x109, 0x10A)]
     assert img.spans(8) == [(0x100, 0x110)]  # both land in the same 8-byte units
     assert img.spans(4) == [(0x100, 0x10C)]
-    assert img.covers(0x105, 0x109) is False and img.covers(0x104, 0x105) is True
-
-
-def test_iter_blocks_respects_size_and_alignment() -> None:
-    img = Image([Segment(0x1002, blob(20)), Segment(0x2000, blob(3))])
-    blocks = list(img.iter_blocks(8, 4))
-    assert [(a, len(d)) for a, d in blocks] == [(0x1000, 8), (0x1008, 8), (0x1010, 8),
-                                                 (0x2000, 4)]
-    assert blocks[0][1] == b"\xff\xff" + blob(20)[:6]
-    assert blocks[-1][1] == blob(3) + b"\xff"
-    with pytest.raises(ValueError):
-        list(img.iter_blocks(6, 4))
 
 
 def test_sha256_depends_on_addresses_and_bytes_only() -> None:

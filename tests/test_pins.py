@@ -64,7 +64,7 @@ def test_opening_claims_every_line_released_and_never_touches_the_mcu(
     assert isinstance(mock, MockBackend)
     assert mock.history == [(0.0, "nrst", nrst_low), (0.0, "boot0", boot0_low)]
     assert seen == []  # the MCU pins never left their pull-up/pull-down levels
-    assert (mock.mcu_level("nrst"), mock.mcu_level("boot0")) == (True, False)
+    assert (mock.mcu_levels["nrst"], mock.mcu_levels["boot0"]) == (True, False)
     pins.close()
     assert seen == []
 
@@ -88,7 +88,7 @@ def test_inverted_wiring_drives_the_opposite_gpio_levels(clock: VirtualClock) ->
                      sleep=clock.sleep, clock=clock)
     pins.run(["nrst low", "boot0 high"])
     assert (pins.backend.level("nrst"), pins.backend.level("boot0")) == (True, False)
-    assert (pins.backend.mcu_level("nrst"), pins.backend.mcu_level("boot0")) == (False, True)
+    assert (pins.backend.mcu_levels["nrst"], pins.backend.mcu_levels["boot0"]) == (False, True)
 
 
 def test_close_releases_boot0_then_nrst_even_mid_sequence(clock: VirtualClock) -> None:

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import bincopy
 
@@ -83,10 +83,6 @@ class Image:
             h.update(s.data)
         return h.hexdigest()
 
-    def covers(self, start: int, end: int) -> bool:
-        """True if any image byte lies in [start, end)."""
-        return any(s.address < end and start < s.end for s in self.segments)
-
     def read(self, address: int, length: int, fill: int = 0xFF) -> bytes:
         """The bytes of [address, address+length), gaps filled with `fill`."""
         out = bytearray([fill]) * length
@@ -108,20 +104,6 @@ class Image:
             else:
                 out.append((lo, hi))
         return out
-
-    def iter_blocks(self, size: int, align: int = 1, fill: int = 0xFF
-                    ) -> Iterator[tuple[int, bytes]]:
-        """(address, data) blocks of at most `size` bytes, start and length multiples of `align`."""
-        if size <= 0 or size % align:
-            raise ValueError(f"block size {size} is not a positive multiple of {align}")
-        for lo, hi in self.spans(align):
-            for a in range(lo, hi, size):
-                n = min(size, hi - a)
-                yield a, self.read(a, n, fill)
-
-    def to_bin(self, fill: int = 0xFF) -> bytes:
-        """One contiguous binary from start to end, gaps filled (for writing a .bin)."""
-        return self.read(self.start, self.end - self.start, fill)
 
 
 def _normalise(segments: Iterable[Segment]) -> tuple[Segment, ...]:
@@ -223,7 +205,7 @@ def _parse_text(text: str, fmt: str, name: str) -> list[Segment]:
     lines = text.splitlines(keepends=True)
     try:
         segments = _records(lines, fmt)
-    except _Bad as first:
+    except ImageRejected as first:  # from _records, before its line number is known
         n = _first_failing_prefix(lines, fmt)
         where = f"line {n}: " if n else ""
         raise ImageRejected(f"{name}: {where}{first}", code=_CODE) from first.__cause__
@@ -233,22 +215,18 @@ def _parse_text(text: str, fmt: str, name: str) -> list[Segment]:
     return segments
 
 
-class _Bad(Exception):
-    """A parse failure before its line number is known."""
-
-
 def _records(lines: Sequence[str], fmt: str) -> list[Segment]:
     bf = bincopy.BinFile()
     add: Callable[[str], None] = bf.add_ihex if fmt == "hex" else bf.add_srec
     try:
         add("".join(lines))  # overwrite=False: bincopy refuses most overlaps itself
     except (bincopy.Error, ValueError, IndexError) as e:
-        raise _Bad(_describe(e)) from e
+        raise ImageRejected(_describe(e), code=_CODE) from e
     segments = [Segment(s.minimum_address, bytes(s.data)) for s in bf.segments]
     declared = sum(_record_size(l, fmt) for l in lines)
     if declared != sum(len(s.data) for s in segments):
         # bincopy merges some out-of-order overlaps silently; counting bytes catches them
-        raise _Bad("data records overlap (the same address is given twice)")
+        raise ImageRejected("data records overlap (the same address is given twice)", code=_CODE)
     return segments
 
 
@@ -277,7 +255,7 @@ def _first_failing_prefix(lines: Sequence[str], fmt: str) -> int:
 def _fails(lines: Sequence[str], fmt: str) -> bool:
     try:
         _records(lines, fmt)
-    except _Bad:
+    except ImageRejected:
         return True
     return False
 

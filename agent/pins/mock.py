@@ -42,7 +42,7 @@ class MockBackend:
         self.history: list[tuple[float, str, bool]] = []
         self.lines: dict[str, _Line] = {}
         self.closed = False
-        self._mcu: dict[str, bool] = {n: not a for n, a in ASSERTED_HIGH.items()}  # released
+        self.mcu_levels: dict[str, bool] = {n: not a for n, a in ASSERTED_HIGH.items()}  # released
 
     def _in_use(self, line: Union[int, str]) -> Optional[str]:
         for name, held in self.lines.items():
@@ -51,9 +51,9 @@ class MockBackend:
         return None
 
     def _update_mcu(self, name: str, mcu_high: bool) -> None:
-        if self._mcu.get(name) == mcu_high:
+        if self.mcu_levels.get(name) == mcu_high:
             return
-        self._mcu[name] = mcu_high
+        self.mcu_levels[name] = mcu_high
         if self.listener is not None:
             self.listener(name, mcu_high)
 
@@ -106,10 +106,6 @@ class MockBackend:
     def level(self, name: str) -> bool:
         """The host-side level of a claimed line."""
         return self.lines[name].level
-
-    def mcu_level(self, name: str) -> bool:
-        """The level the MCU pin sees now (released level when unclaimed)."""
-        return self._mcu[name]
 
     def close(self) -> None:
         """Free every line; the MCU pins fall back to their pull-up/pull-down levels."""

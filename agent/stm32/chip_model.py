@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from agent.errors import ChipMismatch, UsageError
-from agent.stm32.protocol import ERASE, EXTENDED_ERASE, command_set
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +101,6 @@ class Chip:
     def empty_flag(self) -> str:
         """How software re-evaluates the empty-check flag (see EMPTY_CHECK); "" if it cannot."""
         return EMPTY_CHECK.get(self.pid, "")
-
-    @property
-    def uart_erase_opcode(self) -> int:
-        """0x44 Extended Erase from USART protocol V3.0 on, else the legacy 0x43 (AN3155)."""
-        offered = command_set("uart", self.uart_version)
-        return EXTENDED_ERASE if EXTENDED_ERASE in offered else ERASE
 
     def page_table(self, flash_size: int | None = None) -> tuple[tuple[int, int], ...]:
         """(address, size) of each erasable page/sector number, in number order.
