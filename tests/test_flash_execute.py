@@ -111,7 +111,7 @@ def test_hex_with_gaps_over_uart_verified_by_readback(uart) -> None:
     assert (result.verify, result.retries) == ("readback", 0)  # USART V3.1: no 0xA1
     assert result.pages_erased == len(p.pages) == 4
     assert result.bytes_written == p.total_bytes
-    assert set(result.seconds) == {"erase", "write", "verify"}
+    assert set(result.seconds) == {"check", "erase", "write", "verify"}
     assert events.phases() == ["erase", "write", "verify"]
     assert events.calls[0] == ("erase", 0, 4) and ("erase", 4, 4) in events.calls
     assert events.calls[-1] == ("verify", p.total_bytes, p.total_bytes)

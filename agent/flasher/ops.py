@@ -78,7 +78,8 @@ def flash(target: Target, image: Image, *, built_for: Optional[int] = None,
         the_plan = plan(image, s.chip, flash_size=s.flash_size,
                         max_write=s.link.caps.max_write)  # ChipMismatch before any erase
         result = execute(the_plan, s.bl, progress, verify=target.verify,
-                         retries=target.write_retries, cancel=cancel)
+                         retries=target.write_retries, cancel=cancel,
+                         skip=target.skip_unchanged)
         if not start_app:
             return result, None
         step("start")
