@@ -55,11 +55,6 @@ class Plan:
     expected: tuple[bytes, ...] = ()  # per entry of `pages`: the whole page once flashed
 
     @property
-    def total_bytes(self) -> int:
-        """Bytes that will be written and verified (padding included)."""
-        return sum(len(b.data) for b in self.blocks)
-
-    @property
     def flash_range(self) -> tuple[int, int]:
         """[start, end) of the flash this plan was made for."""
         first, last = self.page_table[0], self.page_table[-1]
