@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv sysdeps clean
+.PHONY: demo test bench reliability venv sysdeps clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP) sysdeps
 
 bench: $(STAMP) sysdeps
 	$(BIN)/python bench/flash.py $(ARGS)
+
+# hostile conditions by category, one row of figures each (README "Reliability")
+reliability: $(STAMP)
+	$(BIN)/python bench/reliability.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -111,6 +111,26 @@ class MemoryRefused(NackReason):
     code = "sim_refused"
 
 
+class BootConfigError(Stm32OtaError, OSError):
+    """The chip's boot configuration (option bytes, empty-check flag, BOOT0) keeps the
+    bootloader from being entered or left the way the target is set up."""
+
+    code = "boot0_ignored"
+    exit_code = EXIT_NO_BOOTLOADER
+
+
+class StillInBootloader(BootConfigError):
+    """After leaving, the chip still answers as the ROM bootloader: the application is not running."""
+
+    code = "still_in_bootloader"
+
+
+class SimFault(Stm32OtaError):
+    """Inside the simulator: code run from RAM did something its core refuses (a hard fault)."""
+
+    code = "sim_fault"
+
+
 class ChipMismatch(Stm32OtaError, ValueError):
     """The chip is not the one expected, or the image does not fit it."""
 

@@ -104,8 +104,10 @@ class Service:
         d = cfg.trust.download
         policy = Policy(trusted_keys=keys, allow_unsigned=cfg.trust.allow_unsigned,
                         cache_dir=str(cfg.agent.cache_dir), max_image_size=cfg.trust.max_image_size,
-                        download_timeout=d.timeout, download_retries=d.retries,
-                        download_backoff=d.backoff)
+                        cache_max=cfg.agent.cache_max, download_timeout=d.timeout,
+                        download_retries=d.retries, download_backoff=d.backoff,
+                        download_deadline=d.deadline, download_min_rate=d.min_rate,
+                        download_redirects=d.allow_redirects)
         self.updater = Updater(self.agent_id, targets, self.jobs, policy, devices=devices)
         self.client = (client_factory or self._make_client)()
         self.inbox: queue.Queue = queue.Queue(INBOX_SIZE)

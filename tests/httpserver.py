@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
@@ -34,6 +33,11 @@ class Behaviour:
     extra: bytes = b""  # bytes appended to the file (a body longer than promised)
     content_range_start: Optional[int] = None  # lie about the start in Content-Range
     send_length: bool = True  # False: no Content-Length, the body ends when the connection closes
+    hang: bool = False  # read the request, then answer nothing until the server stops
+    redirect: Optional[str] = None  # answer `redirect_status` with this Location
+    redirect_status: int = 302
+    body: Optional[bytes] = None  # send these bytes instead of the file (e.g. a gzip bomb)
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)  # extra response headers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +61,7 @@ class FileServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread: Optional[threading.Thread] = None
+        self.closing = threading.Event()  # set by stop(): hanging and slow answers give up
 
     @property
     def port(self) -> int:
@@ -87,6 +92,7 @@ class FileServer:
 
     def stop(self) -> None:
         """Stop serving and close the socket (later connections are refused)."""
+        self.closing.set()
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(5)
@@ -110,11 +116,18 @@ def _make_handler(server: FileServer) -> type:
         def do_GET(self) -> None:  # noqa: N802 - http.server naming
             req = Request("GET", self.path, dict(self.headers.items()))
             b = server.next_behaviour(req)
-            data = server.files.get(self.path)
+            data = server.files.get(self.path.partition("?")[0])  # a query (a token) is not a name
+            if b.hang:
+                server.closing.wait()
+                self.close_connection = True
+                return
+            if b.redirect is not None:
+                self._short(b.redirect_status, {"Location": b.redirect})
+                return
             if b.status is not None or data is None:
                 self._short(b.status or 404)
                 return
-            body, start, status = data + b.extra, 0, 200
+            body, start, status = (data if b.body is None else b.body) + b.extra, 0, 200
             m = _RANGE_RE.fullmatch(self.headers.get("Range", ""))
             if m and b.honour_range:
                 start = int(m.group(1))
@@ -134,12 +147,16 @@ def _make_handler(server: FileServer) -> type:
             else:
                 self.send_header("Connection", "close")
             self.send_header("Accept-Ranges", "bytes")
+            for name, value in b.headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self._body(body[start:], b)
 
-        def _short(self, status: int) -> None:
+        def _short(self, status: int, headers: Optional[dict[str, str]] = None) -> None:
             msg = f"status {status}\n".encode()
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(msg)))
             self.end_headers()
             self.wfile.write(msg)
@@ -148,8 +165,8 @@ def _make_handler(server: FileServer) -> type:
             limit = len(body) if b.truncate_after is None else min(b.truncate_after, len(body))
             try:
                 for i in range(0, limit, b.chunk):
-                    if b.delay:
-                        time.sleep(b.delay)
+                    if b.delay and server.closing.wait(b.delay):
+                        break
                     self.wfile.write(body[i:min(i + b.chunk, limit)])
                     self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):

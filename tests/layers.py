@@ -35,7 +35,6 @@ SIM_USES = ("agent.sim", "agent.stm32", "agent.errors", "agent.progress")
 # each third-party library has one owner module (a glob where any one module of a folder may own it)
 OWNERS = {
     "paho": "agent/mqtt/client.py",
-    "requests": "agent/ota/download.py",
     "serial": "agent/link/uart.py",
     "smbus2": "agent/link/i2c.py",
     "gpiod": "agent/pins/libgpiod.py",

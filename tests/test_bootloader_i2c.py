@@ -208,12 +208,40 @@ def test_busy_polling_stops_at_ack():
     assert not bl.last_erase_unconfirmed
 
 
-def test_get_reply_longer_than_guessed_is_read_to_the_end():
+def test_get_reply_longer_than_guessed_is_asked_again_with_its_length():
+    # AN4221 2.1 / OpenBL: GET's data is one read transaction; reading part of it leaves the
+    # bootloader stretching SCL (issue 8 defect 8). stm32flash i2c_cmd_get_reply: resync,
+    # GET again, read N+2.
     newer = dataclasses.replace(L432, i2c_version=0x13)  # not in the length table: guess 17
     sim, rec, bl = start(newer)
     info = bl.connect()
     assert len(info.commands) == 18 and 0xA1 in info.commands
-    assert rec.frames.count(b"\x00\xff") == 1
+    assert rec.frames.count(b"\x00\xff") == 2 and b"\xff\x00" in rec.frames
+    assert bl.read_memory(FLASH, 4) == b"\xff" * 4  # the session works afterwards
+
+
+# AN4221 2.1: from V2.0 the command set varies per product; its H5 example lists 15 commands
+H5_LIKE = (0x00, 0x01, 0x02, 0x11, 0x21, 0x31, 0x32, 0x44, 0x45, 0x63, 0x73, 0x82, 0x92,
+           0x93, 0xA1)
+
+
+def test_get_reply_shorter_than_guessed_is_asked_again_with_its_length():
+    v2 = dataclasses.replace(L432, i2c_version=0x20)  # not in the length table: guess 17
+    sim, rec, bl = start(v2, faults=Faults(i2c_commands=H5_LIKE))
+    info = bl.connect()
+    assert info.commands == H5_LIKE and info.version == 0x20
+    assert ("i2c_overread", 19, 17) in sim.events  # 17 bytes: N, version, 15 codes
+    assert info.pid == 0x435 and bl.opcode("erase") == 0x45
+
+
+def test_write_protect_on_i2c_sends_count_and_list_as_two_frames():
+    # OpenBL OPENBL_I2C_WriteProtect: [N, ~N] -> ACK, then [codes..., XOR of the codes]
+    sim, rec, bl = start()
+    bl.connect()
+    rec.frames.clear()
+    bl.write_protect([0, 1])
+    assert rec.frames[:3] == [b"\x64\x9b", b"\x01\xfe", b"\x00\x01\x01"]
+    assert sim.mem.write_protected == {0, 1}
 
 
 def test_no_stretch_protection_commands():

@@ -297,3 +297,21 @@ def test_find_unknown_is_a_usage_error() -> None:
     with pytest.raises(UsageError) as err:
         find("0x999")
     assert err.value.code == "unknown_chip" and "0x435" in str(err.value)
+
+
+# AN2606, "bootloader configuration" table of each chapter (7-bit I2C addresses); issue 8
+# facts 9.1. F72x: Table 97 (I2C1/I2C3; I2C2 printed 0x4D), F74x: Table 99.
+AN2606_I2C_ADDRESSES = {0x452: 0x49, 0x449: 0x45, 0x435: 0x48, 0x415: 0x43, 0x461: 0x4C,
+                        0x471: 0x5B, 0x466: 0x56, 0x460: 0x51, 0x467: 0x5D, 0x456: 0x62}
+
+
+def test_i2c_addresses_as_an2606() -> None:
+    for pid, address in AN2606_I2C_ADDRESSES.items():
+        assert lookup(pid).i2c_address == address, hex(pid)
+    assert "0x4D" in lookup(0x452).note  # the I2C2 oddity is shown by `info`
+
+
+def test_f030xc_f09x_row_as_stm32flash_and_rm0360() -> None:
+    chip = lookup(0x442)
+    assert chip.sysmem_start == 0x1FFFD800  # not the old 0x1FFFC800 (stm32flash 5361ed8)
+    assert "OBL_LAUNCH" in chip.note and "empty" in chip.note

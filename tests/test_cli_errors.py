@@ -135,7 +135,8 @@ def test_a_chip_running_its_application_does_not_answer(tmp_path: Path, running:
 
 
 def test_a_chip_that_stays_silent_after_every_reset(tmp_path: Path, fw: Path) -> None:
-    sim = SimChip(L432, faults=Faults(silent_resets=5))
+    # more silent resets than connect attempts at every rate `baud: auto` tries (4 x 2)
+    sim = SimChip(L432, faults=Faults(silent_resets=10))
     with PtySim(sim) as pty:  # the config's mock pins, handed the simulator's lines
         cfg = write_config(tmp_path, pty.path, chip="silent", extra=FAST_GIVE_UP)
         target = target_of("flash", str(fw), "--config", str(cfg))

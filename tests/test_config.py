@@ -105,8 +105,9 @@ def test_design_minimal_example_loads_with_documented_defaults() -> None:
                                        where="mqtt.password")
     assert (m.base_topic, m.discovery_prefix, m.keepalive) == ("stm32ota", "homeassistant", 60)
     assert (m.client_id, m.reconnect_max) == ("stm32ota-gw-01", 60.0)
-    assert cfg.trust == config.TrustConfig((Path("/etc/stm32ota/release.pub"),), False, False,
-                                           4 * 2**20, config.DownloadConfig(30.0, 3, 2.0))
+    assert cfg.trust == config.TrustConfig(
+        (Path("/etc/stm32ota/release.pub"),), False, False, 4 * 2**20,
+        config.DownloadConfig(30.0, 3, 2.0, 1800.0, 1024, "same-host"))
     pump, sensor = cfg.targets
     assert (pump.product, pump.groups, pump.verify, pump.auto_install) == \
         ("pump-ctrl", ("cellar",), "auto", False)

@@ -45,3 +45,19 @@ def test_without_the_table_the_floor_alone_is_too_short(slow_f4) -> None:
             bl.erase_pages([5])  # what the deadline would be without size_erase_deadlines
     finally:
         bl.close()
+
+
+def test_after_an_erase_times_out_resync_listens_before_sending(slow_f4) -> None:
+    # issue 8 item 9: a chip still erasing does not read RX; a 0xFF burst sent into it overruns
+    # its USART and the erase's late ACK is taken for the answer to the burst
+    sim, port = slow_f4
+    bl = Bootloader(UartLink(port, parity="none"), timeouts=FLOOR)
+    try:
+        bl.connect()
+        with pytest.raises(LinkTimeout):
+            bl.erase_pages([5])  # 0.5 s against a 0.3 s deadline
+        bl.resync()
+        assert not [e for e in sim.events if e[0] == "overrun"]
+        assert bl.read_memory(SECTOR5, 4) == b"\xff" * 4  # erased, and talking again
+    finally:
+        bl.close()

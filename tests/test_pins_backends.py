@@ -32,8 +32,10 @@ class FakeGpiod:
         self.held: dict[tuple[str, int], str] = {}  # (chip, offset) -> consumer
         self.events: list[tuple[Any, ...]] = []  # (op, offset, high)
         self.deny: Optional[OSError] = None
+        self.drives: dict[int, str] = {}  # offset -> drive of its request
         line = types.ModuleType("gpiod.line")
         line.Direction = enum.Enum("Direction", "AS_IS INPUT OUTPUT")
+        line.Drive = enum.Enum("Drive", "PUSH_PULL OPEN_DRAIN OPEN_SOURCE")
         line.Value = enum.Enum("Value", {"INACTIVE": 0, "ACTIVE": 1})
         self.line = line
         module = types.ModuleType("gpiod")
@@ -47,10 +49,12 @@ class FakeGpiod:
 
         class LineSettings:
             def __init__(self, *, direction: Any = None, active_low: bool = False,
-                         output_value: Any = None) -> None:
+                         output_value: Any = None, drive: Any = None) -> None:
                 direction = direction or fake.line.Direction.AS_IS
                 output_value = output_value or fake.line.Value.INACTIVE
+                self.drive = drive or fake.line.Drive.PUSH_PULL
                 assert isinstance(direction, fake.line.Direction), direction
+                assert isinstance(self.drive, fake.line.Drive), self.drive
                 assert isinstance(output_value, fake.line.Value), output_value
                 assert isinstance(active_low, bool)
                 self.direction, self.active_low, self.output_value = \
@@ -78,6 +82,7 @@ class FakeGpiod:
             assert settings.direction is self.line.Direction.OUTPUT
         for offset, settings in config.items():
             self.held[(path, offset)] = consumer or "?"
+            self.drives[offset] = settings.drive.name
             self.events.append(("request", offset,
                                 self.high(settings.active_low, settings.output_value)))
         return FakeRequest(self, path, {o: s.active_low for o, s in config.items()})
@@ -131,6 +136,17 @@ def test_libgpiod_requests_each_line_at_its_released_level(
     assert gpiod.events[2:5] == [("set", 17, not nrst_low), ("set", 27, not boot0_low),
                                  ("set", 17, nrst_low)]
     assert gpiod.events[-2:] == [("release", 17, None), ("release", 27, None)]
+
+
+@pytest.mark.parametrize("nrst_low, nrst_drive", [(True, "OPEN_DRAIN"), (False, "PUSH_PULL")])
+def test_libgpiod_drives_nrst_open_drain_unless_through_an_inverter(
+        gpiod: FakeGpiod, nrst_low: bool, nrst_drive: str) -> None:
+    # wired straight, NRST only ever needs pulling low; released it is left to the MCU's
+    # pull-up, so a reset button or the chip's own reset pulse never fights the host's output
+    pins = open_pins("libgpiod", PinSpec(17, nrst_low), PinSpec(27), chip=_chip(gpiod),
+                     sleep=lambda s: None)
+    assert gpiod.drives == {17: nrst_drive, 27: "PUSH_PULL"}
+    pins.close()
 
 
 def test_libgpiod_busy_line_says_who_to_ask(gpiod: FakeGpiod) -> None:

@@ -64,9 +64,10 @@ def test_sim_takes_page_layout_and_bootloader_id_from_the_chip_table() -> None:
     l432, f407 = lookup(0x435), lookup(0x413)
     mem = SimMemory(l432)
     assert mem.read(l432.bootloader_id_addr, 1) == bytes([l432.bootloader_id]) == b"\x91"
-    assert mem.pages == list(l432.page_table())
-    assert SimMemory(f407, 512 * 1024).pages == list(f407.page_table(512 * 1024))
-    assert SimMemory(f407).pages[4:6] == [(0x08010000, 0x10000), (0x08020000, 0x20000)]
+    assert mem.pages == dict(enumerate(l432.page_table()))
+    assert SimMemory(f407, 512 * 1024).pages == dict(enumerate(f407.page_table(512 * 1024)))
+    assert [SimMemory(f407).pages[n] for n in (4, 5)] == [(0x08010000, 0x10000),
+                                                          (0x08020000, 0x20000)]
 
 
 def test_sim_erase_time_follows_the_tables_uneven_f4_sectors() -> None:

@@ -77,18 +77,37 @@ def test_get_lists_the_v12_command_set(host: Host) -> None:
     assert host.cmd(0x00) == ACK
     ops = [0x00, 0x01, 0x02, 0x11, 0x21, 0x31, 0x32, 0x44, 0x45, 0x63, 0x64, 0x73, 0x74,
            0x82, 0x83, 0x92, 0x93, 0xA1]
-    assert host.recv(21) == bytes([18, 0x12, *ops, ACK])
+    assert host.recv(20) == bytes([18, 0x12, *ops])
+    assert host.recv(1)[0] == ACK  # AN4221 2.1: the closing ACK is a read of its own
+
+
+def test_answers_are_read_one_transaction_each(host: Host, sim: SimChip) -> None:
+    # OpenBL OPENBL_I2C_GetCommand: data, then wait for the host's NACK + STOP; past the
+    # end SCL stays stretched, and a part-read answer leaves it stretching at the next access
+    assert host.cmd(0x00) == ACK
+    with pytest.raises(OSError) as err:
+        host.recv(21)
+    assert err.value.errno == errno.ETIMEDOUT
+    assert host.cmd(0x00) == ACK  # the bootloader reset and listens again
+    assert host.recv(5)[:2] == bytes([18, 0x12])
+    with pytest.raises(OSError) as err:
+        host.recv(15)
+    assert err.value.errno == errno.ETIMEDOUT
+    assert ("i2c_stall",) in sim.events
+    assert host.cmd(0x01) == ACK
 
 
 def test_get_version_is_one_byte_on_i2c(host: Host) -> None:
     assert host.cmd(0x01) == ACK
-    assert host.recv(2) == bytes([0x12, ACK])
+    assert host.recv(1) == bytes([0x12])
+    assert host.recv(1) == bytes([ACK])
 
 
 def test_no_sync_byte_and_unknown_opcode_nack(host: Host) -> None:
     assert host.cmd(0x7F) == NACK
     assert host.cmd(0x02) == ACK
-    assert host.recv(4) == b"\x01\x04\x35" + bytes([ACK])
+    assert host.recv(3) == b"\x01\x04\x35"
+    assert host.recv(1) == bytes([ACK])
 
 
 def test_unattached_address_and_uart_owned_chip_do_not_ack(sim: SimChip) -> None:
@@ -124,7 +143,8 @@ def test_write_read_and_frame_rules(host: Host, sim: SimChip) -> None:
     host.send(packet(FLASH.to_bytes(4, "big")))
     assert host.recv(1)[0] == ACK
     host.send(bytes([15, 0xF0]))
-    assert host.recv(17) == bytes([ACK]) + data[:16]
+    assert host.recv(1) == bytes([ACK])
+    assert host.recv(16) == data[:16]
 
 
 def test_no_stretch_write_answers_busy_first(host: Host, sim: SimChip) -> None:
@@ -232,5 +252,6 @@ def test_v10_chip_offers_no_no_stretch_commands(l432) -> None:
     from dataclasses import replace
     host = Host(SimChip(replace(l432, i2c_version=0x10)))
     assert host.cmd(0x00) == ACK
-    assert host.recv(14)[:2] == bytes([11, 0x10])
+    assert host.recv(13)[:2] == bytes([11, 0x10])
+    assert host.recv(1)[0] == ACK
     assert host.cmd(0x45) == NACK

@@ -21,3 +21,5 @@ _.SessionExpiryInterval
 # http.server calls log_message on the handler and socketserver reads daemon_threads
 _.log_message
 _.daemon_threads
+# pyserial's baudrate setter reconfigures the open port (agent/link/uart.py set_baud)
+_.baudrate

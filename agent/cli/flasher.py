@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import replace
 from typing import Callable
 
+from agent.cli.optionbytes import options_text
 from agent.cli.options import add_link_options, command, int_auto, parser, target_from_args
 from agent.errors import UsageError
 from agent.flasher import image as firmware
@@ -58,6 +59,8 @@ def describe(s: Identity) -> dict:
         "write_align": chip.write_align,
         "bootloader_id": None if s.bootloader_id is None else f"0x{s.bootloader_id:02X}",
         "read_protected": s.read_protected,
+        "baud": s.baud,  # the UART rate the bootloader answered at (`--baud auto`); I2C: None
+        "user_options": None if s.options is None else s.options.as_dict(),
     }
 
 
@@ -71,7 +74,9 @@ def info_text(d: dict) -> str:
         f"Chip       : {d['pid']} {d['chip']} ({d['family']})",
         f"Flash      : {ops.size_text(d['flash_size'])} at {d['flash_start']}, {d['pages']} pages "
         f"({layout}), writes aligned to {d['write_align']} bytes",
-        f"Protection : read-out protection {'ACTIVE' if d['read_protected'] else 'off'}"])
+        f"Protection : read-out protection {'ACTIVE' if d['read_protected'] else 'off'}"]
+        + ([f"Link       : {d['baud']} baud"] if d["baud"] else [])
+        + ([f"Options    : {options_text(d['user_options'])}"] if d["user_options"] else []))
 
 
 @parser("info", "show bootloader version, command set, PID, chip name, flash size and page layout")

@@ -38,11 +38,26 @@ def int_auto(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number (use 0x08000000 or 134217728)")
 
 
+def baud_arg(text: str) -> int | str:
+    """--baud: a positive rate or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        rate = int(text)
+    except ValueError:
+        rate = 0
+    if rate <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a baud rate (e.g. 115200, or auto)")
+    return rate
+
+
 def add_link_options(p: argparse.ArgumentParser) -> None:
     """--port/--baud/--parity, --i2c-bus/--i2c-address, pins, or --config/--target."""
     g = p.add_argument_group("link (one of --port, --i2c-bus, or --config with --target)")
     g.add_argument("--port", help="serial port or pyserial URL, e.g. /dev/ttyAMA0")
-    g.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
+    g.add_argument("--baud", type=baud_arg, default="auto",
+                   help="UART baud rate, or auto: 115200 stepping down to 19200 until the "
+                        "bootloader answers (default auto)")
     g.add_argument("--parity", choices=["even", "none"], default="even",
                    help="UART parity (default even, as AN3155 requires; none for ptys/odd adapters)")
     g.add_argument("--inter-byte-delay", type=float, default=0.0, metavar="SECONDS",

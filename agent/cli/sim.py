@@ -26,7 +26,8 @@ def _sim_args(p: argparse.ArgumentParser) -> None:
                         "adapter's default latency timer (default 0)")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="inject a fault, e.g. nack-write=5, drop=200, corrupt=300, silent-resets=2, "
-                        "slow-erase=4, rdp (repeatable)")
+                        "slow-erase=4, rdp, clock-error=9%% (the ROM's autobaud error at 115200), "
+                        "stray-zero (repeatable)")
 
 
 @command("sim")

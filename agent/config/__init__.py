@@ -129,6 +129,9 @@ class DownloadConfig:
     timeout: float
     retries: int
     backoff: float
+    deadline: float
+    min_rate: int  # bytes per second
+    allow_redirects: str  # "same-host" or "any"
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ class UartLinkConfig:
     """`link: {type: uart}` (AN3155)."""
 
     port: str
-    baud: int
+    baud: int | str  # a rate, or "auto"
     parity: str
     inter_byte_delay: float
     type: str = "uart"

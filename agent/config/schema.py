@@ -175,6 +175,11 @@ DOWNLOAD = Table(
     Key("timeout", POSITIVE, "give up on a stalled connection or read after this", "30s"),
     Key("retries", Integer(0, 100), "further attempts after a failed download", 3),
     Key("backoff", Duration(), "wait before the first retry (doubles each time)", "2s"),
+    Key("deadline", POSITIVE, "give up on a download, retries included, after this", "30m"),
+    Key("min_rate", Size(lo=0), "slowest transfer accepted, per second, averaged over "
+        "`timeout` (`0B`: only a stall fails)", "1KiB"),
+    Key("allow_redirects", Choice("same-host", "any"), "follow redirects to the same host and "
+        "port only, or to any host", "same-host"),
 )
 
 TRUST = Table(
@@ -186,11 +191,24 @@ TRUST = Table(
     Key("download", DOWNLOAD, "how firmware is fetched", {}),
 )
 
+class BaudKind(Integer):
+    """A baud rate, or "auto" (the link steps down from 115200 until the bootloader answers)."""
+
+    def describe(self) -> str:
+        """Type column of the reference table."""
+        return "integer or auto"
+
+    def __call__(self, value: Any, where: str, ctx: Context) -> Any:
+        return "auto" if value == "auto" else super().__call__(value, where, ctx)
+
+
 UART_LINK = Table(
     Key("port", Text(what="serial port"), "serial device or pyserial URL", REQUIRED,
         example="/dev/ttyAMA0"),
-    # AN3155 / AN2606: autobaud tested 1200..115200; stm32flash allows up to 4 Mbaud
-    Key("baud", Integer(1200, 4_000_000), "baud rate", 115200),
+    # AN3155 / AN2606: autobaud tested 1200..115200; stm32flash allows up to 4 Mbaud. auto: a
+    # ROM measuring 0x7F in software may be 5 % off at 115200 (AN2606 Table 6), over AN3155's 2.5 %
+    Key("baud", BaudKind(1200, 4_000_000), "baud rate, or auto: 115200 stepping down to 19200 "
+        "until the bootloader answers", "auto"),
     # AN3155 2: the bootloader speaks 8E1; "none" only for adapters that cannot do parity
     Key("parity", Choice("even", "none"), "parity", "even"),
     # seed notes: the L432 dropped bytes from an ESP32 without 1 ms between them

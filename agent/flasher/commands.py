@@ -2,7 +2,7 @@
 
 Every bootloader command of a flash goes through `Commands.retry`: a NACK, a garbled answer
 or a timeout costs a re-sync and another try, `retries` times at most; cancel is checked before
-each try. `read_memory` reads through the same loop.
+each try. `read_memory` and `write_memory` (a RAM routine) go through the same loop.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ class Result:
                 f"{verified}{retries} in {total:.1f} s ({phases})")
 
 
-
 def read_memory(bl: Any, address: int, length: int,
                 progress: Optional[ProgressCallback] = None, *, retries: int = 3,
                 cancel: Optional[threading.Event] = None) -> bytes:
@@ -59,6 +58,16 @@ def read_memory(bl: Any, address: int, length: int,
         out += commands.retry("read", at, lambda: bl.read_memory(at, n))
         report("read", len(out), length)
     return bytes(out)
+
+
+def write_memory(bl: Any, address: int, data: bytes, *, retries: int = 3) -> None:
+    """Write `data` (e.g. a routine to RAM) in the largest chunks the link allows, with retries."""
+    commands = Commands(bl, retries, None)
+    step = min(256, getattr(getattr(bl, "caps", None), "max_write", 256) or 256)
+    for off in range(0, len(data), step):
+        chunk = data[off:off + step]
+        commands.retry("write", address + off,
+                       lambda a=address + off, c=chunk: bl.write_memory(a, c))
 
 
 _E = TypeVar("_E", bound=BaseException)

@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable, Optional
 
 from agent.errors import Stm32OtaError, UsageError, VerifyFailed
-from agent.flasher.commands import Commands, Result, read_memory, tag
+from agent.flasher.commands import Commands, Result, read_memory, tag, write_memory
 from agent.flasher.compare import Compare, regions_spans
 from agent.flasher.plan import Block, Plan
 from agent.progress import ProgressCallback, no_progress
@@ -26,7 +26,7 @@ from agent.stm32.protocol import stm32_crc32
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Result", "VERIFY_MODES", "execute", "read_memory"]
+__all__ = ["Result", "VERIFY_MODES", "execute", "read_memory", "write_memory"]
 
 VERIFY_MODES = ("auto", "crc", "readback", "none")
 ERASE_CHUNK_MS = 1000.0  # typical erase time per command: a progress and cancel point a second

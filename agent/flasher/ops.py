@@ -16,15 +16,17 @@ import time
 from dataclasses import replace
 from typing import Callable, Optional
 
-from agent.errors import ChipMismatch, Nack, ReadProtected
+from agent.errors import BootConfigError, ChipMismatch, Nack, ReadProtected, UsageError
 from agent.flasher.execute import Result, execute, read_memory
 from agent.flasher.image import Image
 from agent.flasher.plan import pages_of_range, plan
-from agent.flasher.session import Identity, Session, Sleep, open_session
+from agent.flasher.session import (Identity, Session, Sleep, open_session, refuse_if_boot0_ignored,
+                                   reload_options)
 from agent.flasher.target import Target
 from agent.link import I2CBus
 from agent.pins import Backend
 from agent.progress import ProgressCallback
+from agent.stm32 import options as optbytes
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +77,9 @@ def flash(target: Target, image: Image, *, built_for: Optional[int] = None,
                 f"{s.chip.name} has read-out protection active: nothing was written. It is never "
                 "removed automatically because that mass-erases the chip; if that is what you "
                 "want, do it explicitly.")
-        the_plan = plan(image, s.chip, flash_size=s.flash_size,
+        the_plan = plan(image, s.chip, flash_size=s.flash_size, dual_bank=s.dual_bank,
                         max_write=s.link.caps.max_write)  # ChipMismatch before any erase
+        refuse_if_boot0_ignored(s)  # before the first erase: the next entry must still work
         result = execute(the_plan, s.bl, progress, verify=target.verify,
                          retries=target.write_retries, cancel=cancel,
                          skip=target.skip_unchanged)
@@ -114,16 +117,46 @@ def erase(target: Target, address: Optional[int] = None, length: Optional[int] =
             raise ReadProtected(f"{s.chip.name} has read-out protection active: nothing erased")
         if address is None:
             return _erase_all(s)
-        chosen = pages_of_range(s.chip, s.flash_size, address, length or 0)
+        chosen = pages_of_range(s.chip, s.flash_size, address, length or 0, s.dual_bank)
         s.bl.erase_pages(chosen)
         return f"erased pages {chosen[0]}-{chosen[-1]} ({length} bytes)"
+
+
+def option_bytes(target: Target, *, boot_from_pin: bool = False,
+                 i2c_bus: Optional[I2CBus] = None, pin_backend: Optional[Backend] = None,
+                 sleep: Sleep = time.sleep) -> tuple[Identity, bool]:
+    """Read the user option bytes; with `boot_from_pin` make the BOOT0 pin count again.
+
+    Returns the identity (its `options` as they are now) and whether they were changed.
+    Only the boot-selection bit changes; the whole option area is written back as read
+    (the bootloader rewrites all of it, AN3155 3.6) and the chip reloads it and resets.
+    """
+    with open_session(target, i2c_bus=i2c_bus, pin_backend=pin_backend, sleep=sleep) as s:
+        if s.read_protected:
+            raise ReadProtected(f"{s.chip.name} has read-out protection active: its option "
+                                "bytes cannot be read or changed through the bootloader")
+        if s.options is None:
+            raise UsageError(f"{s.chip.name}: stm32ota knows no boot-selection bit in its "
+                             "option bytes (the BOOT0 pin always counts, or the options are "
+                             "not memory-mapped)", code="no_boot_select")
+        if not boot_from_pin or s.options.pin_used:
+            return s.identity(), False
+        size = min(s.chip.option_end - s.chip.option_start, 256)
+        area = read_memory(s.bl, s.chip.option_start, size, None, retries=target.write_retries)
+        after = reload_options(s, optbytes.boot_from_pin(s.chip, area))
+        if after is None or not after.pin_used:
+            raise BootConfigError(
+                f"the option bytes of {s.chip.name} still ignore the BOOT0 pin after writing "
+                f"them (read back {after.raw.hex() if after else 'nothing'}): power-cycle the "
+                "board (some bootloaders load new options only then, AN2606) and check again")
+        return s.identity(), True
 
 
 def _erase_all(s: Session) -> str:
     if s.chip.mass_erase and s.flash_size == s.chip.flash_size:
         s.bl.mass_erase()
     else:  # AN2606 / stm32flash: L0/L1 cannot mass erase; erase page by page
-        s.bl.erase_pages(list(range(len(s.chip.page_table(s.flash_size)))))
+        s.bl.erase_pages(list(s.chip.page_map(s.flash_size, s.dual_bank)))
     return f"erased all {size_text(s.flash_size)} of {s.chip.name}"
 
 

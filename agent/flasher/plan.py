@@ -49,7 +49,7 @@ class Plan:
     erase: str  # "pages", "mass" or "none"
     pages: tuple[int, ...]  # page numbers the image touches, ascending
     blocks: tuple[Block, ...]  # ascending by address; no all-0xFF block
-    page_table: tuple[tuple[int, int], ...]  # (address, size) per page number
+    page_table: dict[int, tuple[int, int]]  # page number -> (address, size), address order
     image_size: int  # bytes of image data (without padding)
     regions: tuple[Block, ...] = ()  # per page: the image's aligned bytes in it (unsplit)
     expected: tuple[bytes, ...] = ()  # per entry of `pages`: the whole page once flashed
@@ -57,8 +57,8 @@ class Plan:
     @property
     def flash_range(self) -> tuple[int, int]:
         """[start, end) of the flash this plan was made for."""
-        first, last = self.page_table[0], self.page_table[-1]
-        return first[0], last[0] + last[1]
+        spans = self.page_table.values()
+        return min(a for a, _ in spans), max(a + s for a, s in spans)
 
     def page_blocks(self, page: int) -> tuple[Block, ...]:
         """The blocks that lie in `page`."""
@@ -77,7 +77,7 @@ class Span:
     data: bytes
     pages: tuple[int, ...]
 
-    def split(self, page_table: tuple[tuple[int, int], ...]) -> tuple["Span", "Span"]:
+    def split(self, page_table: dict[int, tuple[int, int]]) -> tuple["Span", "Span"]:
         """Two halves cut at the page edge nearest the middle (needs two pages or more)."""
         if len(self.pages) < 2:
             raise ValueError("a span within one page cannot be split at a page edge")
@@ -106,8 +106,13 @@ def page_table(chip: Chip, flash_size: Optional[int] = None) -> tuple[tuple[int,
 
 
 def plan(image: Image, chip: Chip, *, flash_size: Optional[int] = None, max_write: int = 256,
-         erase: str = "pages") -> Plan:
-    """Plan erasing and writing `image` on `chip`; ChipMismatch if any byte is outside flash."""
+         erase: str = "pages", dual_bank: Optional[bool] = None) -> Plan:
+    """Plan erasing and writing `image` on `chip`; ChipMismatch if any byte is outside flash.
+
+    `dual_bank` is the bank mode from the option bytes (Chip.dual_bank_from): on a dual-bank
+    part with less flash than its PID's largest, it decides where bank 2 and its page
+    numbers are.
+    """
     if erase not in ERASE_MODES:
         raise UsageError(f"erase must be one of {', '.join(ERASE_MODES)}, not {erase!r}",
                          code="bad_erase_mode")
@@ -116,17 +121,16 @@ def plan(image: Image, chip: Chip, *, flash_size: Optional[int] = None, max_writ
         raise UsageError(f"max_write {max_write} is smaller than {chip.name}'s write unit "
                          f"({align} bytes)", code="bad_max_write")
     max_write -= max_write % align  # a link's frame limit need not be a multiple of it
-    table = page_table(chip, flash_size)
-    if not table:
-        raise ChipMismatch(f"{chip.name} has no flash pages within {flash_size} bytes",
-                           code="image_outside_flash")
-    starts = [a for a, _ in table]
+    table = chip.page_map(flash_size, dual_bank)
+    numbers = list(table)
+    starts = [table[n][0] for n in numbers]
     blocks: list[Block] = []
     regions: list[Block] = []
     for lo, hi in image.spans(align):
         address = lo
         while address < hi:
-            page = _page_of(table, starts, address, image, chip)
+            page = _page_of(table, numbers, starts, address, image, chip,
+                            chip.bank2_unknown(flash_size, dual_bank))
             stop = min(hi, table[page][0] + table[page][1])
             regions.append(Block(address, image.read(address, stop - address), page))
             for a in range(address, stop, max_write):
@@ -150,13 +154,20 @@ def _trimmed(block: Block, align: int) -> Optional[Block]:
     return Block(block.address + head, data[head:len(data) - tail], block.page)
 
 
-def _page_of(table: tuple[tuple[int, int], ...], starts: list[int], address: int,
-             image: Image, chip: Chip) -> int:
+def _page_of(table: dict[int, tuple[int, int]], numbers: list[int], starts: list[int],
+             address: int, image: Image, chip: Chip, bank2_unknown: bool) -> int:
     i = bisect.bisect_right(starts, address) - 1
-    if i >= 0 and address < table[i][0] + table[i][1]:
-        return i
-    first, last = table[0], table[-1]
+    if i >= 0 and address < starts[i] + table[numbers[i]][1]:
+        return numbers[i]
+    first, last = table[numbers[0]], table[numbers[-1]]
     bad = max(address, image.start)
+    if bank2_unknown and first[0] <= bad < chip.flash_start + 2 * (last[0] + last[1]
+                                                                  - chip.flash_start):
+        raise ChipMismatch(
+            f"image byte at 0x{bad:08X} is in bank 2 of {chip.name}, whose place and page "
+            f"numbers are not known for this flash size and bank mode (option bytes unreadable "
+            f"or the layout not in the chip table): keep the image below "
+            f"0x{last[0] + last[1]:08X} (bank 1)", code="bank_layout_unknown")
     raise ChipMismatch(
         f"image byte at 0x{bad:08X} is outside {chip.name}'s flash "
         f"0x{first[0]:08X}..0x{last[0] + last[1] - 1:08X} ({(last[0] + last[1] - first[0]) // 1024}"
@@ -164,15 +175,17 @@ def _page_of(table: tuple[tuple[int, int], ...], starts: list[int], address: int
         code="image_outside_flash")
 
 
-def pages_of_range(chip: Chip, flash_size: int, start: int, length: int) -> list[int]:
+def pages_of_range(chip: Chip, flash_size: int, start: int, length: int,
+                   dual_bank: Optional[bool] = None) -> list[int]:
     """Page numbers exactly covering [start, start+length); UsageError if not page aligned."""
-    pages = chip.page_table(flash_size)
+    pages = chip.page_map(flash_size, dual_bank)
     end = start + length
-    flash_start, flash_end = pages[0][0], pages[-1][0] + pages[-1][1]
+    flash_start = min(a for a, _ in pages.values())
+    flash_end = max(a + s for a, s in pages.values())
     if length <= 0 or start < flash_start or end > flash_end:
         raise UsageError(f"0x{start:08X}+0x{max(length, 0):X} is not inside the flash "
                          f"(0x{flash_start:08X}-0x{flash_end - 1:08X})")
-    chosen = chip.pages_covering(start, length, flash_size)
+    chosen = chip.pages_covering(start, length, flash_size, dual_bank)
     first, last = pages[chosen[0]], pages[chosen[-1]]
     if first[0] != start or last[0] + last[1] != end:
         raise UsageError(

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
+from agent.link import Baud
 from agent.link.base import I2CBus
 from agent.pins import Backend, PinSpec, Step
 from agent.stm32.bootloader import Timeouts
@@ -24,13 +25,14 @@ class UartSettings:
     """A UART link (AN3155): a serial port or pyserial URL, 8 data bits."""
 
     port: str
-    baud: int = 115200
+    baud: Baud = "auto"  # a rate, or "auto": 115200 stepping down (link.uart.AUTO_BAUDS)
     parity: str = "even"  # AN3155 2.1: 8E1; "none" for ptys and adapters without parity
     inter_byte_delay: float = 0.0
 
     def describe(self) -> str:
         """Human-readable name of the link for messages."""
-        return f"{self.port} at {self.baud} baud"
+        return f"{self.port} (baud auto)" if self.baud == "auto" else \
+            f"{self.port} at {self.baud} baud"
 
     @property
     def key(self) -> str:

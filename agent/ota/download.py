@@ -1,26 +1,28 @@
-"""Firmware download: resumable, size-capped, sha256-checked, cached by content hash.
+"""Firmware download: resumable, size-capped, sha256-checked, bounded in time, cached by hash.
 
 The cache holds `<cache_dir>/<sha256>` (complete, verified images) and `<sha256>.part`
 (an interrupted download, resumed with an HTTP Range request). Remote file names are never
-used for paths, so a hostile URL cannot write outside the cache.
+used for paths, so a hostile URL cannot write outside the cache. A download ends by its
+deadline whatever the server does, and an abort ends it within a second (see transfer.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import re
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-import requests
-
-from agent.errors import Aborted, DownloadFailed, DownloadRetry, ImageRejected
-from agent.ota.manifest import SHA256_RE, Manifest, check_url
+from agent.errors import Aborted, DownloadFailed, DownloadRetry, ImageRejected, Stm32OtaError
+from agent.ota import transfer
+from agent.ota.manifest import SHA256_RE, Manifest, check_url, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,18 @@ _RETRY_STATUS = {408, 425, 429}
 
 Progress = Callable[[str, int, int], None]
 Cancel = Union[threading.Event, Callable[[], bool]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How a download may go (config `trust.download`)."""
+
+    timeout: float = 30.0  # connect; and each window in which min_rate must be met
+    deadline: float = 1800.0  # the whole download, every attempt and wait included
+    min_rate: int = 1024  # bytes per second, averaged over `timeout`; 0 = only "no data"
+    retries: int = 5
+    backoff: float = 1.0
+    redirects: str = transfer.SAME_HOST  # or transfer.ANY_HOST
 
 
 def _cancelled(cancel: Optional[Cancel]) -> bool:
@@ -59,14 +73,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 def fetch(source: Union[Manifest, str], size: Optional[int] = None, sha256: Optional[str] = None,
-          cache_dir: Union[str, Path, None] = None, *, max_size: int, timeout: float = 30,
-          retries: int = 5, backoff: float = 1.0, sleep: Callable[[float], None] = time.sleep,
+          cache_dir: Union[str, Path, None] = None, *, max_size: int, limits: Limits = Limits(),
+          sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
           progress: Optional[Progress] = None, cancel: Optional[Cancel] = None) -> Path:
     """Download to `<cache_dir>/<sha256>` and return that path once size and sha256 match.
 
     `source` is a Manifest (size and sha256 default to its own) or a URL. Connection errors,
-    timeouts and 5xx are retried `retries` times with exponential backoff; other HTTP errors
-    fail at once with DownloadFailed. A body longer than `size` or a sha256 mismatch raises
+    stalls, a rate below `limits.min_rate` and 5xx are retried `limits.retries` times with
+    exponential backoff; other HTTP errors fail at once with DownloadFailed, and so does
+    passing `limits.deadline`. A body longer than `size` or a sha256 mismatch raises
     ImageRejected (`too_large`, `sha256_mismatch`) and leaves no partial file behind.
     """
     url = source.url if isinstance(source, Manifest) else source
@@ -92,10 +107,9 @@ def fetch(source: Union[Manifest, str], size: Optional[int] = None, sha256: Opti
             log.info("using cached image %s", final)
             report("download", size, size)
             return final
-        job = _Job(url, size, sha256, final.with_name(sha256 + ".part"), timeout, report, cancel)
+        job = _Job(url, size, final.with_name(sha256 + ".part"), limits, report, cancel, clock)
         _check_space(cache, size - job.have())
-        with requests.Session() as session:
-            _run_attempts(job, session, retries, backoff, sleep)
+        _run_attempts(job, sleep)
         _verify_and_commit(job.part, final, size, sha256)
     return final
 
@@ -130,10 +144,11 @@ def _cached_ok(final: Path, size: int, sha256: str) -> bool:
 class _Job:
     """The state of one download across attempts."""
 
-    def __init__(self, url: str, size: int, sha256: str, part: Path, timeout: float,
-                 report: Progress, cancel: Optional[Cancel]) -> None:
-        self.url, self.size, self.sha256, self.part = url, size, sha256, part
-        self.timeout, self.report, self.cancel = timeout, report, cancel
+    def __init__(self, url: str, size: int, part: Path, limits: Limits, report: Progress,
+                 cancel: Optional[Cancel], clock: Callable[[], float]) -> None:
+        self.url, self.shown, self.size, self.part = url, redact_url(url), size, part
+        self.limits, self.report, self.cancel, self.clock = limits, report, cancel, clock
+        self.deadline = clock() + limits.deadline
 
     def have(self) -> int:
         """Bytes already in the .part file (a bogus oversize one is discarded)."""
@@ -146,82 +161,126 @@ class _Job:
             return 0
         return n
 
-    def check_cancel(self) -> None:
-        """Raise Aborted if cancellation was requested (the .part is kept for a resume)."""
+    def stopped(self) -> Optional[Stm32OtaError]:
+        """Why the download must end now: aborted (the .part is kept) or past its deadline."""
         if _cancelled(self.cancel):
-            raise Aborted(f"download of {self.url} canceled")
+            return Aborted(f"download of {self.shown} canceled")
+        if self.clock() >= self.deadline:
+            return DownloadFailed(
+                f"download of {self.shown} did not finish within {self.limits.deadline:g} s "
+                f"({self.have()} of {self.size} bytes); raise trust.download.deadline or fix the "
+                "server", code="download_deadline")
+        return None
+
+    def check_stop(self) -> None:
+        """Raise if the download must end now."""
+        why = self.stopped()
+        if why is not None:
+            raise why
 
 
-def _run_attempts(job: _Job, session: requests.Session, retries: int, backoff: float,
-                  sleep: Callable[[float], None]) -> None:
+def _run_attempts(job: _Job, sleep: Callable[[float], None]) -> None:
     attempt = 0
     while True:
-        job.check_cancel()
+        job.check_stop()
         try:
             if job.have() < job.size:
-                _attempt(job, session)
+                _attempt(job)
             if job.have() == job.size:
                 return
             raise DownloadRetry(f"connection closed after {job.have()} of {job.size} bytes")
         except DownloadRetry as e:
-            reason = str(e)
-        except (requests.ConnectionError, requests.Timeout,
-                requests.exceptions.ChunkedEncodingError) as e:
-            reason = f"{type(e).__name__}: {e}"
-        except requests.RequestException as e:  # bad redirect, invalid URL: retrying won't help
-            raise DownloadFailed(f"GET {job.url} failed: {e}") from None
+            failure = e
         attempt += 1
-        if attempt > retries:
-            raise DownloadFailed(f"download of {job.url} failed after {attempt} attempts: {reason}")
-        delay = min(backoff * 2 ** (attempt - 1), MAX_BACKOFF)
-        log.warning("download attempt %d failed (%s); retrying in %.1fs", attempt, reason, delay)
-        sleep(delay)
+        if attempt > job.limits.retries:
+            raise DownloadFailed(f"download of {job.shown} failed after {attempt} attempts: "
+                                 f"{failure}", code=failure.code)
+        delay = min(job.limits.backoff * 2 ** (attempt - 1), MAX_BACKOFF)
+        log.warning("download attempt %d failed (%s); retrying in %.1fs", attempt, failure, delay)
+        _wait(job, delay, sleep)
 
 
-def _attempt(job: _Job, session: requests.Session) -> None:
+def _wait(job: _Job, delay: float, sleep: Callable[[float], None]) -> None:
+    """Sleep `delay` in slices, so an abort or the deadline ends the wait within a slice."""
+    slices = max(1, int(delay / transfer.POLL + 0.999))
+    for _ in range(slices):
+        job.check_stop()
+        sleep(delay / slices)
+
+
+def _attempt(job: _Job) -> None:
     offset = job.have()
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
-    headers["Accept-Encoding"] = "identity"  # sizes and ranges are about the stored bytes
-    with session.get(job.url, headers=headers, stream=True, timeout=job.timeout) as r:
-        offset = _start_offset(job, r, offset)
-        length = r.headers.get("Content-Length")
-        if length and length.isdigit() and offset + int(length) > job.size:
-            _too_large(job, f"server announces {offset + int(length)} bytes")
-        _stream(job, r, offset)
+    headers = {"Accept-Encoding": "identity"}  # sizes and ranges are about the stored bytes
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    lim = job.limits
+    with transfer.Guard(job.stopped, lim.timeout, lim.min_rate, job.clock) as guard:
+        conn: Optional[http.client.HTTPConnection] = None
+        try:
+            # the socket timeout is a backstop: the guard ends a stall after lim.timeout
+            conn, r = transfer.open_get(job.url, headers, guard, timeout=lim.timeout + 1,
+                                        redirects=lim.redirects)
+            offset = _start_offset(job, r, offset)
+            _check_body(job, r, offset)
+            _stream(job, r, offset, guard)
+            guard.raise_if_stopped()
+        except Stm32OtaError:
+            raise
+        except (OSError, http.client.HTTPException) as e:
+            guard.raise_if_stopped()  # the guard cut it: say why, not how the read noticed
+            raise DownloadRetry(f"{type(e).__name__}: {e}") from None
+        finally:
+            if conn is not None:
+                conn.close()
 
 
-def _start_offset(job: _Job, r: requests.Response, offset: int) -> int:
+def _check_body(job: _Job, r: http.client.HTTPResponse, offset: int) -> None:
+    """Refuse a body that is encoded, or announced longer than the image."""
+    encoding = (r.getheader("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        raise DownloadFailed(f"GET {job.shown} answered with Content-Encoding {encoding!r} though "
+                             "only identity was accepted; serve the file as it is (turn "
+                             "compression off for it)", code="content_encoding")
+    length = r.getheader("Content-Length")
+    if length and length.isdigit() and offset + int(length) > job.size:
+        _too_large(job, f"server announces {offset + int(length)} bytes")
+
+
+def _start_offset(job: _Job, r: http.client.HTTPResponse, offset: int) -> int:
     """Where the body of `r` starts in the file, after judging its status."""
-    if r.status_code == 206:
-        m = _CONTENT_RANGE_RE.fullmatch(r.headers.get("Content-Range", ""))
+    if r.status == 206:
+        m = _CONTENT_RANGE_RE.fullmatch(r.getheader("Content-Range") or "")
         total_ok = m is not None and m.group(3) in ("*", str(job.size))
         if m and int(m.group(1)) == offset and total_ok:
-            log.info("resuming %s at byte %d", job.url, offset)
+            log.info("resuming %s at byte %d", job.shown, offset)
             return offset
         job.part.unlink(missing_ok=True)  # never splice a range we did not ask for
         raise DownloadRetry(f"server answered Range {offset}- with Content-Range "
-                     f"{r.headers.get('Content-Range')!r}; starting over")
-    if r.status_code == 200:
+                            f"{r.getheader('Content-Range')!r}; starting over")
+    if r.status == 200:
         if offset:
-            log.warning("server ignored the Range request; downloading %s from the start", job.url)
+            log.warning("server ignored the Range request; downloading %s from the start",
+                        job.shown)
         return 0
-    if r.status_code == 416:
+    if r.status == 416:
         job.part.unlink(missing_ok=True)
         raise DownloadRetry("server refused the resume range (416); starting over")
-    if r.status_code >= 500 or r.status_code in _RETRY_STATUS:
-        raise DownloadRetry(f"HTTP {r.status_code} {r.reason}")
-    raise DownloadFailed(f"GET {job.url} answered HTTP {r.status_code} {r.reason}; "
+    if r.status >= 500 or r.status in _RETRY_STATUS:
+        raise DownloadRetry(f"HTTP {r.status} {r.reason}")
+    raise DownloadFailed(f"GET {job.shown} answered HTTP {r.status} {r.reason}; "
                          "check the manifest's url")
 
 
-def _stream(job: _Job, r: requests.Response, offset: int) -> None:
+def _stream(job: _Job, r: http.client.HTTPResponse, offset: int, guard: transfer.Guard) -> None:
     done = offset
     job.report("download", done, job.size)
     with job.part.open("r+b" if offset else "wb") as f:
         f.seek(offset)
         f.truncate()
-        for chunk in r.iter_content(NET_CHUNK):
-            job.check_cancel()
+        # read1: whatever has arrived, so the guard counts bytes as they come
+        for chunk in iter(lambda: r.read1(NET_CHUNK), b""):
+            guard.received += len(chunk)
+            job.check_stop()  # the guard looks 5 times a second; a fast server needs this too
             if done + len(chunk) > job.size:
                 f.close()
                 _too_large(job, f"server sent more than {job.size} bytes")
@@ -234,7 +293,7 @@ def _stream(job: _Job, r: requests.Response, offset: int) -> None:
 
 def _too_large(job: _Job, why: str) -> None:
     job.part.unlink(missing_ok=True)
-    raise ImageRejected(f"{job.url}: {why}, but the manifest says {job.size}; refusing it",
+    raise ImageRejected(f"{job.shown}: {why}, but the manifest says {job.size}; refusing it",
                         code="too_large")
 
 
@@ -254,7 +313,8 @@ def prune_cache(cache_dir: Union[str, Path], keep: set[str], max_bytes: int) -> 
     """Delete cached images not in `keep` (oldest first) until the cache fits `max_bytes`.
 
     Stale `.part` files not in `keep` always go. Files that are not cache entries are left
-    alone. Returns the deleted paths.
+    alone, and so is an entry a fetch() of this process is working on. Returns the deleted
+    paths.
     """
     cache = Path(cache_dir)
     if not cache.is_dir():
@@ -268,8 +328,8 @@ def prune_cache(cache_dir: Union[str, Path], keep: set[str], max_bytes: int) -> 
             continue
         st = p.stat()
         if name not in keep and p.name.endswith(".part"):
-            p.unlink()
-            removed.append(p)
+            if _unlink_idle(p, cache / name):
+                removed.append(p)
             continue
         total += st.st_size
         if name not in keep:
@@ -277,7 +337,19 @@ def prune_cache(cache_dir: Union[str, Path], keep: set[str], max_bytes: int) -> 
     for _mtime, nbytes, p in sorted(entries):
         if total <= max_bytes:
             break
-        p.unlink()
-        removed.append(p)
-        total -= nbytes
+        if _unlink_idle(p, p):
+            removed.append(p)
+            total -= nbytes
     return removed
+
+
+def _unlink_idle(path: Path, final: Path) -> bool:
+    """Delete `path` unless a fetch() of `final` holds its lock right now."""
+    lock = _lock_for(final)
+    if not lock.acquire(blocking=False):
+        return False
+    try:
+        path.unlink(missing_ok=True)
+        return True
+    finally:
+        lock.release()

@@ -239,6 +239,17 @@ class JobStore:
         self._publish(target, job, False)  # another job is open: keep its retained record
         return job
 
+    def open_images(self) -> set[str]:
+        """sha256 of the image of every job not yet ended: the cache must keep those."""
+        keep = set()
+        for name in self.state.job_targets():
+            job = self.load(name)
+            if job is not None and not job.terminal and isinstance(job.manifest, dict):
+                sha = job.manifest.get("sha256")
+                if isinstance(sha, str):
+                    keep.add(sha)
+        return keep
+
     def close_orphans(self, configured: Collection[str]) -> None:
         """End open jobs of targets no longer configured; unpublished, as no topics remain."""
         for name in self.state.job_targets():

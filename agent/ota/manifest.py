@@ -57,6 +57,7 @@ import logging
 import re
 from datetime import datetime, timezone
 from typing import Any, Mapping, Union
+from urllib.parse import urlsplit, urlunsplit
 
 from agent.errors import ImageRejected
 
@@ -243,10 +244,26 @@ def _int(fields: Mapping[str, Any], name: str, lo: int, hi: int) -> int | None:
     return v
 
 
+def redact_url(url: str) -> str:
+    """`url` fit for a log or a message: user, password, query and fragment become `***`.
+
+    The one way a download URL is shown: a URL may carry a token (in its query string, say),
+    and job messages are published retained.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except (ValueError, TypeError, AttributeError):
+        return "<unparsable URL>"
+    netloc = parts.netloc.rpartition("@")[2]
+    if "@" in parts.netloc:
+        netloc = "***@" + netloc
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "",
+                       "***" if parts.fragment else ""))
+
+
 def check_url(url: str, field: str = "url") -> str:
     """Refuse anything but a plain http(s) URL with a host and no credentials."""
-    from urllib.parse import urlsplit
-
     if not isinstance(url, str) or not url:
         raise ImageRejected(f"{field} must be a non-empty string", code="bad_url")
     if any(0xD800 <= ord(c) <= 0xDFFF for c in url):
@@ -258,15 +275,16 @@ def check_url(url: str, field: str = "url") -> str:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as e:
-        raise ImageRejected(f"{field} {url[:80]!r} is not a valid URL: {e}", code="bad_url") from None
+        raise ImageRejected(f"{field} is not a valid URL: {e}", code="bad_url") from None
     if parts.scheme not in ("http", "https"):
         raise ImageRejected(f"{field} must be http:// or https://, not {parts.scheme or 'none'}",
                             code="bad_url")
     if not parts.hostname:
-        raise ImageRejected(f"{field} {url[:80]!r} has no host", code="bad_url")
+        raise ImageRejected(f"{field} {redact_url(url)[:80]!r} has no host", code="bad_url")
     if parts.username is not None or parts.password is not None:
-        raise ImageRejected(f"{field} must not carry a user name or password; "
-                            "use a token in the path or server-side access control", code="bad_url")
+        raise ImageRejected(f"{field} must not carry a user name or password; use a token in "
+                            "the query string (never shown in logs or messages) or server-side "
+                            "access control", code="bad_url")
     return url
 
 

@@ -19,7 +19,7 @@ from agent.errors import Aborted, Stm32OtaError
 from agent.flasher import image as firmware
 from agent.flasher import ops
 from agent.flasher.target import Devices, Target
-from agent.ota import download
+from agent.ota import download, transfer
 from agent.ota.jobs import (CANCELED, FAILED, IN_PROGRESS, TOUCHES_FLASH, Job, JobStore,
                             overall_percent)
 from agent.ota.manifest import Manifest
@@ -50,9 +50,30 @@ class Policy:
     allow_unsigned: bool = False
     cache_dir: str = "/var/cache/stm32ota"
     max_image_size: int = 4 * 1024 * 1024
+    cache_max: int = 64 * 1024 * 1024
     download_timeout: float = 30.0
     download_retries: int = 5
     download_backoff: float = 1.0
+    download_deadline: float = 1800.0
+    download_min_rate: int = 1024
+    download_redirects: str = transfer.SAME_HOST
+
+    def limits(self) -> download.Limits:
+        """The download settings as download.fetch() takes them."""
+        return download.Limits(timeout=self.download_timeout, deadline=self.download_deadline,
+                               min_rate=self.download_min_rate, retries=self.download_retries,
+                               backoff=self.download_backoff, redirects=self.download_redirects)
+
+
+def tidy_cache(jobs: JobStore, policy: Policy) -> None:
+    """Keep agent.cache_max and drop .part files, never touching what an open job needs."""
+    try:
+        removed = download.prune_cache(policy.cache_dir, jobs.open_images(), policy.cache_max)
+    except OSError as err:  # a cache we cannot tidy must not fail a job or the start
+        log.warning("could not tidy the cache %s: %s", policy.cache_dir, err)
+        return
+    for path in removed:
+        log.info("cache: removed %s", path.name)
 
 
 class Pipeline:
@@ -97,7 +118,13 @@ class Pipeline:
                                                    percent=percent))
 
     def run(self) -> Job:
-        """Carry the job to exactly one terminal status and return it."""
+        """Carry the job to exactly one terminal status and return it, then tidy the cache."""
+        try:
+            return self._run()
+        finally:
+            tidy_cache(self.jobs, self.policy)
+
+    def _run(self) -> Job:
         m = self.release
         try:
             self._install(m)
@@ -137,9 +164,8 @@ class Pipeline:
         p = self.policy
         self._step("download")
         path = download.fetch(m.url, m.size, m.sha256, p.cache_dir, max_size=p.max_image_size,
-                              timeout=p.download_timeout, retries=p.download_retries,
-                              backoff=p.download_backoff, sleep=self.sleep,
-                              progress=self.progress, cancel=self.cancel)
+                              limits=p.limits(), sleep=self.sleep, progress=self.progress,
+                              cancel=self.cancel)
         self._step("verify_image")
         image = firmware.load(str(path), fmt=m.format, address=m.address)
         self._step("enter_bootloader")

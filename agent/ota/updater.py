@@ -25,7 +25,7 @@ from agent.ota.checks import check_install, rollout_selected
 from agent.ota.jobs import CANCELED, FAILED, QUEUED, TOUCHES_FLASH, Job, JobStore
 from agent.ota.keys import verify_manifest
 from agent.ota.manifest import Manifest, parse_manifest
-from agent.ota.pipeline import FlashTarget, Pipeline, Policy
+from agent.ota.pipeline import FlashTarget, Pipeline, Policy, tidy_cache
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class Updater:
             w.start()
             self._workers.append(w)
         self.recover()
+        tidy_cache(self.jobs, self.policy)  # after recover(): it decides which jobs stay open
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask workers to stop after their current step and wait a little for them."""

@@ -5,6 +5,12 @@ Linux boards; legacy sysfs GPIO is gone from recent kernels. Each line is reques
 output with its initial value in the same request, so the kernel never drives it at any other
 level (claim-at-inactive, DESIGN rule 8). Polarity is handled by ``PinSpec`` in Pins, so lines
 are requested with ``active_low=False`` and ``Value.ACTIVE`` here simply means "high".
+
+NRST wired straight to the MCU (asserted low) is requested open-drain: the line only ever
+pulls low, and released it leaves NRST to the MCU's own pull-up, so the host never fights the
+reset button, a debugger or the chip's own reset pulse (NRST is bidirectional: RM0394 6.1.2
+"System reset": the internal reset drives NRST low). Through an inverter (asserted high) it
+must drive both levels and stays push-pull.
 """
 
 from __future__ import annotations
@@ -64,9 +70,9 @@ class GpiodBackend:
 
     def __init__(self, chip: str = "/dev/gpiochip0") -> None:
         self.gpiod = import_gpiod()
-        from gpiod.line import Direction, Value  # noqa: PLC0415 - same lazy import
+        from gpiod.line import Direction, Drive, Value  # noqa: PLC0415 - same lazy import
 
-        self._direction, self._value = Direction, Value
+        self._direction, self._drive, self._value = Direction, Drive, Value
         self.chip = chip
         self._requests: dict[str, tuple[Any, PinSpec]] = {}
 
@@ -75,7 +81,9 @@ class GpiodBackend:
 
     def claim(self, name: str, spec: PinSpec, level: bool) -> None:
         """Request the line as an output whose first level is `level`."""
-        settings = self.gpiod.LineSettings(direction=self._direction.OUTPUT,
+        open_drain = name == "nrst" and spec.resolved(name).active_low
+        drive = self._drive.OPEN_DRAIN if open_drain else self._drive.PUSH_PULL
+        settings = self.gpiod.LineSettings(direction=self._direction.OUTPUT, drive=drive,
                                            output_value=self._value_of(level))
         try:
             request = self.gpiod.request_lines(self.chip, consumer=CONSUMER,
@@ -83,8 +91,8 @@ class GpiodBackend:
         except (OSError, ValueError) as exc:
             raise _explain(exc, self.chip, spec.line) from exc
         self._requests[name] = (request, spec)
-        log.debug("claimed %s = %s line %s at %s", name, self.chip, spec.line,
-                  "high" if level else "low")
+        log.debug("claimed %s = %s line %s at %s, %s", name, self.chip, spec.line,
+                  "high" if level else "low", "open-drain" if open_drain else "push-pull")
 
     def write(self, name: str, level: bool) -> None:
         """Set the line's level."""

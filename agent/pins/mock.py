@@ -92,6 +92,17 @@ class MockBackend:
         if name in ASSERTED_HIGH:
             self._update_mcu(name, self._mcu_level(name, line))
 
+    def power_cycle(self) -> None:
+        """Switch the target's supply off and on: a power-on reset, not an NRST pulse.
+
+        The listener gets ("power", False) then ("power", True); the simulator tells the two
+        apart because silicon does (the empty-check flag is sampled only at power-on).
+        """
+        for on in (False, True):
+            self.history.append((self.clock(), "power", on))
+            if self.listener is not None:
+                self.listener("power", on)
+
     def level(self, name: str) -> bool:
         """The host-side level of a claimed line."""
         return self.lines[name].level

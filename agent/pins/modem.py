@@ -8,16 +8,18 @@ straight to NRST (active_low=True) resets the MCU when pyserial's dtr is True; R
 straight to BOOT0 (active_low=False) selects the bootloader when pyserial's rts is False.
 
 Caveat for DESIGN rule 8: Linux asserts DTR and RTS itself when a tty is opened, before any
-Python code runs, so with direct wiring opening the port pulses NRST low (the link should open
-the port with ``dtr``/``rts`` preset to False to keep that pulse short). Boards that drive NRST
-through an inverting transistor (nrst active_low=False) do not glitch. This backend drives
+Python code runs, so with direct wiring opening the port pulses NRST low. The link opens the
+port with the lines preset to their released states (``released_states``), which pyserial
+applies in the first ioctl after open(2), so the pulse lasts microseconds (the usual 100 nF
+on NRST absorbs it). Boards that drive NRST through an inverting transistor (nrst
+active_low=False) do not glitch. This backend drives
 both lines released as soon as it is created and never closes the port (the link owns it).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Optional
 
 from agent.errors import ConfigError, PinError
 from agent.pins.base import PinSpec
@@ -25,6 +27,16 @@ from agent.pins.base import PinSpec
 log = logging.getLogger(__name__)
 
 MODEM_LINES = ("rts", "dtr")
+
+
+def released_states(nrst: Optional[PinSpec], boot0: Optional[PinSpec]) -> dict[str, bool]:
+    """pyserial's rts/dtr values (True = asserted) that leave NRST and BOOT0 released."""
+    states: dict[str, bool] = {}
+    for name, spec in (("nrst", nrst), ("boot0", boot0)):
+        line = str(spec.line).strip().lower() if spec is not None else ""
+        if spec is not None and line in MODEM_LINES:
+            states[line] = not spec.resolved(name).level_for(False)  # see _set: inverted
+    return states
 
 
 class ModemBackend:

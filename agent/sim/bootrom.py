@@ -45,18 +45,19 @@ class Bootrom(Framing):
     # -- identification ---------------------------------------------------------------------
 
     def _get(self, op: int) -> Gen:
-        self.emit(bytes([ACK, len(self.commands), self.version, *self.commands, ACK]))
+        self.emit(bytes([ACK]), bytes([len(self.commands), self.version, *self.commands]),
+                  bytes([ACK]))
         yield from ()  # receives nothing more, but every handler is a generator
 
     def _get_version(self, op: int) -> Gen:
         # AN3155 3.2: version + two 0x00 legacy bytes; AN4221 2.3: version byte only
         extra = b"\x00\x00" if self.iface == "uart" else b""
-        self.emit(bytes([ACK, self.version]) + extra + bytes([ACK]))
+        self.emit(bytes([ACK]), bytes([self.version]) + extra, bytes([ACK]))
         yield from ()  # receives nothing more, but every handler is a generator
 
     def _get_id(self, op: int) -> Gen:
         pid = self.chip.chip.pid
-        self.emit(bytes([ACK, 1, pid >> 8, pid & 0xFF, ACK]))
+        self.emit(bytes([ACK]), bytes([1, pid >> 8, pid & 0xFF]), bytes([ACK]))
         yield from ()  # receives nothing more, but every handler is a generator
 
     # -- memory -----------------------------------------------------------------------------
@@ -72,7 +73,7 @@ class Bootrom(Framing):
             raise NackReason("length complement mismatch")
         data = self.mem.read(addr, n + 1)
         self.chip.note("read", addr, n + 1)
-        self.emit(bytes([ACK]) + data)
+        self.emit(bytes([ACK]), data)
 
     def _go(self, op: int) -> Gen:
         self._unprotected()
@@ -174,7 +175,7 @@ class Bootrom(Framing):
         if pages is None:
             if not self.chip.chip.mass_erase:
                 raise NackReason("global erase is not supported by this chip")
-            pages = list(range(len(self.mem.pages)))
+            pages = list(self.mem.pages)
             self.mem.erase_pages(pages)
             self.chip.note("mass_erase")
         else:
@@ -201,20 +202,22 @@ class Bootrom(Framing):
         self._unprotected()
         self.emit(bytes([ACK]))
         if self.iface == "i2c":
+            # OpenBL OPENBL_I2C_WriteProtect (AN4221 2.8): [N, ~N] -> ACK, then the N+1
+            # sector codes and the XOR of the codes alone (N is not in it) -> ACK
             head = yield 2
-            if head[0] != head[1]:
-                raise NackReason("sector count checksum mismatch")
+            if head[1] != head[0] ^ 0xFF:
+                raise NackReason("sector count complement mismatch")
             self.emit(bytes([ACK]))
             body = yield head[0] + 2
             ok = xor(body[:-1]) == body[-1]
-        else:
+        else:  # AN3155 3.9: one frame N, codes, XOR of N and the codes
             head = yield 1
             body = yield head[0] + 2
             ok = xor(head + body) == 0
         if not ok:
             raise NackReason("sector list checksum mismatch")
         sectors = list(body[:-1])
-        if any(s >= len(self.mem.pages) for s in sectors):
+        if any(s not in self.mem.pages for s in sectors):
             raise NackReason("sector number out of range")
         self.mem.write_protected.update(sectors)
         self.chip.note("write_protect", sectors)
@@ -237,14 +240,22 @@ class Bootrom(Framing):
         yield from ()  # receives nothing more, but every handler is a generator
 
     def _rup(self, op: int) -> Gen:
-        # AN3155 3.12: ACK, mass erase, RDP back to level 0, second ACK, system reset
+        # OpenBL OPENBL_USART/I2C_ReadoutUnprotect: ACK, ACK, and only then the RDP regression
+        # (mass erase, and from USART V2.2 a RAM wipe, AN3155 Table 3) and the reset: the
+        # chip is deaf for the mass-erase time after the second ACK. The AN3155 3.12 / AN4221
+        # 2.11 text orders it ACK, erase, ACK, reset (fault "rup-ack-after-erase").
         self.emit(bytes([ACK]))
         self.mem.write_protected.clear()
         self.mem.mass_erase()
+        self.mem.ram.data[:] = bytes(len(self.mem.ram.data))
         self.mem.options.data[0] = RDP_LEVEL0
         self.chip.note("readout_unprotect")
-        seconds = self._erase_seconds(range(len(self.mem.pages)))
-        self.answer(bytes([ACK]), seconds, op, erase=True, then=self._reset_after())
+        seconds = self._erase_seconds(list(self.mem.pages))
+        if self.chip.faults.rup_ack_after_erase:
+            self.answer(bytes([ACK]), seconds, op, erase=True, then=self._reset_after())
+        else:
+            self.emit(bytes([ACK]))
+            self.answer(b"", seconds, op, erase=True, then=self._reset_after())
         yield from ()  # receives nothing more, but every handler is a generator
 
     # -- checksum ---------------------------------------------------------------------------
@@ -280,7 +291,7 @@ class Bootrom(Framing):
         self.chip.note("checksum", addr, nbytes)
         # estimate, not a datasheet figure: the CRC unit takes a word per 4 AHB cycles (RM0394
         # 14.3) from flash with wait states, ~30 MB/s at the bootloader's 60 MHz (AN2606)
-        self.answer(bytes([ACK]) + crc + bytes([xor(crc)]), nbytes / 30e6, op)
+        self.answer(bytes([ACK]), nbytes / 30e6, op, rest=crc + bytes([xor(crc)]))
 
     def _check_crc_range(self, addr: int, nbytes: int) -> None:
         if nbytes == 0 or not self.mem.flash_region.holds(addr, nbytes):

@@ -5,11 +5,18 @@ sends and take what it answers; the command set itself lives in `bootrom.Bootrom
 
 Boot rules (AN2606): NRST low holds the chip in reset (silent). On the NRST rising edge it
 samples BOOT0: high -> system bootloader; low -> the application (silent on both bootloader
-interfaces), except on parts with the empty check (L4, G0, G4, C0) when the main flash was
-empty. Like the L4's FLASH_SR.PEMPTY (RM0394 3.7.5), the empty flag is latched at power-on and
-at option-byte reload (after WP/WUP/RDP/RUP or an option write), NOT at a plain NRST reset:
-flashing a blank chip and pulsing NRST with BOOT0 low still lands in the bootloader; use GO or
-`power_cycle()`.
+interfaces), except on parts with the empty check (`Chip.empty_check`: F0 0x442/0x445,
+L41x-L46x, L4R/S, G0, C0, WL, ...) while the empty flag is set. The flag is sampled (first
+flash word 0xFFFFFFFF) only at power-on and at an option-byte reload (after WP/WUP/RDP/RUP,
+an option write, F0 OBL_LAUNCH), NOT at an NRST pulse or a system reset (stm32flash stm32.c
+quoting RM0360 2.5 / RM0394 3.7.5; ST KB "Empty check": "simply resetting the device is not
+enough"). So flashing a blank chip and pulsing NRST with BOOT0 low lands in the bootloader
+again, until a power cycle (`power_cycle()`, or the pin "power" of `set_line`) or code run
+from RAM changes the flag (cpu.py: L4 PEMPTY flip, G0/C0/WL FLASH_ACR bit 16, F0 OBL_LAUNCH).
+
+Which level BOOT0 has is decided by the user option bytes as last loaded (memory.py): on a
+factory G0/C0 nBOOT_SEL=1 makes the chip ignore the BOOT0 pin (AN2606 pattern 11), on
+L4/G4/WL nSWBOOT0=0 does (patterns 6/13/14).
 
 After a boot the first interface with activity wins until the next reset (AN2606 4.1): a UART
 byte (0x7F expected: the autobaud measures it; any other first byte makes the bootloader lock
@@ -27,8 +34,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from agent.errors import UsageError
+from agent.errors import MemoryRefused, SimFault, UsageError
 from agent.sim.bootrom import Bootrom
+from agent.sim.cpu import FlashRegs, run
 from agent.sim.faults import Faults
 from agent.sim.memory import RDP_LEVEL0, RDP_LEVEL1, SimMemory
 from agent.stm32.chips import Chip
@@ -80,7 +88,7 @@ class SimChip:
         self._rx_count = self._tx_count = self._write_count = 0
         self.generation = 0
         self._clear_io()
-        self._empty_latched = self.mem.is_empty()
+        self.empty_flag = self.mem.is_empty()
         self._boot("power-on")
 
     # -- events and pins --------------------------------------------------------------------
@@ -97,20 +105,24 @@ class SimChip:
         self._reset_listeners.append(callback)
 
     def set_line(self, name: str, high: bool) -> None:
-        """Drive a pin ("nrst" or "boot0") to an electrical level."""
+        """Drive a pin ("nrst" or "boot0") to an electrical level; "power" switches the supply."""
         with self.lock:
-            if name == "boot0":
+            if name == "power":
+                self._power(high)
+            elif name == "boot0":
                 self._boot0 = bool(high)
             elif name == "nrst":
                 if not high and self._nrst:
                     self._nrst = False
-                    self._enter_reset()
+                    if self.mode != "off":
+                        self._enter_reset()
                 elif high and not self._nrst:
                     self._nrst = True
-                    self._boot("nrst")
+                    if self.mode != "off":
+                        self._boot("nrst")
             else:
-                raise UsageError(f"unknown pin {name!r}; the chip has 'nrst' and 'boot0'",
-                                 code="bad_pin")
+                raise UsageError(f"unknown pin {name!r}; the chip has 'nrst', 'boot0' and "
+                                 "'power'", code="bad_pin")
 
     def reset(self, boot0: bool = True) -> None:
         """Pulse NRST with BOOT0 at the given level."""
@@ -120,27 +132,64 @@ class SimChip:
             self.set_line("nrst", True)
 
     def power_cycle(self) -> None:
-        """Power off and on: RAM is lost and the empty-check flag is latched again."""
+        """Power off and on: RAM is lost and the empty-check flag is sampled again."""
         with self.lock:
+            self._power(False)
+            self._power(True)
+
+    def _power(self, on: bool) -> None:
+        if not on:
             self._enter_reset()
+            self.mode = "off"
             self.mem.ram.data[:] = bytes(len(self.mem.ram.data))
-            self._empty_latched = self.mem.is_empty()
+            self.note("power", "off")
+        elif self.mode == "off":
+            self.mode = "reset"
+            self.empty_flag = self.mem.is_empty()  # power-on reset samples the flag
             self._boot("power-on")
 
     def system_reset(self, *, obl: bool = False) -> None:
-        """A reset from inside the chip (after RUP, an I2C timeout, ...); BOOT0 is sampled again."""
+        """A reset from inside the chip (after RUP, an I2C timeout, ...); BOOT0 is sampled again.
+
+        With `obl` it is the reset of an option-byte reload, which samples the empty flag.
+        """
         with self.lock:
             self._enter_reset()
             if obl:
-                self._empty_latched = self.mem.is_empty()
+                self.note("option_reload")
+                self.empty_flag = self.mem.is_empty()
             self._boot("system reset")
 
     def jump(self, addr: int) -> None:
-        """GO: leave the bootloader and run code at `addr`."""
+        """GO: leave the bootloader and run code at `addr` (code in RAM is interpreted)."""
         with self.lock:
             self.note("go", addr)
             self._session = None
             self.mode = "application"
+            if self.mem.ram.holds(addr, 8):
+                self._run_ram(addr)
+
+    def _run_ram(self, addr: int) -> None:
+        regs = FlashRegs(self.chip.empty_flag)
+        try:
+            how = run(self, regs, addr)
+        except (SimFault, MemoryRefused) as err:
+            self.note("hard_fault", str(err))  # the core locks up: silent until reset
+            return
+        self.note("ram_code", how)
+        if how != "spinning":
+            self.system_reset(obl=how == "obl_reset")
+
+    def load_word(self, addr: int) -> int:
+        """A 32-bit word of any readable memory, for code running on the chip."""
+        return int.from_bytes(self.mem.read(addr, 4), "little")
+
+    def store_word(self, addr: int, value: int) -> None:
+        """Code running on the chip stores a RAM word."""
+        if not self.mem.ram.holds(addr, 4):
+            raise MemoryRefused(f"store to 0x{addr:08X} outside RAM", code="read_only")
+        off = addr - self.mem.ram.start
+        self.mem.ram.data[off:off + 4] = value.to_bytes(4, "little")
 
     def _clear_io(self) -> None:
         self._session: Bootrom | None = None
@@ -152,6 +201,7 @@ class SimChip:
         self._last_ready = 0.0
         self.busy_until = 0.0
         self._i2c_last = 0.0
+        self._i2c_stalled = False  # an answer was read only in part (see _i2c_take)
 
     def _enter_reset(self) -> None:
         self.mode = "reset"
@@ -164,8 +214,9 @@ class SimChip:
         if not self._nrst:
             return
         self.read_protected = self.mem.rdp_byte != RDP_LEVEL0
-        empty = self.chip.empty_check and self._empty_latched
-        self.mode = "bootloader" if self._boot0 or empty else "application"
+        empty = self.chip.empty_check and self.empty_flag
+        boot0 = self.mem.boot0_signal(self._boot0)
+        self.mode = "bootloader" if boot0 or empty else "application"
         if cause == "nrst" and self._silent_left > 0:
             self._silent_left -= 1
             self._silent = True
@@ -261,6 +312,7 @@ class SimChip:
         """True if the bootloader would acknowledge its I2C address right now."""
         with self.lock:
             self._i2c_timeout_check()
+            self._run_due_timers()
             return (self.mode == "bootloader" and not self._silent and self.chip.i2c_version != 0
                     and self._iface in (None, "i2c"))
 
@@ -284,6 +336,7 @@ class SimChip:
         """One I2C write transaction addressed to the bootloader (address already ACKed)."""
         with self.lock:
             session = self._i2c_select()
+            self._i2c_unstall()
             if self._out:
                 # it is still trying to send its answer: SCL stays stretched
                 raise OSError(errno.ETIMEDOUT, "bootloader has an unread answer pending; "
@@ -298,13 +351,32 @@ class SimChip:
         """One I2C read transaction of n bytes (address already ACKed)."""
         with self.lock:
             self._i2c_select()
+            self._i2c_unstall()
             got = bytearray()
             while len(got) < n:
                 got += self._i2c_next(n - len(got))
             self._i2c_last = self.clock()
             return bytes(got)
 
+    def _run_due_timers(self) -> None:
+        """Run the end of operations that send nothing (e.g. the erase after RUP's ACKs)."""
+        while self._out and not self._out[0].data and self._out[0].ready <= self.clock():
+            item = self._out.popleft()
+            if item.then:
+                item.then()
+
+    def _i2c_unstall(self) -> None:
+        """After a partly read answer the bootloader still waits to send the rest, with SCL
+        stretched at the next address match until its own I2C timeout resets it (OpenBL
+        `OPENBL_I2C_SendByte`: no ADDR handling, `NVIC_SystemReset` on timeout)."""
+        if self._i2c_stalled:
+            self.note("i2c_stall")
+            self.system_reset()
+            raise OSError(errno.ETIMEDOUT, "bootloader stretched SCL: the previous answer was "
+                          "read only in part")
+
     def _i2c_next(self, n: int) -> bytes:
+        self._run_due_timers()
         if not self._out:
             if self._quirk_nack:
                 return bytes([NACK]) * n
@@ -325,10 +397,19 @@ class SimChip:
             finally:
                 self.lock.acquire()
             return b""
+        if n > len(item.data):
+            # AN4221 / OpenBL: each answer is one read transaction; past its end the
+            # bootloader has no byte to send, stretches SCL and resets on its I2C timeout
+            self.note("i2c_overread", n, len(item.data))
+            self.system_reset()
+            raise OSError(errno.ETIMEDOUT, f"read of {n} bytes, the answer holds "
+                          f"{len(item.data)}: SCL stretched")
         take = bytes(item.data[:n])
         del item.data[:n]
+        self._i2c_stalled = bool(item.data)
         if not item.data:
             self._out.popleft()
             if item.then:
                 item.then()
+            self._run_due_timers()
         return take

@@ -1,7 +1,8 @@
 """Faults the simulated chip can inject, and their command-line spelling (`stm32ota sim --fault`).
 
 A forgiving fake hides bugs: these make the simulator NACK, lose and garble bytes, stay silent
-after a reset, erase slowly, start read-protected, or show the L432's missing I2C erase ACK.
+after a reset, erase slowly, start read-protected, show the L432's missing I2C erase ACK, run
+its autobaud off by a clock error, or let a floating TX line put a 0x00 before the sync ACK.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class Faults:
     erase_factor: float = 1.0  # erase takes this many times longer (also when not realtime)
     read_protected: bool = False  # RDP level 1 from power-on
     i2c_erase_no_ack: bool = False  # seed-notes.md L432 quirk: no final ACK after an I2C erase
+    rup_ack_after_erase: bool = False  # AN3155 3.12 text order: 2nd RUP ACK after the erase
+    i2c_commands: tuple[int, ...] = ()  # GET lists these instead (AN4221 V2.0: per product)
+    clock_error: float = 0.0  # % the ROM's autobaud is off at 115200 (pty only; see PtySim)
+    stray_zero: bool = False  # TX floats low until the ROM drives it: 0x00 before the sync ACK
 
 
 _FAULT_SPECS: dict[str, tuple[str, type]] = {
@@ -32,6 +37,8 @@ _FAULT_SPECS: dict[str, tuple[str, type]] = {
     "corrupt": ("corrupt_every", int), "silent-resets": ("silent_resets", int),
     "slow-erase": ("erase_factor", float), "rdp": ("read_protected", bool),
     "i2c-erase-no-ack": ("i2c_erase_no_ack", bool),
+    "rup-ack-after-erase": ("rup_ack_after_erase", bool), "clock-error": ("clock_error", float),
+    "stray-zero": ("stray_zero", bool),
 }
 
 
@@ -50,7 +57,7 @@ def parse_faults(specs: list[str]) -> Faults:
             setattr(faults, field, True)
             continue
         try:
-            number = kind(value)
+            number = kind(value.removesuffix("%") if name == "clock-error" else value)
         except ValueError:
             raise UsageError(f"fault {name!r} needs a number, e.g. {name}=4", code="bad_fault") from None
         if number <= 0:

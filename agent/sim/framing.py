@@ -65,7 +65,8 @@ class Framing:
         self.mem = chip.mem
         self.iface = iface
         self.version = chip.chip.uart_version if iface == "uart" else chip.chip.i2c_version
-        self.commands = command_set(iface, self.version)
+        self.commands = ((iface == "i2c" and chip.faults.i2c_commands)
+                         or command_set(iface, self.version))
         self.at_top = True
         self._handlers = handlers
         self._frame = bytearray()  # I2C: unread rest of the current frame
@@ -103,18 +104,32 @@ class Framing:
         self.chip.note("nack", None, why)
         self.chip.emit(bytes([NACK]))
 
-    def emit(self, data: bytes, *, then: Callable[[], None] | None = None) -> None:
-        """Send an immediate answer; on I2C the frame must have been used up exactly."""
+    def emit(self, *units: bytes, then: Callable[[], None] | None = None) -> None:
+        """Send an immediate answer; on I2C the frame must have been used up exactly.
+
+        Each unit is one I2C read transaction: AN4221 2 and OpenBL (`OPENBL_I2C_GetCommand`
+        and the others wait for the host's NACK and STOP after each part and serve the
+        next one only at a new address match), so an ACK, a data block and the closing ACK
+        are separate reads. On UART the units are simply consecutive bytes.
+        """
         self._frame_used_up()
-        self.chip.emit(data, then=then)
+        if self.iface != "i2c":
+            units = (b"".join(units),)
+        for i, unit in enumerate(units):
+            self.chip.emit(unit, then=then if i == len(units) - 1 else None)
 
     def answer(self, data: bytes, seconds: float, op: int, *, erase: bool = False,
-               then: Callable[[], None] | None = None) -> None:
-        """Final answer of an operation that takes `seconds` of simulated chip time."""
+               rest: bytes = b"", then: Callable[[], None] | None = None) -> None:
+        """Final answer of an operation that takes `seconds` of simulated chip time;
+        `rest` follows it as its own I2C read transaction (e.g. a CRC after its ACK)."""
         self._frame_used_up()
         no_stretch = self.iface == "i2c" and op in BUSY_POLLED
+        if rest and self.iface != "i2c":
+            data, rest = data + rest, b""
         self.chip.emit(data, delay=self.chip.op_time(seconds, erase=erase),
-                       no_stretch=no_stretch, then=then)
+                       no_stretch=no_stretch, then=None if rest else then)
+        if rest:
+            self.chip.emit(rest, then=then)
 
     def _frame_used_up(self) -> None:
         if self.iface == "i2c" and self._frame:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from agent.errors import MemoryRefused
+from agent.errors import MemoryRefused, UsageError
 from agent.stm32.chips import Chip
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,22 @@ _ECC_FAMILIES = frozenset({"L4", "L4+", "L5", "U5", "G0", "G4", "WB", "WL", "H7"
 
 RDP_LEVEL0 = 0xAA  # option byte value that means "no read-out protection" (RM0394 3.5.1)
 RDP_LEVEL1 = 0xBB  # any value other than 0xAA/0xCC is level 1
+
+# Factory user option word per family and how it stores BOOT0 (device side; the client
+# decodes it independently in agent.stm32.options). Each 64-bit slot of G0/C0/L4/G4/WL holds
+# the 32-bit value and its complement (OpenBL OPENBL_OB_Write takes the values at offsets
+# 0, 8, 16, ...); F0 words are [RDP, ~RDP, USER, ~USER] (RM0091 4.1 Table 11 copy).
+#   G0/C0  OPTR 0xDFFFE1AA (RM0454 3.4.1 "ST production value", quoted by an ST moderator;
+#          C0 assumed alike [INF]); nBOOT_SEL bit 24 = 1: BOOT0 comes from nBOOT0 (bit 26),
+#          the pin is ignored (CMSIS FLASH_OPTR_nBOOT_SEL; AN2606 pattern 11)
+#   L4/G4/WL  OPTR 0xFFEFF8AA ([unverified] value; what matters, nSWBOOT0 bit 26 = 1 = pin
+#          used and nBOOT0 bit 27 = 1, is AN2606 patterns 6/13/14): nSWBOOT0 = 0 ignores it
+#   F0     0x00FF55AA (RM0091 production value, second-hand copy): USER bit 7 = BOOT_SEL,
+#          1 = pin used, USER bit 3 = nBOOT0 (OBR bits 15 and 11, CMSIS stm32f091xc.h)
+_OPTION_WORD = {"G0": 0xDFFFE1AA, "C0": 0xDFFFE1AA, "L4": 0xFFEFF8AA, "G4": 0xFFEFF8AA,
+                "WL": 0xFFEFF8AA}
+_F0_WORD = 0x00FF55AA
+_NO_SWBOOT0 = frozenset({0x415})  # L47x/48x: no nSWBOOT0/nBOOT0 in OPTR (CMSIS stm32l476xx.h)
 
 
 @dataclass
@@ -48,14 +64,20 @@ class SimMemory:
         self.chip = chip
         size = flash_size if flash_size is not None else chip.flash_size
         self.flash = bytearray(b"\xff" * size)
-        self.pages = list(chip.page_table(size))  # the table's layout, cut at the flash size
         self.ecc = chip.family in _ECC_FAMILIES or chip.write_align >= 8
         self.write_protected: set[int] = set()
         self.flash_region = Region("flash", chip.flash_start, self.flash, True)
         self.ram = Region("ram", chip.ram_start, bytearray(chip.ram_end - chip.ram_start), True)
         self.options = Region("option bytes", chip.option_start,
                               bytearray(b"\xff" * (chip.option_end - chip.option_start)), True)
-        self.options.data[0] = RDP_LEVEL0
+        self._factory_options()
+        # page number -> (address, size) for this size and the bank mode of the option
+        # word (all-ones erased options: two banks)
+        word = int.from_bytes(self.options.data[:4], "little") if self.options.data else None
+        self.pages = chip.page_map(size, chip.dual_bank_from(word))
+        if any(a + n > chip.flash_start + size for a, n in self.pages.values()):
+            raise UsageError(f"{chip.name} with {size // 1024} KiB puts bank 2 apart from "
+                             "bank 1, which the simulator does not model", code="usage")
         sysmem = bytearray(b"\xff" * (chip.sysmem_end - chip.sysmem_start))
         self.sysmem = Region("system memory", chip.sysmem_start, sysmem, False)
         self.regions = [self.flash_region, self.ram, self.options, self.sysmem]
@@ -76,6 +98,33 @@ class SimMemory:
         region = Region(name, base, bytearray(b"\xff" * 16), False)
         region.data[addr - base:addr - base + len(value)] = value
         self.regions.append(region)
+
+    def _factory_options(self) -> None:
+        data, family = self.options.data, self.chip.family
+        if family in _OPTION_WORD and len(data) >= 8:
+            for off in range(0, len(data) - 7, 8):  # unused slots: erased value, complement
+                data[off:off + 8] = b"\xff" * 4 + bytes(4)
+            word = _OPTION_WORD[family]
+            data[0:8] = word.to_bytes(4, "little") + (word ^ 0xFFFFFFFF).to_bytes(4, "little")
+        elif family == "F0" and len(data) >= 4:
+            data[:] = (0x00FF00FF).to_bytes(4, "little") * (len(data) // 4)
+            data[0:4] = _F0_WORD.to_bytes(4, "little")
+        else:
+            data[0] = RDP_LEVEL0
+
+    def boot0_signal(self, pin: bool) -> bool:
+        """The BOOT0 level the chip acts on: the pin, or nBOOT0 when the options say so."""
+        data, family = self.options.data, self.chip.family
+        if family in ("G0", "C0") and len(data) >= 4:
+            word = int.from_bytes(data[0:4], "little")
+            return not word >> 26 & 1 if word >> 24 & 1 else pin
+        if family in ("L4", "G4", "WL") and self.chip.pid not in _NO_SWBOOT0 and len(data) >= 4:
+            word = int.from_bytes(data[0:4], "little")
+            return pin if word >> 26 & 1 else not word >> 27 & 1
+        if family == "F0" and len(data) >= 3:
+            user = data[2]
+            return pin if user & 0x80 else not user & 0x08
+        return pin
 
     @property
     def rdp_byte(self) -> int:
@@ -101,6 +150,10 @@ class SimMemory:
         region = self.region_at(addr)
         if not region.writable:
             raise MemoryRefused(f"0x{addr:08X} is in read-only {region.name}", code="read_only")
+        if region is self.options and addr != region.start:
+            # AN3155 3.6 / AN4221 2.6: option bytes are written from the start of their area
+            raise MemoryRefused(f"option bytes are written from 0x{region.start:08X}, not "
+                                f"0x{addr:08X}", code="bad_address")
         align = self.chip.write_align if region is self.flash_region else 4
         if addr % align:
             # AN2606 Table 7 (L4): an unaligned address makes the program operation fail
@@ -146,7 +199,7 @@ class SimMemory:
 
     def _page_of(self, addr: int) -> int:
         """Page number that holds a flash address."""
-        for number, (start, size) in enumerate(self.pages):
+        for number, (start, size) in self.pages.items():
             if start <= addr < start + size:
                 return number
         return -1
@@ -154,7 +207,7 @@ class SimMemory:
     def erase_pages(self, numbers: list[int]) -> list[int]:
         """Erase pages by number (all must exist); returns those actually erased (not WP'd)."""
         for number in numbers:
-            if not 0 <= number < len(self.pages):
+            if number not in self.pages:
                 raise MemoryRefused(f"page {number} does not exist (chip has {len(self.pages)})",
                                     code="bad_page")
         done = []
@@ -173,8 +226,8 @@ class SimMemory:
 
     def bank_pages(self, bank: int) -> list[int]:
         """Page numbers of bank 1 or 2 (halves of the flash on dual-bank parts)."""
-        half = len(self.pages) // 2
-        return list(range(half)) if bank == 1 else list(range(half, len(self.pages)))
+        middle = self.flash_region.start + len(self.flash) // 2
+        return [n for n, (a, _) in self.pages.items() if (a < middle) == (bank == 1)]
 
     def is_empty(self) -> bool:
         """AN2606 empty check: first word of main flash reads 0xFFFFFFFF."""

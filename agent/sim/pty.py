@@ -8,6 +8,14 @@ turnaround `latency` each answer that follows bytes from the host waits that lon
 leaves, as a USB-serial adapter holds short answers until its latency timer runs out (FTDI's
 default is 16 ms, AN232B-04). `stats` counts those round trips. Between clients the thread
 sleeps in a blocking select: an idle simulator costs no CPU.
+
+The pty carries no parity and no rate, but the host's rate is in the termios the client set
+(master and slave share one), which is what the clock-error fault needs: a ROM that measures
+the 0x7F in software is off by up to 5 % at 115200 on an L4 and less at lower rates (AN2606
+4.5 and Table 6), and a link works only within 2.5 % (AN3155 2). Past that the chip's answers
+arrive with their last data bit in the wrong bit cell (the timing error grows along the
+frame), for a share of the bytes that grows with the error until, at twice the tolerance,
+every byte is wrong.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import logging
 import os
 import select
 import signal
+import termios
 import threading
 import tty
 from dataclasses import dataclass
@@ -29,6 +38,16 @@ from agent.stm32.chips import Chip
 log = logging.getLogger(__name__)
 
 _BITS_PER_BYTE = 11  # 8E1: start + 8 data + parity + stop (AN3155 1)
+_TOLERANCE = 0.025  # AN3155 2: host and bootloader rates must agree within 2.5 %
+_JITTER_AT = 115200  # AN2606 Table 6 states the autobaud error at this rate
+_RATES = {getattr(termios, f"B{r}"): r for r in (1200, 2400, 4800, 9600, 19200, 38400, 57600,
+                                                  115200, 230400, 460800, 921600)}
+
+
+def garbled_share(clock_error_pct: float, rate: int) -> float:
+    """Share of the chip's bytes that arrive wrong at `rate` for a clock error given at 115200."""
+    error = abs(clock_error_pct) / 100 * rate / _JITTER_AT  # AN2606 4.5: shrinks with the rate
+    return min(1.0, max(0.0, (error - _TOLERANCE) / _TOLERANCE))
 
 
 @dataclass
@@ -64,6 +83,8 @@ class PtySim:
         self._heard = False  # host bytes arrived since the chip last answered
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._garble_debt = 0.0  # spreads the garbled share evenly over the bytes sent
+        self._stray_zero = sim.faults.stray_zero
 
     def start(self) -> "PtySim":
         """Open the pty, make the symlink (if asked) and start serving."""
@@ -120,7 +141,8 @@ class PtySim:
             pass  # a wake-up is already pending, or we are closing
 
     def _on_reset(self) -> None:
-        """On reset, bytes the chip had not taken in yet are lost."""
+        """On reset, bytes the chip had not taken in yet are lost (and TX floats again)."""
+        self._stray_zero = self.sim.faults.stray_zero
         try:
             while os.read(self._master, 4096):
                 pass
@@ -165,12 +187,35 @@ class PtySim:
             if self.sim.generation == generation:
                 self.sim.uart_receive(chunk)
 
+    def host_rate(self) -> int:
+        """The rate the client set on the port (the simulator's own when termios cannot say)."""
+        try:
+            return _RATES.get(termios.tcgetattr(self._slave)[4], self.sim.baud)
+        except (termios.error, OSError):
+            return self.sim.baud
+
+    def _on_the_wire(self, data: bytes) -> bytes:
+        """What the host receives: the clock-error and floating-TX faults applied."""
+        out = bytearray(data)
+        if self._stray_zero:
+            self._stray_zero = False
+            out[:0] = b"\x00"
+        share = garbled_share(self.sim.faults.clock_error, self.host_rate())
+        for i in range(len(out) if share else 0):
+            self._garble_debt += share
+            if self._garble_debt >= 1.0:
+                self._garble_debt -= 1.0
+                self.sim.note("fault", "clock-error", out[i])
+                out[i] ^= 0x80  # the last data bit (LSB first) sampled in the parity cell
+        return bytes(out)
+
     def _send(self, data: bytes) -> None:
         if self._heard:  # the host turned the line around: one round trip
             self._heard = False
             self.stats.round_trips += 1
             if self.latency:
                 self.sim.sleep(self.latency)  # the adapter holds a short answer back
+        data = self._on_the_wire(data)
         self.stats.bytes_out += len(data)
         line = self._line_time(len(data))
         if line:

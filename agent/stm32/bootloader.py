@@ -81,7 +81,7 @@ class Bootloader(Wire):
         self.i2c_erase_nack = i2c_erase_nack
         self.last_erase_unconfirmed = False
         self._erase_ms: Optional[Callable[[int], float]] = None  # typical ms per page number
-        self._mass_erase_s = 0.0
+        self._mass_erase_s = 0.0  # deadline of a mass erase (typical x ERASE_MARGIN_MASS)
 
     # ---- connection -----------------------------------------------------------------------
 
@@ -121,15 +121,9 @@ class Bootloader(Wire):
             count = self._read(1, self.timeouts.byte, what)[0]
             body = self._read(count + 1, self.timeouts.byte + self._line_time(count + 1), what)
         else:
-            guess = I2C_GET_N.get(version, 17)
-            frame = self._read(guess + 2, self.timeouts.byte, what)
-            count = frame[0]
-            if count > guess:
-                # the length was a guess from the version (as in stm32flash); the target still
-                # holds the rest of its answer, so read that as the next frame
-                log.debug("GET said N=%d, guessed %d: reading the rest", count, guess)
-                frame += self._read(count - guess, self.timeouts.byte, what)
-            body = frame[1:count + 2]
+            # the length is a guess from the version (stm32flash stm32_guess_len_cmd)
+            frame = self._get_frame(GET, I2C_GET_N.get(version, 17), what)
+            body = frame[1:frame[0] + 2]
         self._wait_ack(what, self.timeouts.byte)
         return tuple(body[1:])
 
@@ -327,17 +321,27 @@ class Bootloader(Wire):
 
     # ---- protection (explicit only; the chip resets afterwards) -----------------------------
 
-    def _protection(self, name: str, timeout: float, body: bytes | None = None) -> None:
+    def _protection(self, name: str, timeout: float, frames: Sequence[bytes] = (),
+                    erases: bool = False) -> None:
         what = name.upper().replace("_", " ")
         self._command(self._op(name), what)
-        if body is not None:
-            self.link.write(body)
+        for frame in frames[:-1]:
+            self._send(frame, f"{what}: count")
+        if frames:
+            self.link.write(frames[-1])
+        started = self._clock()
         self._wait_ack(f"{what}: completion", timeout)
-        # AN3155 3.9-3.12: ACK, then a system reset on F0/F2/F4/F7/L4: listen again
+        # AN3155 3.9-3.12, OpenBL: the last ACK, then the option reload resets the chip
         self.info = None
-        self._sleep(self.timeouts.reset_settle)
-        if self.caps.needs_sync:
-            self.sync()
+        wait = self.timeouts.reset_settle
+        erase_s = self._mass_erase_s / ERASE_MARGIN_MASS
+        if erases and self._clock() - started < erase_s / 2:
+            # OpenBL sends both ACKs of Readout Unprotect first and only then mass-erases
+            # (AN3155 3.12: wait the mass-erase time after the second ACK); where the ACK
+            # came after the erase (the AN text's order) only the reset remains
+            wait = max(wait, erase_s - (self._clock() - started))
+        back = self.timeouts.sync * 20 + (self._mass_erase_s if erases else 0.0)
+        self._await_reset(what, wait, back)
 
     def readout_protect(self) -> None:
         """Set RDP level 1 (0x82/0x83); the chip resets and needs connect() again."""
@@ -345,7 +349,8 @@ class Bootloader(Wire):
 
     def readout_unprotect(self) -> None:
         """Remove RDP (0x92/0x93): this MASS-ERASES the flash; the chip then resets."""
-        self._protection("readout_unprotect", self.timeouts.unprotect)
+        self._protection("readout_unprotect", max(self.timeouts.unprotect, self._mass_erase_s),
+                         erases=True)
 
     def write_unprotect(self) -> None:
         """Remove write protection from all sectors (0x73/0x74); the chip then resets."""
@@ -356,8 +361,12 @@ class Bootloader(Wire):
         if not sectors or any(not 0 <= s <= 0xFF for s in sectors) or len(sectors) > 256:
             raise UsageError("WRITE PROTECT needs 1..256 sector numbers 0..255",
                              code="bad_pages")
-        body = with_xor(bytes([len(sectors) - 1]) + bytes(sectors))
-        self._protection("write_protect", self.timeouts.byte * 2, body)
+        count = len(sectors) - 1
+        if self.caps.byte_stream:  # AN3155 3.9: N, the codes, XOR of N and the codes
+            frames = (with_xor(bytes([count]) + bytes(sectors)),)
+        else:  # AN4221 2.8 / OpenBL: [N, ~N] and its ACK, then the codes and their XOR
+            frames = (bytes([count, count ^ 0xFF]), with_xor(bytes(sectors)))
+        self._protection("write_protect", self.timeouts.byte * 2, frames)
 
     def close(self) -> None:
         """Release the link."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent.stm32.chip_model import KiB, Chip
+from agent.stm32.chip_model import Banks, KiB, Chip
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,9 @@ ROWS: tuple[Chip, ...] = (
           bootloader_id_addr=0x1FFFF7A6),
     _chip("F0", 0x442, "STM32F030xC/F09xxx", 256, _p(128, _2K), (0x20001800, 0x20008000),
           ("F030xC", "F091", "F098"), sysmem_start=0x1FFFD800, bootloader_id_addr=0x1FFFF796,
-          i2c_version=0x10, note="a reset after an option-byte write needs OBL_LAUNCH"),
+          i2c_version=0x10,  # system memory from 0x1FFFD800: stm32flash 5361ed8 (RM0091/RM0360)
+          note="empty check: after flashing a blank part a reset re-enters the bootloader "
+               "until power-off or OBL_LAUNCH (RM0360 2.5; stm32flash F_OBLL)"),
     _chip("F0", 0x445, "STM32F04xxx/F070x6", 32, _p(32, KiB), (0x20001800, 0x20001800),
           ("F042", "F048", "F070x6"), sysmem_start=0x1FFFC400, bootloader_id_addr=0x1FFFF6A6,
           i2c_version=0x10, note=_ANY_RAM_NOTE),
@@ -223,11 +225,14 @@ ROWS: tuple[Chip, ...] = (
           option_start=0x1FFEC000, dual_bank=True),
     _chip("F4", 0x463, "STM32F413xx/423xx", 1536, _f2f4(1536), 0x20050000, ("F413", "F423")),
     # F7 -- AN2606 F7 chapters (16 KiB bootloader RAM). F72x sectors are F4-like (RM0431).
+    # AN2606 Table 97: 0b1001001 (0x49) on I2C1 and I2C3; I2C2 is printed as 0b1001101
+    # (0x4D), maybe a typo: on I2C2, give the address explicitly.
     _chip("F7", 0x452, "STM32F72xxx/73xxx", 512, _f2f4(512), 0x20040000,
           ("F722", "F723", "F730", "F732", "F733"), flash_size_reg=0x1FF07A22,
-          erase_ms_by_size=_F4_ERASE, i2c_address=0x49),  # CubeProgrammer I2C example
+          erase_ms_by_size=_F4_ERASE, i2c_address=0x49,
+          note="I2C address 0x49 on I2C1/I2C3; AN2606 prints 0x4D for I2C2"),
     _chip("F7", 0x449, "STM32F74xxx/75xxx", 1024, _F7 + ((3, 256 * KiB),), 0x20050000,
-          ("F745", "F746", "F750", "F756")),
+          ("F745", "F746", "F750", "F756"), i2c_address=0x45),  # AN2606 Table 99
     _chip("F7", 0x451, "STM32F76xxx/77xxx", 2048, _F7 + ((7, 256 * KiB),), 0x20080000,
           ("F765", "F767", "F769", "F777", "F778", "F779"),
           note="single-bank sector layout (nDBANK=1, the factory default)"),
@@ -237,23 +242,29 @@ ROWS: tuple[Chip, ...] = (
           ("G030", "G031", "G041"), sysmem_end=0x1FFF2000, bootloader_id_addr=0x1FFF1FFE,
           i2c_address=0x56),
     _chip("G0", 0x456, "STM32G05xxx/061xx", 64, _p(32, _2K), (0x20001000, 0x20004800),
-          ("G050", "G051", "G061"), sysmem_end=0x1FFF2000, bootloader_id_addr=0x1FFF1FFE),
+          ("G050", "G051", "G061"), sysmem_end=0x1FFF2000, bootloader_id_addr=0x1FFF1FFE,
+          i2c_address=0x62),  # AN2606 G05x/061 chapter
     _chip("G0", 0x460, "STM32G07xxx/08xxx", 128, _p(64, _2K), (0x20002700, 0x20009000),
           ("G070", "G071", "G081"), i2c_address=0x51),
     _chip("G0", 0x467, "STM32G0B0/B1/C1xx", 512, _p(256, _2K), (0x20004000, 0x20020000),
           ("G0B0", "G0B1", "G0C1"), bootloader_id_addr=0x1FFF9FFE, dual_bank=True,
-          note="bank 2 page numbers assumed to follow bank 1 [INF]"),
+          i2c_address=0x5D,  # AN2606 G0B0/B1 chapter
+          # OPTR DUAL_BANK bit 21 (CMSIS); bank 2 of the 256/128 KiB parts: RM0444 not read
+          banks=Banks(option_bit=21, known=False),
+          note="bank 2 of parts under 512 KiB is not mapped here: flash only bank 1 there"),
     # G4 -- AN2606 G4 chapters. G47x/48x: DBANK=1 (default) gives 2 x 128 pages of 2 KiB.
     _chip("G4", 0x468, "STM32G431xx/441xx", 128, _p(64, _2K), 0x20005800, ("G431", "G441")),
     _chip("G4", 0x469, "STM32G47xxx/48xxx", 512, _p(256, _2K), 0x20018000,
-          ("G471", "G473", "G474", "G483", "G484"), dual_bank=True),
+          ("G471", "G473", "G474", "G483", "G484"), dual_bank=True,
+          banks=Banks(option_bit=22, known=False)),  # OPTR DBANK (CMSIS); RM0440 not read
     _chip("G4", 0x479, "STM32G491xx/A1xx", 512, _p(256, _2K), 0x2001C000, ("G491", "G4A1"),
           i2c_address=0x5F),  # AN2606, confirmed on the ST community forum
     # H7 -- AN2606 H7 chapters. H74x I2C 0x4E (CubeProgrammer example), H7A3 0x57 (ST
     # community, AN2606's "0b10101111x" typo). H7A3 programs 128-bit flash words (RM0455).
     _chip("H7", 0x450, "STM32H74xxx/75xxx", 2048, _p(16, _128K), 0x20020000,
           ("H742", "H743", "H745", "H747", "H750", "H753", "H755", "H757"), dual_bank=True,
-          i2c_address=0x4E),
+          i2c_address=0x4E,  # CMSIS stm32h743xx.h: FLASH_BANK2_BASE 0x08100000 on every size
+          banks=Banks(bank2_address=0x08100000)),
     _chip("H7", 0x483, "STM32H72xxx/73xxx", 1024, _p(8, _128K), 0x20020000,
           ("H723", "H725", "H730", "H733", "H735"),
           note="flash starts at 0x08000000 (stm32flash has the typo 0x80000000)"),
@@ -303,15 +314,20 @@ ROWS: tuple[Chip, ...] = (
           note="clear PEMPTY after flashing a blank part, or it re-enters the bootloader"),
     _chip("L4", 0x415, "STM32L47xxx/48xxx", 1024, _p(512, _2K), 0x20018000,
           ("L471", "L475", "L476", "L485", "L486"), option_end=0x1FFFF810, dual_bank=True,
-          i2c_version=0x11),
+          i2c_version=0x11, i2c_address=0x43,  # AN2606 L47x/48x chapter
+          # OPTR DUALBANK bit 21 (CMSIS); 512/256 KiB: bank 2 pages from 256 (RM0351 Table 9
+          # as quoted on the ST community; second-hand)
+          banks=Banks(option_bit=21)),
     _chip("L4", 0x461, "STM32L496xx/4A6xx", 1024, _p(512, _2K), 0x20040000, ("L496", "L4A6"),
-          option_end=0x1FFFF810, dual_bank=True, i2c_version=0x11),
+          option_end=0x1FFFF810, dual_bank=True, i2c_version=0x11, i2c_address=0x4C,
+          banks=Banks(option_bit=21)),  # as L47x
     # RM0432: 2 MiB, DBANK=1 (default) gives 2 x 256 pages of 4 KiB (stm32flash: 1 MiB/2 KiB).
     _chip("L4", 0x470, "STM32L4Rxx/4Sxx", 2048, _p(512, _4K), (0x20003200, 0x200A0000),
           ("L4R5", "L4R7", "L4R9", "L4S5", "L4S7", "L4S9"), option_end=0x1FFFF810,
           dual_bank=True),
     _chip("L4", 0x471, "STM32L4P5xx/Q5xx", 1024, _p(256, _4K), (0x20004000, 0x20050000),
-          ("L4P5", "L4Q5"), option_start=0x1FF00000, option_end=0x1FF00010, dual_bank=True),
+          ("L4P5", "L4Q5"), option_start=0x1FF00000, option_end=0x1FF00010, dual_bank=True,
+          i2c_address=0x5B),  # AN2606 L4P5/Q5 chapter
     # L5 -- AN2606 L5 chapter; DBANK=1 (default): 2 x 128 pages of 2 KiB.
     _chip("L5", 0x472, "STM32L552xx/562xx", 512, _p(256, _2K), 0x20040000, ("L552", "L562")),
     # U5 -- AN2606 U5 chapters; 8 KiB pages, 2 banks.

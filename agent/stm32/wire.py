@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from agent.errors import LinkTimeout, Nack, NoBootloader, ProtocolError, Unsupported, UsageError
-from agent.link.base import Link
+from agent.link.base import Capabilities, Link
 from agent.stm32.protocol import ACK, BUSY, NACK, SYNC, with_xor
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,17 @@ class Wire:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.link = link
-        self.caps = link.caps
         self.timeouts = timeouts
         self._clock = clock
         self._sleep = sleep
         self.info: BootloaderInfo | None = None
         self._ops: dict[str, int] = {}
+        self._listen_s = 0.0  # after a long command timed out: how long resync listens first
+
+    @property
+    def caps(self) -> Capabilities:
+        """The link's capabilities now (a UART's line rate changes under `baud: auto`)."""
+        return self.link.caps
 
     def _read(self, n: int, timeout: float, what: str) -> bytes:
         try:
@@ -81,7 +86,11 @@ class Wire:
         deadline = self._clock() + timeout
         while True:
             remaining = max(deadline - self._clock(), 0.0)
-            answer = self._read(1, remaining, what)[0]
+            try:
+                answer = self._read(1, remaining, what)[0]
+            except LinkTimeout:
+                self._listen_s = timeout  # the operation may still be running: see resync
+                raise
             if answer == ACK:
                 return
             if answer == NACK:
@@ -123,16 +132,18 @@ class Wire:
 
     def sync(self) -> None:
         """AN3155 2 / stm32flash init: 0x7F -> ACK; NACK means it was already synced."""
+        # nothing may go out before the 0x7F: OpenBL's hardware autobaud measures the first
+        # frame and is not re-armed after a wrong one (OpenBL usart_interface.c)
         self.link.flush_input()
         self.link.write(bytes([SYNC]))
         try:
-            answer = self.link.read(1, self.timeouts.sync)[0]
+            answer = self._sync_answer()
         except LinkTimeout:
             # the first 0x7F may have been taken as the first byte of a command: a second one
             # completes that command (wrong complement) and earns a NACK
             self.link.write(bytes([SYNC]))
             try:
-                answer = self.link.read(1, self.timeouts.sync)[0]
+                answer = self._sync_answer()
             except LinkTimeout as exc:
                 raise NoBootloader(
                     f"no answer to 0x7F sync on {self.link!r}: check BOOT0/NRST wiring, TX/RX "
@@ -143,8 +154,23 @@ class Wire:
             raise NoBootloader(f"sync answered 0x{answer:02X} instead of ACK: wrong baud rate or "
                                f"parity (the bootloader needs 8E1), or not the bootloader")
 
+    def _sync_answer(self) -> int:
+        """The answer to 0x7F, past one stray 0x00 in front of it.
+
+        Until the bootloader configures its TX pin it floats (AN2606 4.3 asks for pull-ups on
+        RX/TX); a line low then rising reads as one 0x00 (or a break) at the host just before
+        the ACK. One is tolerated, not more: a stream of zeros is a wrong baud rate.
+        """
+        answer = self.link.read(1, self.timeouts.sync)[0]
+        if answer == 0x00:
+            log.debug("stray 0x00 before the sync answer (TX line floating before the ROM "
+                      "drives it)")
+            answer = self.link.read(1, self.timeouts.sync)[0]
+        return answer
+
     def resync(self) -> None:
         """After a timeout mid-command: feed 0xFF until the bootloader awaits a new command."""
+        self._listen_first()
         deadline = self._clock() + self.timeouts.sync * 20
         short = self.timeouts.byte / 5
         while not self._answered(b"\xff" * 16 if self.caps.byte_stream else b"\xff\x00", short):
@@ -162,11 +188,76 @@ class Wire:
             raise NoBootloader(f"bootloader on {self.link!r} stopped answering during resync")
         self.link.flush_input()
 
+    def _listen_first(self) -> None:
+        """After a command timed out, wait as long again for its late answer, sending nothing.
+
+        A chip still erasing does not read RX: a resync burst then overruns its USART, and the
+        erase's late ACK would be taken for the answer to the burst.
+        """
+        listen, self._listen_s = self._listen_s, 0.0
+        if not listen or not self.caps.byte_stream:
+            return
+        try:
+            late = self.link.read(1, listen)[0]
+            log.info("late answer 0x%02X to the command that timed out", late)
+        except LinkTimeout:
+            log.warning("no late answer within %.3g s; resyncing", listen)
+
     def _answered(self, filler: bytes, timeout: float) -> bool:
         """Send filler bytes; True once the bootloader answers anything (an ACK or NACK)."""
-        self.link.write(filler)
         try:
+            # an I2C target that still stretches SCL (a part-read answer, a reset under way)
+            # refuses the write itself
+            self.link.write(filler)
             self.link.read(1, timeout)
         except LinkTimeout:
             return False
         return True
+
+    def _get_frame(self, opcode: int, guess: int, what: str) -> bytes:
+        """The N, data... read of an I2C GET-like answer whose length N the host must guess.
+
+        AN4221 2.1: the answer is one read transaction; OpenBL serves exactly N+2 bytes, then
+        waits for the host's NACK and STOP. A wrong guess either runs past the answer (the
+        read fails) or leaves part of it unread (the bootloader keeps SCL stretched), so, as
+        stm32flash's i2c_cmd_get_reply does: resync, ask again, read the length it gave.
+        """
+        try:
+            frame = self._read(guess + 2, self.timeouts.byte, what)
+        except LinkTimeout:
+            log.debug("%s: reading %d bytes failed; asking for the length", what, guess + 2)
+            self._ask_again(opcode, what)
+            count = self._read(1, self.timeouts.byte, what)[0]
+        else:
+            count = frame[0]
+            if count == guess:
+                return frame
+        log.debug("%s: N=%d, guessed %d: asking again", what, count, guess)
+        self._ask_again(opcode, what)
+        return self._read(count + 2, self.timeouts.byte, what)
+
+    def _ask_again(self, opcode: int, what: str) -> None:
+        self.resync()
+        self._command(opcode, what)
+
+    def _await_reset(self, what: str, wait: float, deadline: float) -> None:
+        """After a command that resets the chip: listen `wait` s (bytes sent while it erases
+        are lost, and on I2C a stretched bus helps nobody), then try to reach the bootloader
+        again until `deadline` s from now: 0x7F sync on UART, a 0xFF 0x00 frame that earns a
+        NACK on I2C (stm32flash's I2C resync)."""
+        self._sleep(wait)
+        end = self._clock() + deadline
+        while True:
+            try:
+                if self.caps.needs_sync:
+                    self.sync()
+                    return
+                if self._answered(b"\xff\x00", self.timeouts.byte):
+                    return
+                error: Exception = LinkTimeout("no answer to a 0xFF 0x00 frame")
+            except (LinkTimeout, NoBootloader) as exc:
+                error = exc
+            if self._clock() >= end:
+                raise NoBootloader(f"{what}: the chip did not come back within "
+                                   f"{wait + deadline:.3g} s of its reset ({error})")
+            self._sleep(self.timeouts.sync / 5)
