@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
-"""Benchmark: flash + verify a 64 KiB image at emulated 115200 baud, stm32ota vs stm32flash.
+"""Benchmark: stm32ota vs stm32flash on the simulator, side by side, in one run.
 
-Both tools flash the same random image through the same simulator (`stm32ota sim`, real line
-time at 11 bits per byte and the chip's erase/program times), one after the other, in one run.
-Prints both times, their ratio, and each as a fraction of what the wire allows:
+Both tools flash the same random image through the same simulator (`stm32ota sim`: real line
+time at 11 bits per byte, the chip's erase and programming times), each on a fresh simulator:
 
-- payload limit: the image's bytes crossing the line once (no protocol at all);
-- protocol limit: every byte the write + read-back protocol must move (AN3155 framing,
-  ACKs, read-back) plus the chip's erase and programming time, i.e. a perfect host.
+1. full flash + verify at the given baud, with 0, 1 and 16 ms turnaround latency (`sim
+   --latency`: a USB adapter holding each answer back, FTDI's default latency timer is 16 ms),
+   with the round trips the simulator counted;
+2. re-flash of the identical image and of the image with one page changed (UART, no 0xA1 on
+   the L432's USART bootloader V3.1, so stm32ota checks by read-back);
+3. the same three flashes over the simulated I2C bus (bootloader V1.2 with Get Checksum), in
+   this process: stm32flash needs a kernel /dev/i2c-N and cannot reach a simulated bus, so its
+   column there repeats its UART times.
 
-Usage: python bench/flash.py [--size 65536] [--baud 115200] [--chip 0x435] [--runs 1]
+Usage: python bench/flash.py [--size 65536] [--baud 115200] [--chip 0x435] [--latency 0,1,16]
 """
 
 from __future__ import annotations
@@ -23,11 +27,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.stm32.chips import find  # noqa: E402
+from agent.flasher import ops  # noqa: E402
+from agent.flasher.image import Image, Segment  # noqa: E402
+from agent.flasher.target import I2cSettings, PinsSettings, Target  # noqa: E402
+from agent.sim import SimChip, SimI2CBus  # noqa: E402
+from agent.stm32.chips import Chip, find  # noqa: E402
 
 BITS_PER_BYTE = 11  # 8E1: start + 8 data + parity + stop (AN3155 2.1)
 
@@ -35,23 +44,41 @@ BITS_PER_BYTE = 11  # 8E1: start + 8 data + parity + stop (AN3155 2.1)
 def protocol_bytes(size: int, block: int = 256) -> int:
     """Bytes on the wire to write and read back `size` bytes in `block`-byte commands."""
     blocks = -(-size // block)
-    # AN3155 3.5 WRITE: cmd+xor (2), ACK, address+xor (5), ACK, N + data + xor, ACK
+    # AN3155 3.6 WRITE: cmd+xor (2), ACK, address+xor (5), ACK, N + data + xor, ACK
     write = blocks * (2 + 1 + 5 + 1 + (1 + block + 1) + 1)
-    # AN3155 3.2 READ: cmd+xor (2), ACK, address+xor (5), ACK, N+xor (2), ACK, data
+    # AN3155 3.4 READ: cmd+xor (2), ACK, address+xor (5), ACK, N+xor (2), ACK, data
     read = blocks * (2 + 1 + 5 + 1 + 2 + 1 + block)
     return write + read
 
 
-def start_sim(pty: str, chip: str, baud: int) -> subprocess.Popen:
-    """Start `stm32ota sim` and wait for its pty symlink."""
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "sim", "--pty", pty, "--chip", chip,
-                             "--baud", str(baud)], cwd=ROOT, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while not os.path.exists(pty):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the simulator did not start")
-        time.sleep(0.05)
-    return proc
+class Sim:
+    """`stm32ota sim` in its own process; `stop()` returns the round trips it counted."""
+
+    def __init__(self, pty: str, chip: str, baud: int, latency_ms: float) -> None:
+        self.pty = pty
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "sim", "--pty", pty, "--chip", chip, "--baud",
+             str(baud), "--latency", f"{latency_ms}ms"], cwd=ROOT, stderr=subprocess.PIPE,
+            text=True)
+        deadline = time.monotonic() + 15
+        while not os.path.exists(pty):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the simulator did not start")
+            time.sleep(0.05)
+
+    def reset(self) -> None:
+        """NRST pulse with BOOT0 high: a fresh bootloader for the next client."""
+        self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.1)
+
+    def stop(self) -> int:
+        """Stop it; the round trips it served."""
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=10)
+        for line in err.splitlines():
+            if line.startswith("served:"):
+                return int(line.split()[1])
+        return -1
 
 
 def timed(cmd: list[str]) -> float:
@@ -64,55 +91,113 @@ def timed(cmd: list[str]) -> float:
     return elapsed
 
 
+def flash_cmd(tool: str, image: Path, pty: str, baud: int) -> list[str]:
+    """The command line of one flash + verify (8N1 on the pty: it has no parity bit; the
+    simulator still charges 11 bits per byte)."""
+    if tool == "stm32ota":
+        return [sys.executable, "-m", "agent", "-q", "flash", str(image), "--port", pty,
+                "--parity", "none", "--baud", str(baud)]
+    return [shutil.which("stm32flash") or "stm32flash", "-m", "8n1", "-b", str(baud), "-w",
+            str(image), "-v", pty]
+
+
+def uart_runs(tool: str, images: dict[str, Path], pty: str, args: argparse.Namespace,
+              rows: dict[str, dict[str, str]]) -> None:
+    """Full flashes at each latency; re-flashes on the zero-latency simulator."""
+    for latency in args.latency:
+        sim = Sim(pty, args.chip, args.baud, latency)
+        try:
+            t = timed(flash_cmd(tool, images["full"], pty, args.baud))
+            if latency == 0:
+                for case in ("identical", "one page"):
+                    sim.reset()
+                    rows[f"UART re-flash, {case}"][tool] = \
+                        f"{timed(flash_cmd(tool, images[case], pty, args.baud)):.2f} s"
+        finally:
+            trips = sim.stop()  # for the 0 ms simulator: the full flash and both re-flashes
+        trips_text = f" ({trips} rt)" if latency else ""  # the 0 ms one also served re-flashes
+        rows[f"UART full flash, {latency:g} ms latency"][tool] = f"{t:.2f} s{trips_text}"
+
+
+def i2c_runs(chip: Chip, images: dict[str, Image]) -> dict[str, float]:
+    """Flash, identical re-flash and one-page re-flash over the simulated I2C bus."""
+    sim = SimChip(chip, realtime=True, boot0=True)
+    bus = SimI2CBus()
+    bus.attach(0x48, sim)
+    target = Target(I2cSettings(bus=1, address=0x48), PinsSettings(backend="none"))
+    out = {"start-up": timed([sys.executable, "-m", "agent", "flash", "--help"])}
+    for case in ("full", "identical", "one page"):
+        image = images["full" if case == "identical" else case]
+        t0 = time.monotonic()
+        result, _ = ops.flash(target, image, i2c_bus=bus)
+        out[case] = time.monotonic() - t0
+        if case == "full":
+            out["verify step"] = result.seconds["verify"]
+    return out
+
+
 def main() -> int:
     """Run both flashers and print the comparison."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=64 * 1024)
     ap.add_argument("--baud", type=int, default=115200)
     ap.add_argument("--chip", default="0x435")
-    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--latency", type=lambda s: [float(x) for x in s.split(",")],
+                    default=[0.0, 1.0, 16.0], help="turnaround latencies in ms (default 0,1,16)")
     args = ap.parse_args()
-    stm32flash = shutil.which("stm32flash")
     chip = find(args.chip)
-    pages = -(-args.size // chip.pages[0][1])
-    erase_s = pages * chip.erase_ms_per_page / 1000
-    program_s = args.size / chip.write_align * chip.program_us_per_word / 1e6
-    payload_s = args.size * BITS_PER_BYTE / args.baud
-    limit_s = protocol_bytes(args.size) * BITS_PER_BYTE / args.baud + erase_s + program_s
-    results: dict[str, list[float]] = {"stm32ota": [], "stm32flash": []}
+    page = chip.pages[0][1]
+    data = os.urandom(args.size)
+    changed = bytearray(data)
+    changed[len(data) // 2] ^= 0xFF  # one byte in one page in the middle
+    tools = ["stm32ota"] + (["stm32flash"] if shutil.which("stm32flash") else [])
+    rows: dict[str, dict[str, str]] = {}
+    for latency in args.latency:
+        rows[f"UART full flash, {latency:g} ms latency"] = {}
+    rows["UART re-flash, identical"] = {}
+    rows["UART re-flash, one page"] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        image = Path(tmp) / "image.bin"
-        image.write_bytes(os.urandom(args.size))
-        pty = str(Path(tmp) / "stm32")
-        for _ in range(args.runs):
-            for tool in results:
-                if tool == "stm32flash" and stm32flash is None:
-                    continue
-                sim = start_sim(pty, args.chip, args.baud)
-                try:
-                    if tool == "stm32ota":
-                        cmd = [sys.executable, "-m", "agent", "-q", "flash", str(image), "--port", pty,
-                               "--parity", "none", "--baud", str(args.baud), "--verify", "readback"]
-                    else:  # a pty cannot do parity, so 8n1 for both (same bits per byte emulated)
-                        cmd = [stm32flash, "-m", "8n1", "-b", str(args.baud), "-w", str(image), "-v",
-                               pty]
-                    results[tool].append(timed(cmd))
-                finally:
-                    sim.send_signal(signal.SIGTERM)
-                    sim.wait(10)
-    print(f"flash + verify {args.size // 1024} KiB on {chip.name} at {args.baud} baud (8E1 line time)")
-    print(f"  payload limit  : {payload_s:6.2f} s  (image bytes once over the wire)")
-    print(f"  protocol limit : {limit_s:6.2f} s  (write + read-back framing, erase, programming)")
-    best = {tool: min(times) for tool, times in results.items() if times}
-    for tool, t in best.items():
-        print(f"  {tool:<10}: {t:6.2f} s  = {payload_s / t:5.1%} of payload limit, "
-              f"{limit_s / t:5.1%} of protocol limit")
-    if "stm32flash" in best:
-        print(f"  ratio stm32ota / stm32flash: {best['stm32ota'] / best['stm32flash']:.2f} "
-              "(below 1 = stm32ota faster)")
-    else:
-        print("  stm32flash not installed: no comparison")
+        files = {"full": Path(tmp) / "image.bin", "one page": Path(tmp) / "changed.bin"}
+        files["full"].write_bytes(data)
+        files["one page"].write_bytes(bytes(changed))
+        files["identical"] = files["full"]
+        for tool in tools:
+            uart_runs(tool, files, str(Path(tmp) / "stm32"), args, rows)
+    start = chip.flash_start
+    i2c = i2c_runs(chip, {"full": Image([Segment(start, data)]),
+                          "one page": Image([Segment(start, bytes(changed))])})
+    _report(args, chip, page, rows, i2c)
     return 0
+
+
+def _report(args: argparse.Namespace, chip: Chip, page: int, rows: dict[str, dict[str, str]],
+            i2c: dict[str, float]) -> None:
+    pages = -(-args.size // page)
+    limit = (protocol_bytes(args.size) * BITS_PER_BYTE / args.baud
+             + pages * chip.erase_ms_per_page / 1000
+             + args.size / chip.write_align * chip.program_us_per_word / 1e6)
+    print(f"{args.size // 1024} KiB random image on {chip.name}, {args.baud} baud 8E1 line "
+          f"time; protocol limit of write + read-back: {limit:.2f} s (rt = round trips)")
+    print(f"  {'':38}{'stm32ota':>22}{'stm32flash':>22}{'ratio':>8}")
+    for name, row in rows.items():
+        ota, ref = row.get("stm32ota", "-"), row.get("stm32flash", "-")
+        print(f"  {name:<38}{ota:>22}{ref:>22}{_ratio(ota, ref):>8}")
+    ref_same = rows["UART re-flash, identical"].get("stm32flash")
+    ref_one = rows["UART re-flash, one page"].get("stm32flash")
+    for case, ref in (("full", rows[f"UART full flash, {args.latency[0]:g} ms latency"]
+                       .get("stm32flash")), ("identical", ref_same), ("one page", ref_one)):
+        ota = f"{i2c[case] + i2c['start-up']:.2f} s"
+        ref_time = ref.split(" (")[0] + " (UART)" if ref else "-"
+        print(f"  {'I2C (0xA1) ' + case:<38}{ota:>22}{ref_time:>22}{_ratio(ota, ref):>8}")
+    print(f"  I2C runs in this process; their times include {i2c['start-up']:.2f} s, what "
+          "`stm32ota flash --help` takes to start")
+    print(f"  I2C full flash: the verify step took {i2c['verify step']:.3f} s")
+
+
+def _ratio(ota: str, ref: Optional[str]) -> str:
+    if not ref or ref == "-" or ota == "-":
+        return "-"
+    return f"{float(ota.split()[0]) / float(ref.split()[0]):.3f}"
 
 
 if __name__ == "__main__":

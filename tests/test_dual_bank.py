@@ -8,10 +8,13 @@ RM was not read (G0B1, G47x under 512 KiB) the layout is withheld, not guessed.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from agent.errors import ChipMismatch
 from agent.flasher import ops
+from agent.flasher.execute import Result
 from agent.flasher.image import Image, Segment
 from agent.flasher.plan import pages_of_range, plan
 from agent.flasher.target import I2cSettings, PinsSettings, Target
@@ -91,3 +94,34 @@ def test_unknown_layout_stays_in_bank1_even_in_single_bank_mode() -> None:
     # G47x with DBANK=0 has 4 KiB pages (HAL): nothing about it is guessed
     g474 = CHIPS[0x469]
     assert list(g474.page_map(256 * KiB, dual=False)) == list(range(64))
+
+
+
+@pytest.mark.parametrize("i2c_version,method", [(None, "readback"), (0x12, "crc")])
+def test_reflash_across_the_banks_skips_pages_by_their_numbers(i2c_version, method) -> None:
+    """The skip check and the CRC halving walk the page map: page 127 is followed by 256.
+
+    The L47x's I2C bootloader has no Get Checksum; for the CRC path the chip is given the v1.2
+    protocol (as on L43x), which changes nothing about its pages.
+    """
+    chip = L476 if i2c_version is None else replace(L476, i2c_version=i2c_version)
+    sim = SimChip(chip, flash_size=512 * KiB)
+    target, bus = _session(sim)
+    target = replace(target, verify="auto")
+    data = bytearray(bytes(range(256)) * 32)  # 8 KiB from 0x0803F000: pages 126, 127, 256, 257
+
+    def flash() -> Result:
+        result, _ = ops.flash(target, Image([Segment(0x0803F000, bytes(data))]), i2c_bus=bus,
+                              pin_backend=MockBackend(sim.set_line), sleep=lambda s: None)
+        return result
+
+    flash()
+    sim.events.clear()
+    data[0x1800 + 5] ^= 0xFF  # 0x08040805: bank 2's second page, number 257
+    result = flash()
+    erased = [p for e in sim.events if e[0] == "erase" for p in e[1]]
+    assert erased == [257]
+    assert (result.pages_skipped, result.verify) == (3, method)
+    if method == "crc":  # halving the 8 KiB span cut it at bank 2's first page (0x08040000)
+        assert (0x08040000, 4 * KiB) in [e[1:] for e in sim.events if e[0] == "checksum"]
+    assert bytes(sim.flash[0x3F000:0x41000]) == bytes(data)

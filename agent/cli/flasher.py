@@ -106,6 +106,9 @@ def _flash_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify", choices=["auto", "crc", "readback"],
                    help="how to verify: the bootloader's checksum where offered (auto, the "
                         "default or the target's verify), or read back")
+    p.add_argument("--no-skip", action="store_true",
+                   help="erase and write every page the image covers, also those that already "
+                        "hold it (default: leave those alone)")
     p.add_argument("--go", nargs="?", const=-1, type=_go_address, metavar="ADDR",
                    help="start the application afterwards: reset through the pins, or GO to ADDR")
     p.add_argument("--retries", type=int, help="attempts per block (default 3 or the target's)")
@@ -148,6 +151,8 @@ def _flash_settings(target: Target, args: argparse.Namespace) -> Target:
         target = replace(target, verify=verify)
     if args.retries is not None:
         target = replace(target, write_retries=args.retries)
+    if args.no_skip:
+        target = replace(target, skip_unchanged=False)
     return target
 
 

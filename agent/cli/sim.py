@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from agent.cli.options import command, parser
@@ -20,6 +21,9 @@ def _sim_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chip", default="0x435", help="chip name or PID (default 0x435, STM32L43x)")
     p.add_argument("--baud", type=int, default=115200, help="emulated line speed (default 115200)")
     p.add_argument("--fast", action="store_true", help="no emulated line or flash time")
+    p.add_argument("--latency", type=_duration, default=0.0, metavar="TIME",
+                   help="turnaround latency per direction change, e.g. 16ms as an FTDI "
+                        "adapter's default latency timer (default 0)")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="inject a fault, e.g. nack-write=5, drop=200, corrupt=300, silent-resets=2, "
                         "slow-erase=4, rdp, clock-error=9%% (the ROM's autobaud error at 115200), "
@@ -33,5 +37,15 @@ def cmd_sim(args: argparse.Namespace) -> int:
     faults = parse_faults(args.fault)
     print(f"simulating {chip.name} (PID 0x{chip.pid:03X}) on {args.pty}; "
           f"SIGUSR1 resets it into the bootloader; Ctrl-C stops", file=sys.stderr)
-    serve_pty(args.pty, chip, baud=args.baud, realtime=not args.fast, faults=faults)
+    stats = serve_pty(args.pty, chip, baud=args.baud, realtime=not args.fast, faults=faults,
+                      latency=args.latency)
+    print(f"served: {stats.summary()}", file=sys.stderr)
     return 0
+
+
+def _duration(text: str) -> float:
+    """A short duration for argparse: "16ms", "0.5s" or "0"."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)?", text.strip())
+    if match is None or (match.group(2) is None and float(match.group(1)) != 0):
+        raise argparse.ArgumentTypeError(f"expected a duration such as 16ms or 0.5s, not {text!r}")
+    return float(match.group(1)) * (0.001 if match.group(2) == "ms" else 1.0)

@@ -217,6 +217,7 @@ class TargetConfig:
     exit_bootloader: tuple[Step, ...]
     expect_chip: int | None
     verify: str
+    skip_unchanged: bool
     auto_install: bool
     allow_downgrade: bool
     retries: RetriesConfig
@@ -301,7 +302,7 @@ def _build_target(t: dict[str, Any], trust_downgrade: bool) -> TargetConfig:
     return TargetConfig(
         name=t["name"], product=t["product"], groups=t["groups"], link=link, pins=pins,
         enter_bootloader=enter, exit_bootloader=leave, expect_chip=t["expect_chip"],
-        verify=t["verify"], auto_install=t["auto_install"],
+        verify=t["verify"], skip_unchanged=t["skip_unchanged"], auto_install=t["auto_install"],
         allow_downgrade=trust_downgrade if downgrade is None else downgrade,
         retries=RetriesConfig(**t["retries"]), timeouts=timeouts,
         quirks=QuirksConfig(**t["quirks"]))

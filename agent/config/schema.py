@@ -317,6 +317,8 @@ TARGET = Table(
         "none": "the agent always verifies what it wrote; `stm32ota flash --no-verify` "
                 "exists for one-off bench work"}),
         "how written flash is checked (auto: CRC where the bootloader has it)", "auto"),
+    Key("skip_unchanged", Boolean(), "leave pages alone that already hold the image (false: "
+        "erase and write every page the image covers)", True),
     Key("auto_install", Boolean(), "install announced releases without a command", False),
     Key("allow_downgrade", Boolean(), "override trust.allow_downgrade for this target",
         default_doc="`trust.allow_downgrade`"),

@@ -34,7 +34,8 @@ def flasher_target(t: TargetConfig) -> Target:
     """Link, pins, expected chip, timeouts, retries and quirks of a configured target."""
     return Target(link=_link(t), pins=_pins(t), expect_chip=t.expect_chip, timeouts=t.timeouts,
                   connect_attempts=max(1, t.retries.connect), write_retries=t.retries.write,
-                  verify=t.verify, i2c_erase_nack=t.quirks.i2c_erase_nack)
+                  verify=t.verify, skip_unchanged=t.skip_unchanged,
+                  i2c_erase_nack=t.quirks.i2c_erase_nack)
 
 
 def flash_target(t: TargetConfig) -> FlashTarget:

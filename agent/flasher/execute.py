@@ -1,8 +1,12 @@
-"""Carry out a Plan through a Bootloader: erase, write, verify, with bounded recovery (thin).
+"""Carry out a Plan through a Bootloader: check, erase, write, verify, with bounded recovery.
 
-Every bootloader command goes through one retry loop (`_Commands.retry`): a NACK, a garbled
-answer or a timeout costs a re-sync and another try, `retries` times at most; cancel is checked
-before each try. `execute` runs a plan; `read_memory` reads through the same loop.
+Every command goes through the retry loop of commands.py (a NACK, a garbled answer or a
+timeout costs a re-sync and another try, a bounded number of times).
+
+With `skip` (the default) pages that already hold what flashing would leave there are neither
+erased nor written (compare.py says how they are found); verification still covers the whole
+image: by CRC in large spans, or by read-back of the pages written (a page found unchanged by
+reading all of it back is verified by that read).
 """
 
 from __future__ import annotations
@@ -11,91 +15,35 @@ import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional
 
-from agent.errors import (Aborted, LinkTimeout, Nack, ProtocolError, Stm32OtaError, Unsupported,
-                          UsageError, VerifyFailed)
+from agent.errors import Stm32OtaError, UsageError, VerifyFailed
+from agent.flasher.commands import Commands, Result, read_memory, tag, write_memory
+from agent.flasher.compare import Compare, regions_spans
 from agent.flasher.plan import Block, Plan
 from agent.progress import ProgressCallback, no_progress
 from agent.stm32.protocol import stm32_crc32
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Result", "VERIFY_MODES", "execute", "read_memory", "write_memory"]
+
 VERIFY_MODES = ("auto", "crc", "readback", "none")
-ERASE_CHUNK = 16  # pages per erase command: progress and cancel points, few commands
-READ_CHUNK = 256  # AN3155 3.4: READ_MEMORY returns at most 256 bytes
-
-
-@dataclass
-class Result:
-    """What execute() did."""
-
-    bytes_written: int = 0  # including re-writes and padding
-    pages_erased: int = 0  # page erase operations, re-erases included (all pages on mass erase)
-    retries: int = 0  # block/page/command repetitions after a failure
-    verify: str = "none"  # "crc", "readback" or "none"
-    seconds: dict[str, float] = field(default_factory=dict)  # per phase
-
-    def summary(self) -> str:
-        """One line for people: what was done and how long each phase took."""
-        total = sum(self.seconds.values())
-        phases = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
-        verified = "not verified" if self.verify == "none" else f"verified by {self.verify}"
-        retries = f", {self.retries} retries" if self.retries else ""
-        return (f"erased {self.pages_erased} pages, wrote {self.bytes_written} bytes, "
-                f"{verified}{retries} in {total:.1f} s ({phases})")
+ERASE_CHUNK_MS = 1000.0  # typical erase time per command: a progress and cancel point a second
 
 
 def execute(plan: Plan, bl: Any, progress: Optional[ProgressCallback] = None, *,
             verify: str = "auto", retries: int = 3, cancel: Optional[threading.Event] = None,
-            clock: Callable[[], float] = time.monotonic) -> Result:
-    """Erase, write and verify per `plan` through Bootloader `bl`; raise typed errors."""
+            clock: Callable[[], float] = time.monotonic, skip: bool = True) -> Result:
+    """Erase, write and verify per `plan` through Bootloader `bl`; raise typed errors.
+
+    `skip`: leave pages alone that already hold their part of the image (page erase only).
+    """
     if verify not in VERIFY_MODES:
         raise UsageError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}",
                          code="bad_verify_mode")
     run = _Run(plan, bl, progress or no_progress, retries, cancel, clock)
-    return run.go(verify)
-
-
-def read_memory(bl: Any, address: int, length: int,
-                progress: Optional[ProgressCallback] = None, *, retries: int = 3,
-                cancel: Optional[threading.Event] = None) -> bytes:
-    """Read `length` bytes from `address` in the largest chunks the link allows, with retries.
-
-    A NACK is final here: the bootloader refuses reads of unmapped memory (AN3155 3.4), and
-    asking again cannot change that.
-    """
-    commands = _Commands(bl, retries, cancel, give_up=(Nack, Unsupported))
-    report = progress or no_progress
-    out = bytearray()
-    while len(out) < length:
-        at, n = address + len(out), min(commands.max_read, length - len(out))
-        out += commands.retry("read", at, lambda: bl.read_memory(at, n))
-        report("read", len(out), length)
-    return bytes(out)
-
-
-_E = TypeVar("_E", bound=BaseException)
-
-
-def write_memory(bl: Any, address: int, data: bytes, *, retries: int = 3) -> None:
-    """Write `data` (e.g. a routine to RAM) in the largest chunks the link allows, with retries."""
-    commands = _Commands(bl, retries, None)
-    step = min(256, getattr(getattr(bl, "caps", None), "max_write", 256) or 256)
-    for off in range(0, len(data), step):
-        chunk = data[off:off + step]
-        commands.retry("write", address + off,
-                       lambda a=address + off, c=chunk: bl.write_memory(a, c))
-
-
-def _tag(err: _E, phase: str, address: int) -> _E:
-    """Name the phase and the failing address in an error (once; innermost wins)."""
-    if getattr(err, "phase", None) is None:
-        err.phase = phase  # type: ignore[attr-defined]
-        err.address = address  # type: ignore[attr-defined]
-        err.args = (f"{phase} at 0x{address:08X}: {err}",) + tuple(err.args[1:])
-    return err
+    return run.go(verify, skip and plan.erase == "pages")
 
 
 class _Garbled(Exception):
@@ -106,55 +54,7 @@ class _Garbled(Exception):
         self.block = block
 
 
-class _Commands:
-    """Bootloader commands with bounded recovery: the one retry loop of flashing and reading."""
-
-    def __init__(self, bl: Any, retries: int, cancel: Optional[threading.Event],
-                 give_up: tuple[type[Exception], ...] = (Unsupported,)) -> None:
-        self.bl, self.retries, self.cancel = bl, max(0, retries), cancel
-        self.give_up = give_up  # errors that another try cannot cure
-        self.result = Result()
-        caps = getattr(bl, "caps", None)
-        self.max_read = min(READ_CHUNK, getattr(caps, "max_read", READ_CHUNK) or READ_CHUNK)
-
-    def check_cancel(self, phase: str, address: int) -> None:
-        """Raise Aborted (tagged) once cancel is set."""
-        if self.cancel is not None and self.cancel.is_set():
-            err = Aborted(f"aborted on request; flash from 0x{address:08X} on is in an unknown "
-                          "state, flash again before starting the application")
-            raise _tag(err, phase, address)
-
-    def retry(self, phase: str, address: int, fn: Callable[[], Any]) -> Any:
-        """Call fn; on NACK, garbled answer or timeout re-sync and retry, `retries` times at most."""
-        for attempt in range(self.retries + 1):
-            self.check_cancel(phase, address)
-            try:
-                return fn()
-            except self.give_up:
-                raise
-            except (ProtocolError, LinkTimeout) as err:  # NACK, noise, lost bytes: transient
-                if attempt == self.retries:
-                    raise _tag(err, phase, address)
-                self.result.retries += 1
-                log.warning("%s at 0x%08X failed (%s); retry %d of %d", phase, address, err,
-                            attempt + 1, self.retries)
-                resync = getattr(self.bl, "resync", None)
-                if callable(resync):
-                    try:
-                        resync()
-                    except Stm32OtaError as lost:
-                        raise _tag(lost, phase, address) from err
-
-    def read(self, phase: str, address: int, length: int) -> bytes:
-        """READ_MEMORY a range in chunks, each through the retry loop."""
-        out = bytearray()
-        for a in range(address, address + length, self.max_read):
-            n = min(self.max_read, address + length - a)
-            out += self.retry(phase, a, lambda a=a, n=n: self.bl.read_memory(a, n))
-        return bytes(out)
-
-
-class _Run(_Commands):
+class _Run(Commands):
     """One execution of a plan: erase, write, verify, with bounded recovery."""
 
     def __init__(self, plan: Plan, bl: Any, progress: ProgressCallback, retries: int,
@@ -162,13 +62,19 @@ class _Run(_Commands):
         super().__init__(bl, retries, cancel)
         self.plan, self.progress, self.clock = plan, progress, clock
         self.method = "none"
+        self.todo = set(plan.pages)  # pages to erase and write
+        self.read_back: set[int] = set()  # pages whose every byte was read back unchanged
+        self.compare = Compare(self, plan, "none")
 
-    def go(self, verify: str) -> Result:
+    def go(self, verify: str, skip: bool) -> Result:
         """Run every phase and return the Result."""
         self.method = self._method(verify)
         self.result.verify = self.method
-        for phase, step in (("erase", self._erase), ("write", self._write),
-                            ("verify", self._verify)):
+        self.compare = Compare(self, self.plan, self._blank_method())
+        steps = [("erase", self._erase), ("write", self._write), ("verify", self._verify)]
+        if skip:
+            steps.insert(0, ("check", self._check))
+        for phase, step in steps:
             t0 = self.clock()
             step()
             self.result.seconds[phase] = self.clock() - t0
@@ -199,6 +105,20 @@ class _Run(_Commands):
     def _blank_method(self) -> str:
         return "crc" if self.bl.supports("checksum") else "readback"
 
+    # ---- check --------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        """Find the pages that already hold their part of the image (reported as erase progress)."""
+        total = len(self.plan.pages)
+        self.progress("erase", 0, total)
+        changed, self.read_back = self.compare.changed_pages(
+            lambda n: self.progress("erase", n, total))
+        self.todo = set(changed)
+        self.result.pages_skipped = total - len(changed)
+        if self.result.pages_skipped:
+            log.info("%d of %d pages already hold the image: left alone",
+                     self.result.pages_skipped, total)
+
     # ---- erase --------------------------------------------------------------------------
 
     def _erase(self) -> None:
@@ -215,12 +135,19 @@ class _Run(_Commands):
                     self._ensure_blank(page)
             self.progress("erase", total, total)
             return
-        total = len(plan.pages)
-        self.progress("erase", 0, total)
-        for i in range(0, total, ERASE_CHUNK):
-            chunk = list(plan.pages[i:i + ERASE_CHUNK])
+        total, done = len(plan.pages), self.result.pages_skipped
+        self.progress("erase", done, total)
+        chunk: list[int] = []
+        for page in sorted(self.todo):
+            chunk.append(page)
+            if sum(plan.chip.erase_ms(p) for p in chunk) >= ERASE_CHUNK_MS:
+                self._erase_pages(chunk)
+                done += len(chunk)
+                self.progress("erase", done, total)
+                chunk = []
+        if chunk:
             self._erase_pages(chunk)
-            self.progress("erase", i + len(chunk), total)
+            self.progress("erase", total, total)
 
     def _erase_pages(self, pages: list[int]) -> None:
         address = self.plan.page_table[pages[0]][0]
@@ -244,15 +171,16 @@ class _Run(_Commands):
                         "again", page, address)
             self.retry("erase", address, lambda: self.bl.erase_pages([page]))
             self.result.pages_erased += 1
-        raise _tag(VerifyFailed(f"page {page} is not blank after {self.retries + 1} erase "
+        raise tag(VerifyFailed(f"page {page} is not blank after {self.retries + 1} erase "
                                 "attempts", code="erase_failed"), "erase", address)
 
     # ---- write --------------------------------------------------------------------------
 
     def _write(self) -> None:
-        total, done = self.plan.total_bytes, 0
+        blocks = [b for b in self.plan.blocks if b.page in self.todo]
+        total, done = sum(len(b.data) for b in blocks), 0
         self.progress("write", 0, total)
-        for page, group in itertools.groupby(self.plan.blocks, key=lambda b: b.page):
+        for page, group in itertools.groupby(blocks, key=lambda b: b.page):
             done += self._write_page(page, tuple(group), lambda n: self.progress(
                 "write", done + n, total))
 
@@ -274,7 +202,7 @@ class _Run(_Commands):
     def _garbled_page(self, page: int, block: Block, last: bool) -> None:
         """A failed write left other data: only erasing the page again can fix that."""
         if last:
-            raise _tag(VerifyFailed(f"failed writes left other data in page {page} after "
+            raise tag(VerifyFailed(f"failed writes left other data in page {page} after "
                                     f"{self.retries + 1} attempts: the link garbles data; check "
                                     "the wiring and flash again", code="write_failed"),
                        "write", block.address)
@@ -323,15 +251,30 @@ class _Run(_Commands):
         if self.method == "none":
             log.warning("flash not verified (verify=none)")
             return
-        total, done = self.plan.total_bytes, 0
+        pages = [p for p in self.plan.pages
+                 if self.method == "crc" or p not in self.read_back]
+        todo = regions_spans(self.plan, pages)
+        total, done = sum(len(s.data) for s in todo), 0
         self.progress("verify", 0, total)
-        for page in self.plan.pages:
-            blocks = self.plan.page_blocks(page)
-            bad = self._first_bad(blocks)
-            if bad is not None:
-                self._redo_page(page, blocks, bad)
-            done += sum(len(b.data) for b in blocks)
+        for span in todo:
+            if self.method == "crc":  # one CRC for the span; halve it only on a mismatch
+                bad = self.compare.bad_pages("verify", span)
+            else:
+                bad = [p for p in span.pages if self._first_bad(self._regions(p)) is not None]
+            for page in bad:
+                regions = self._regions(page)
+                self._redo_page(page, self.plan.page_blocks(page),
+                                self._first_bad(regions) or regions[0])
+            done += len(span.data)
             self.progress("verify", done, total)
+
+    def _regions(self, page: int) -> tuple[Block, ...]:
+        """The image bytes of `page`; for read-back in reads of their own, so that a noisy
+        read costs one read again, not the whole page (AN3155 3.4: no checksum on read data)."""
+        step = self.max_read if self.method == "readback" else 1 << 32
+        return tuple(Block(r.address + i, r.data[i:i + step], page)
+                     for r in self.plan.regions if r.page == page
+                     for i in range(0, len(r.data), step))
 
     def _first_bad(self, blocks: tuple[Block, ...]) -> Optional[Block]:
         for block in blocks:
@@ -350,7 +293,7 @@ class _Run(_Commands):
                         "(%d of %d)", page, bad.address, attempt + 1, self.retries)
             self._erase_pages([page])
             self._write_page(page, blocks)
-            again = self._first_bad(blocks)
+            again = self._first_bad(self._regions(page))
             if again is None:
                 return
             bad = again
@@ -363,13 +306,13 @@ class _Run(_Commands):
         except Stm32OtaError as err:
             log.warning("could not read back 0x%08X to locate the difference: %s",
                         block.address, err)
-            return _tag(VerifyFailed(f"flash differs from the image in the block "
+            return tag(VerifyFailed(f"flash differs from the image in the block "
                                      f"0x{block.address:08X}..0x{block.end - 1:08X}"),
                         "verify", block.address)
         for i, (g, want) in enumerate(zip(got, block.data)):
             if g != want:
-                return _tag(VerifyFailed(f"flash reads 0x{g:02X}, the image has 0x{want:02X}"),
+                return tag(VerifyFailed(f"flash reads 0x{g:02X}, the image has 0x{want:02X}"),
                             "verify", block.address + i)
-        return _tag(VerifyFailed(f"the {self.method} check of 0x{block.address:08X}.."
+        return tag(VerifyFailed(f"the {self.method} check of 0x{block.address:08X}.."
                                  f"0x{block.end - 1:08X} kept failing, yet a last read-back "
                                  "matches: the link corrupts data"), "verify", block.address)

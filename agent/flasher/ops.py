@@ -81,7 +81,8 @@ def flash(target: Target, image: Image, *, built_for: Optional[int] = None,
                         max_write=s.link.caps.max_write)  # ChipMismatch before any erase
         refuse_if_boot0_ignored(s)  # before the first erase: the next entry must still work
         result = execute(the_plan, s.bl, progress, verify=target.verify,
-                         retries=target.write_retries, cancel=cancel)
+                         retries=target.write_retries, cancel=cancel,
+                         skip=target.skip_unchanged)
         if not start_app:
             return result, None
         step("start")

@@ -2,8 +2,12 @@
 
 A Plan names the pages to erase (only those the image touches), and the write blocks: each at
 most `max_write` bytes, start and length multiples of the chip's write unit (padded with 0xFF),
-never crossing a page edge so a page can be erased and rewritten on its own. `execute` carries
-a plan out.
+never crossing a page edge so a page can be erased and rewritten on its own. Erased (0xFF)
+stretches are not written: an erased page reads 0xFF there already, and on ECC flash (L4, G0,
+H7) a written 0xFF word could not be written again without an erase. For each page the plan
+also holds what the whole page reads once flashed (`expected`: the image, 0xFF elsewhere) and
+the image's own bytes in it (`regions`, what verification compares). `execute` carries a plan
+out; `Span` groups adjacent pages so one checksum command covers many.
 """
 
 from __future__ import annotations
@@ -44,14 +48,11 @@ class Plan:
     chip: Chip
     erase: str  # "pages", "mass" or "none"
     pages: tuple[int, ...]  # page numbers the image touches, ascending
-    blocks: tuple[Block, ...]  # ascending by address
+    blocks: tuple[Block, ...]  # ascending by address; no all-0xFF block
     page_table: dict[int, tuple[int, int]]  # page number -> (address, size), address order
     image_size: int  # bytes of image data (without padding)
-
-    @property
-    def total_bytes(self) -> int:
-        """Bytes that will be written and verified (padding included)."""
-        return sum(len(b.data) for b in self.blocks)
+    regions: tuple[Block, ...] = ()  # per page: the image's aligned bytes in it (unsplit)
+    expected: tuple[bytes, ...] = ()  # per entry of `pages`: the whole page once flashed
 
     @property
     def flash_range(self) -> tuple[int, int]:
@@ -62,6 +63,41 @@ class Plan:
     def page_blocks(self, page: int) -> tuple[Block, ...]:
         """The blocks that lie in `page`."""
         return tuple(b for b in self.blocks if b.page == page)
+
+    def page_span(self, page: int) -> "Span":
+        """The whole of `page` as it reads once flashed (image bytes, 0xFF elsewhere)."""
+        return Span(self.page_table[page][0], self.expected[self.pages.index(page)], (page,))
+
+
+@dataclass(frozen=True)
+class Span:
+    """Adjacent flash bytes and the pages they lie in: one checksum command's worth."""
+
+    address: int
+    data: bytes
+    pages: tuple[int, ...]
+
+    def split(self, page_table: dict[int, tuple[int, int]]) -> tuple["Span", "Span"]:
+        """Two halves cut at the page edge nearest the middle (needs two pages or more)."""
+        if len(self.pages) < 2:
+            raise ValueError("a span within one page cannot be split at a page edge")
+        mid = len(self.pages) // 2
+        cut = page_table[self.pages[mid]][0] - self.address
+        return (Span(self.address, self.data[:cut], self.pages[:mid]),
+                Span(self.address + cut, self.data[cut:], self.pages[mid:]))
+
+
+def spans(parts: list[Span] | tuple[Span, ...]) -> list[Span]:
+    """Join parts (ascending) that touch into spans; a part's pages follow its address."""
+    out: list[Span] = []
+    for part in parts:
+        last = out[-1] if out else None
+        if last is not None and last.address + len(last.data) == part.address:
+            pages = last.pages + tuple(p for p in part.pages if p not in last.pages)
+            out[-1] = Span(last.address, last.data + part.data, pages)
+        else:
+            out.append(part)
+    return out
 
 
 def page_table(chip: Chip, flash_size: Optional[int] = None) -> tuple[tuple[int, int], ...]:
@@ -89,22 +125,33 @@ def plan(image: Image, chip: Chip, *, flash_size: Optional[int] = None, max_writ
     numbers = list(table)
     starts = [table[n][0] for n in numbers]
     blocks: list[Block] = []
-    pages: list[int] = []
+    regions: list[Block] = []
     for lo, hi in image.spans(align):
         address = lo
         while address < hi:
             page = _page_of(table, numbers, starts, address, image, chip,
                             chip.bank2_unknown(flash_size, dual_bank))
-            page_end = table[page][0] + table[page][1]
-            if not pages or pages[-1] != page:
-                pages.append(page)
-            stop = min(hi, page_end)
+            stop = min(hi, table[page][0] + table[page][1])
+            regions.append(Block(address, image.read(address, stop - address), page))
             for a in range(address, stop, max_write):
-                n = min(max_write, stop - a)
-                blocks.append(Block(a, image.read(a, n), page))
+                block = _trimmed(Block(a, image.read(a, min(max_write, stop - a)), page), align)
+                if block is not None:
+                    blocks.append(block)
             address = stop
-    return Plan(chip=chip, erase=erase, pages=tuple(sorted(set(pages))), blocks=tuple(blocks),
-                page_table=table, image_size=image.size)
+    pages = tuple(sorted({r.page for r in regions}))
+    return Plan(chip=chip, erase=erase, pages=pages, blocks=tuple(blocks), page_table=table,
+                image_size=image.size, regions=tuple(regions),
+                expected=tuple(image.read(*table[p]) for p in pages))
+
+
+def _trimmed(block: Block, align: int) -> Optional[Block]:
+    """The block without its leading and trailing all-0xFF write units; None if nothing is left."""
+    data = block.data
+    head = (len(data) - len(data.lstrip(b"\xff"))) // align * align
+    tail = (len(data) - len(data.rstrip(b"\xff"))) // align * align
+    if head >= len(data):
+        return None
+    return Block(block.address + head, data[head:len(data) - tail], block.page)
 
 
 def _page_of(table: dict[int, tuple[int, int]], numbers: list[int], starts: list[int],

@@ -88,6 +88,9 @@ class Session:
 
     def identity(self) -> Identity:
         """The chip's identity, to keep after the session is closed."""
+        if self.bootloader_id is None and not self.read_protected:
+            # read here, not on entry: flashing does not need it (three round trips fewer)
+            self.bootloader_id = _read_bootloader_id(self.bl, self.chip)
         return Identity(self.info, self.chip, self.flash_size, self.read_protected,
                         self.bootloader_id, getattr(self.link, "baud", None), self.options)
 
@@ -374,11 +377,9 @@ def _identify(link: Link, pins: Pins, bl: Bootloader, info: BootloaderInfo,
     except ReadProtected:
         protected, flash_size = True, chip.flash_size
     bl.size_erase_deadlines(chip.erase_ms, len(chip.page_table()))  # table: the largest part
-    bid = None if protected else _read_bootloader_id(bl, chip)
     blank = False if protected else _flash_blank(bl, chip)
     dual = None if protected else _read_dual_bank(bl, chip, flash_size)
     opts = None if protected else _read_options(bl, chip)
     return Session(link=link, pins=pins, bl=bl, info=info, chip=chip, flash_size=flash_size,
-                   read_protected=protected, bootloader_id=bid,
-                   exit_sequence=tuple(target.pins.exit), blank_at_entry=blank, dual_bank=dual,
-                   options=opts, target=target)
+                   read_protected=protected, exit_sequence=tuple(target.pins.exit),
+                   blank_at_entry=blank, dual_bank=dual, options=opts, target=target)

@@ -86,6 +86,7 @@ class Target:
     connect_attempts: int = 3  # resets + connects before giving up
     write_retries: int = 3  # further tries of one failed command
     verify: str = "auto"  # "auto", "crc", "readback" or "none"
+    skip_unchanged: bool = True  # leave pages alone that already hold the image (execute.py)
     i2c_erase_nack: str = "verify"  # bootloader quirk, see agent.stm32.bootloader
 
     def describe(self) -> str:

@@ -126,6 +126,7 @@ class UartLink:
         self._set_caps(baud)
         self.serial = self._open(port, baud, modem_lines or {})
         log.debug("opened %s at %d baud, parity %s", port, baud, parity)
+        self._low_latency()
 
     def _set_caps(self, baud: int) -> None:
         self.baud = baud
@@ -190,6 +191,20 @@ class UartLink:
         self._check_line(self.serial)
         self._set_caps(baud)
         log.debug("%s now at %d baud", self.port, baud)
+
+    def _low_latency(self) -> None:
+        """Ask the driver to pass short answers on at once (ASYNC_LOW_LATENCY, TIOCSSERIAL).
+
+        Every command waits for a one-byte ACK; a USB adapter holds that back for its latency
+        timer (FTDI: 16 ms by default; ftdi_sio drops it to 1 ms in low-latency mode). A pty,
+        a PL011 or a pyserial URL has no such setting: that is fine, nothing to gain there.
+        """
+        setter = getattr(self.serial, "set_low_latency_mode", None)
+        try:
+            if setter is not None:
+                setter(True)
+        except (OSError, ValueError) as exc:
+            log.debug("%s: no low-latency mode (%s)", self.port, exc)
 
     def write(self, data: bytes) -> None:
         """Send bytes; with inter_byte_delay, one byte at a time (the seed's ESP32 quirk)."""

@@ -3,6 +3,12 @@
 The pty stays usable across clients: we hold our own slave fd open, so a client closing the
 port does not hang up the master. Master and slave are raw (no echo, no CR/LF mangling).
 
+Line emulation: every byte costs its line time (11 bits at the emulated baud, 8E1), and with a
+turnaround `latency` each answer that follows bytes from the host waits that long before it
+leaves, as a USB-serial adapter holds short answers until its latency timer runs out (FTDI's
+default is 16 ms, AN232B-04). `stats` counts those round trips. Between clients the thread
+sleeps in a blocking select: an idle simulator costs no CPU.
+
 The pty carries no parity and no rate, but the host's rate is in the termios the client set
 (master and slave share one), which is what the clock-error fault needs: a ROM that measures
 the 0x7F in software is off by up to 5 % at 115200 on an L4 and less at lower rates (AN2606
@@ -21,6 +27,7 @@ import signal
 import termios
 import threading
 import tty
+from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import UsageError
@@ -31,7 +38,6 @@ from agent.stm32.chips import Chip
 log = logging.getLogger(__name__)
 
 _BITS_PER_BYTE = 11  # 8E1: start + 8 data + parity + stop (AN3155 1)
-_POLL_S = 0.02
 _TOLERANCE = 0.025  # AN3155 2: host and bootloader rates must agree within 2.5 %
 _JITTER_AT = 115200  # AN2606 Table 6 states the autobaud error at this rate
 _RATES = {getattr(termios, f"B{r}"): r for r in (1200, 2400, 4800, 9600, 19200, 38400, 57600,
@@ -44,15 +50,37 @@ def garbled_share(clock_error_pct: float, rate: int) -> float:
     return min(1.0, max(0.0, (error - _TOLERANCE) / _TOLERANCE))
 
 
+@dataclass
+class LineStats:
+    """What crossed the emulated line: bytes each way and host -> chip -> host round trips."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    round_trips: int = 0
+
+    def summary(self) -> str:
+        """One line for people."""
+        return (f"{self.round_trips} round trips, {self.bytes_in} bytes in, "
+                f"{self.bytes_out} bytes out")
+
+
 class PtySim:
     """Runs a SimChip's UART on a pty; `path` is what serial tools open."""
 
-    def __init__(self, sim: SimChip, link_path: str | None = None) -> None:
+    def __init__(self, sim: SimChip, link_path: str | None = None, *,
+                 latency: float = 0.0) -> None:
+        if latency < 0:
+            raise UsageError(f"turnaround latency must be >= 0 s, got {latency}",
+                             code="bad_latency")
         self.sim = sim
         self.link_path = link_path
+        self.latency = latency
+        self.stats = LineStats()
         self.path = ""
         self.slave_path = ""
         self._master = self._slave = -1
+        self._wake_r = self._wake_w = -1
+        self._heard = False  # host bytes arrived since the chip last answered
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._garble_debt = 0.0  # spreads the garbled share evenly over the bytes sent
@@ -64,12 +92,14 @@ class PtySim:
         for fd in (self._master, self._slave):
             tty.setraw(fd)
         os.set_blocking(self._master, False)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         self.slave_path = os.ttyname(self._slave)
         self.path = self.slave_path
         if self.link_path:
             self._make_link(self.link_path)
             self.path = self.link_path
-        self.sim.add_reset_listener(self._drain_input)
+        self.sim.add_reset_listener(self._on_reset)
         self._thread = threading.Thread(target=self._run, name="sim-pty", daemon=True)
         self._thread.start()
         log.info("simulated %s on %s", self.sim.chip.name, self.path)
@@ -86,15 +116,16 @@ class PtySim:
     def stop(self) -> None:
         """Stop serving, remove the symlink and close the pty."""
         self._stop.set()
+        self._wake()
         if self._thread:
             self._thread.join(timeout=2)
         if self.link_path and os.path.islink(self.link_path) \
                 and os.readlink(self.link_path) == self.slave_path:
             os.unlink(self.link_path)
-        for fd in (self._master, self._slave):
+        for fd in (self._master, self._slave, self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
-        self._master = self._slave = -1
+        self._master = self._slave = self._wake_r = self._wake_w = -1
 
     def __enter__(self) -> "PtySim":
         return self.start()
@@ -102,7 +133,14 @@ class PtySim:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _drain_input(self) -> None:
+    def _wake(self) -> None:
+        """Interrupt the blocking select (stop, or the chip changed outside this thread)."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending, or we are closing
+
+    def _on_reset(self) -> None:
         """On reset, bytes the chip had not taken in yet are lost (and TX floats again)."""
         self._stray_zero = self.sim.faults.stray_zero
         try:
@@ -110,6 +148,7 @@ class PtySim:
                 pass
         except OSError:
             pass
+        self._wake()
 
     def _line_time(self, n: int) -> float:
         return n * _BITS_PER_BYTE / self.sim.baud if self.sim.realtime else 0.0
@@ -120,12 +159,16 @@ class PtySim:
             if data:
                 self._send(data)
                 continue
-            timeout = _POLL_S if wait is None else max(0.0, min(wait, _POLL_S))
-            try:
-                readable, _, _ = select.select([self._master], [], [], timeout)
+            try:  # wait is None: nothing is due, sleep until the host or a wake-up comes
+                readable, _, _ = select.select([self._master, self._wake_r], [], [], wait)
             except (OSError, ValueError):
                 return
-            if readable:
+            if self._wake_r in readable:
+                try:
+                    os.read(self._wake_r, 64)
+                except OSError:
+                    return
+            if self._master in readable:
                 self._receive()
 
     def _receive(self) -> None:
@@ -135,6 +178,8 @@ class PtySim:
             except (BlockingIOError, OSError):
                 return
             generation = self.sim.generation
+        self.stats.bytes_in += len(chunk)
+        self._heard = True
         line = self._line_time(len(chunk))
         if line:
             self.sim.sleep(line)  # the bytes are still on the wire
@@ -165,7 +210,13 @@ class PtySim:
         return bytes(out)
 
     def _send(self, data: bytes) -> None:
+        if self._heard:  # the host turned the line around: one round trip
+            self._heard = False
+            self.stats.round_trips += 1
+            if self.latency:
+                self.sim.sleep(self.latency)  # the adapter holds a short answer back
         data = self._on_the_wire(data)
+        self.stats.bytes_out += len(data)
         line = self._line_time(len(data))
         if line:
             self.sim.sleep(line)
@@ -184,8 +235,9 @@ class PtySim:
 
 
 def serve_pty(path: str, chip: Chip, *, baud: int = 115200, realtime: bool = True,
-              faults: Faults | None = None, stop_event: threading.Event | None = None) -> None:
-    """Serve a simulated chip on a pty linked at `path` until stopped.
+              faults: Faults | None = None, stop_event: threading.Event | None = None,
+              latency: float = 0.0) -> LineStats:
+    """Serve a simulated chip on a pty linked at `path` until stopped; return the line stats.
 
     Blocks until `stop_event` is set or (in the main thread) SIGTERM/SIGINT arrives. The
     standalone chip has no NRST wire: SIGUSR1 pulses NRST with BOOT0 high (a fresh bootloader
@@ -193,7 +245,7 @@ def serve_pty(path: str, chip: Chip, *, baud: int = 115200, realtime: bool = Tru
     """
     sim = SimChip(chip, baud=baud, realtime=realtime, faults=faults, boot0=True)
     stop = stop_event or threading.Event()
-    pty = PtySim(sim, link_path=path)
+    pty = PtySim(sim, link_path=path, latency=latency)
     old: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -201,9 +253,9 @@ def serve_pty(path: str, chip: Chip, *, baud: int = 115200, realtime: bool = Tru
         old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: sim.reset(boot0=True))
     pty.start()
     try:
-        while not stop.wait(0.2):
-            pass
+        stop.wait()  # signal handlers run in the main thread and end the wait
     finally:
         pty.stop()
         for sig, handler in old.items():
             signal.signal(sig, handler)
+    return pty.stats

@@ -1,0 +1,99 @@
+"""Does the flash already hold what the plan wants? By on-chip CRC in large spans, or read-back.
+
+Two questions, both answered with as few commands as the bootloader allows:
+
+- `changed_pages`: before erasing, which pages must be flashed? A page is unchanged when all of
+  it reads what flashing would leave there (the image's bytes, 0xFF elsewhere), so skipping it
+  ends in the same flash as rewriting it. With Get Checksum (0xA1) one CRC covers each run of
+  adjacent pages and a mismatch is narrowed down by halving; by read-back each page is read
+  until its first difference, and after a run of changed pages the next ones are assumed
+  changed without a look (exponential back-off), so a chip that holds something else entirely
+  costs a handful of short reads, not one per page.
+- `bad_pages`: after writing, the same halving over spans of image bytes.
+
+AN3155 3.13 / AN4221 2.20: the checksum start address and length are multiples of 4 bytes
+(stm32flash checks the same before sending 0xA1); spans start and end on the chip's write unit
+(8 bytes on L4), a multiple of 4, and lie in flash. Neither note gives a largest length, so a
+span may cover the whole image.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable
+
+from agent.flasher.plan import Plan, Span, spans
+from agent.stm32.protocol import stm32_crc32
+
+log = logging.getLogger(__name__)
+
+PROBE = 16  # bytes of a page read first when the previous page changed: a cheap first look
+
+
+class Compare:
+    """Flash-content questions over a command runner (commands.Commands: retry, read)."""
+
+    def __init__(self, commands: Any, plan: Plan, method: str) -> None:
+        self.commands, self.plan, self.method = commands, plan, method
+
+    def crc_matches(self, phase: str, span: Span) -> bool:
+        """One 0xA1 over the span, compared with the CRC of what it should hold."""
+        got = self.commands.retry(phase, span.address,
+                                  lambda: self.commands.bl.checksum(span.address, len(span.data)))
+        return bool(got == stm32_crc32(span.data))
+
+    def bad_pages(self, phase: str, span: Span) -> list[int]:
+        """Pages of `span` whose bytes differ, by CRC: one command if all is well."""
+        self.commands.check_cancel(phase, span.address)
+        if self.crc_matches(phase, span):
+            return []
+        if len(span.pages) == 1:
+            return list(span.pages)
+        low, high = span.split(self.plan.page_table)
+        return self.bad_pages(phase, low) + self.bad_pages(phase, high)
+
+    def changed_pages(self, found: Callable[[int], None]) -> tuple[list[int], set[int]]:
+        """(pages to flash, pages proven unchanged by reading all of them back).
+
+        `found(n)` is told the number of unchanged pages found so far.
+        """
+        plan = self.plan
+        if self.method == "crc":
+            whole = spans([plan.page_span(p) for p in plan.pages])
+            changed = [p for span in whole for p in self.bad_pages("check", span)]
+            found(len(plan.pages) - len(changed))
+            return changed, set()
+        changed, same = [], set()
+        streak = blind = 0
+        for page in plan.pages:
+            if blind:  # the pages before differed: assume this one does too
+                blind -= 1
+                changed.append(page)
+                continue
+            if self._page_reads(plan.page_span(page), first=PROBE if streak or not same
+                                else self.commands.max_read):
+                same.add(page)
+                streak = 0
+                found(len(same))
+            else:
+                changed.append(page)
+                streak += 1
+                blind = 2 ** (streak - 1) - 1
+        return changed, same
+
+    def _page_reads(self, span: Span, first: int) -> bool:
+        """True if the page reads exactly span.data; stops at the first differing chunk."""
+        at, n = 0, min(first, len(span.data))
+        while at < len(span.data):
+            got = self.commands.read("check", span.address + at, n)
+            if got != span.data[at:at + n]:
+                return False
+            at += n
+            n = min(self.commands.max_read, len(span.data) - at)
+        return True
+
+
+def regions_spans(plan: Plan, pages: Iterable[int]) -> list[Span]:
+    """The image bytes of `pages` as spans of adjacent regions."""
+    chosen = set(pages)
+    return spans([Span(r.address, r.data, (r.page,)) for r in plan.regions if r.page in chosen])
