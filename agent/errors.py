@@ -7,6 +7,8 @@ inherits the matching builtin so callers that only know Python's exceptions stil
 
 from __future__ import annotations
 
+from typing import Any
+
 # Exit codes, documented in README.md ("Exit codes"). Keep the two in step.
 EXIT_OK = 0
 EXIT_ERROR = 1  # anything unexpected
@@ -150,6 +152,18 @@ class VerifyFailed(Stm32OtaError, OSError):
 
     code = "verify_failed"
     exit_code = EXIT_VERIFY
+
+
+class GarbledWrite(VerifyFailed):
+    """A failed write programmed other data at `address` (noise that passed the XOR checksum).
+
+    Only erasing the page again fixes that; flasher/execute.py catches it and does, so it
+    reaches a caller only as the VerifyFailed of the last attempt.
+    """
+
+    def __init__(self, address: int, block: Any = None) -> None:
+        super().__init__(f"0x{address:08X} holds other data after a failed write")
+        self.block = block  # the flasher's Block that has to be written again
 
 
 class ImageRejected(Stm32OtaError, ValueError):

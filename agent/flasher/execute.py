@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from agent.errors import Stm32OtaError, UsageError, VerifyFailed
+from agent.errors import GarbledWrite, Stm32OtaError, UsageError, VerifyFailed
 from agent.flasher.commands import Commands, Result, read_memory, tag, write_memory
 from agent.flasher.compare import Compare, regions_spans
 from agent.flasher.plan import Block, Plan
@@ -44,14 +44,6 @@ def execute(plan: Plan, bl: Any, progress: Optional[ProgressCallback] = None, *,
                          code="bad_verify_mode")
     run = _Run(plan, bl, progress or no_progress, retries, cancel, clock)
     return run.go(verify, skip and plan.erase == "pages")
-
-
-class _Garbled(Exception):
-    """A failed write programmed other data into `block` (noise that passed the XOR)."""
-
-    def __init__(self, block: Block) -> None:
-        super().__init__(f"0x{block.address:08X} holds other data after a failed write")
-        self.block = block
 
 
 class _Run(Commands):
@@ -195,7 +187,7 @@ class _Run(Commands):
                     n += len(block.data)
                     written(n)
                 return n
-            except _Garbled as garbled:
+            except GarbledWrite as garbled:
                 self._garbled_page(page, garbled.block, last=attempt == self.retries)
         raise AssertionError("unreachable: the last attempt raises")
 
@@ -224,7 +216,7 @@ class _Run(Commands):
                 if state == "data":
                     return
                 if state == "other" and self.plan.erase != "none":
-                    raise _Garbled(block)  # (with erase "none" it may be old data: write on)
+                    raise GarbledWrite(block.address, block)  # (with erase "none" it may be old data: write on)
             tried = True
             self.bl.write_memory(block.address, block.data)
 
