@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
@@ -52,7 +53,8 @@ class Request:
 class FileServer:
     """Serve `files` (path -> bytes) on a free loopback port from a background thread."""
 
-    def __init__(self, files: Optional[dict[str, bytes]] = None) -> None:
+    def __init__(self, files: Optional[dict[str, bytes]] = None, *,
+                 tls: Optional[ssl.SSLContext] = None) -> None:
         self.files: dict[str, bytes] = dict(files or {})
         self.default = Behaviour()
         self.requests: list[Request] = []
@@ -60,6 +62,10 @@ class FileServer:
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:  # serve https with this server-side context
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
         self._thread: Optional[threading.Thread] = None
         self.closing = threading.Event()  # set by stop(): hanging and slow answers give up
 
@@ -69,8 +75,8 @@ class FileServer:
         return int(self._httpd.server_address[1])
 
     def url(self, path: str) -> str:
-        """Full http URL of `path` on this server."""
-        return f"http://127.0.0.1:{self.port}{path}"
+        """Full http(s) URL of `path` on this server."""
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def queue(self, *behaviours: Behaviour) -> None:
         """Use these behaviours, in order, for the next requests."""

@@ -9,6 +9,10 @@ those blocked calls, and the caller raises the guard's reason. Only name resolut
 
 Content-Encoding is never decoded (the size and sha256 are about the stored bytes), so a
 compressed "bomb" is never expanded.
+
+Proxies: the usual `http_proxy`/`https_proxy`/`no_proxy` environment variables apply, as with
+curl, pip or requests: an http URL is asked of the proxy as an absolute URL, an https URL goes
+through a CONNECT tunnel and keeps its end-to-end certificate check.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import functools
 import http.client
 import socket
 import ssl
+import urllib.request
+from base64 import b64encode
 import threading
 import time
 from typing import Any, Callable, Optional
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from agent import __version__
 from agent.errors import DownloadFailed, DownloadRetry, ImageRejected, Stm32OtaError
@@ -133,19 +139,50 @@ def _tls() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-class _Connection(http.client.HTTPConnection):
-    """An HTTP(S) connection whose socket belongs to a Guard."""
+class Proxy:
+    """Where a GET goes first when the environment names a proxy for its scheme."""
 
-    def __init__(self, host: str, port: int, timeout: float, guard: Guard, tls: bool) -> None:
-        super().__init__(host, port, timeout=timeout)
+    def __init__(self, url: str) -> None:
+        p = urlsplit(url if "://" in url else f"http://{url}")
+        self.host, self.port = p.hostname or "", p.port or _DEFAULT_PORT["http"]
+        self.headers: dict[str, str] = {}
+        if p.username is not None:
+            login = f"{unquote(p.username)}:{unquote(p.password or '')}".encode()
+            self.headers["Proxy-Authorization"] = "Basic " + b64encode(login).decode()
+
+
+def proxy_for(url: str) -> Optional[Proxy]:
+    """The proxy `http_proxy`/`https_proxy` name for `url`, unless `no_proxy` exempts its host."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    named = proxies.get(parts.scheme)
+    if not named or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+        return None
+    return Proxy(named)
+
+
+class _Connection(http.client.HTTPConnection):
+    """An HTTP(S) connection whose socket belongs to a Guard (through a proxy if one is set)."""
+
+    def __init__(self, host: str, port: int, timeout: float, guard: Guard, tls: bool,
+                 proxy: Optional[Proxy] = None) -> None:
+        if proxy is None:
+            super().__init__(host, port, timeout=timeout)
+        else:
+            super().__init__(proxy.host, proxy.port, timeout=timeout)
+            if tls:  # CONNECT host:port first; TLS then runs end to end through the tunnel
+                self.set_tunnel(host, port, headers=proxy.headers)
         self._guard, self._use_tls = guard, tls
 
     def connect(self) -> None:
-        """Connect (and shake hands) where the guard can cut it."""
+        """Connect (tunnel, shake hands) where the guard can cut it."""
         sock: socket.socket = self._guard.connect(self.host, self.port, self.timeout)
+        self.sock = sock
+        if self._tunnel_host:
+            self._tunnel()
         if self._use_tls:
-            sock = _tls().wrap_socket(sock, server_hostname=self.host,
-                                      do_handshake_on_connect=False)
+            server = self._tunnel_host or self.host
+            sock = _tls().wrap_socket(sock, server_hostname=server, do_handshake_on_connect=False)
             self._guard.attach(sock)
             sock.do_handshake()
         self.sock = sock
@@ -155,9 +192,13 @@ def _request(url: str, headers: dict[str, str], guard: Guard,
              timeout: float) -> tuple[_Connection, http.client.HTTPResponse]:
     parts = urlsplit(url)
     https = parts.scheme == "https"
+    proxy = proxy_for(url)
     conn = _Connection(parts.hostname or "", parts.port or _DEFAULT_PORT[parts.scheme], timeout,
-                       guard, https)
+                       guard, https, proxy)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if proxy is not None and not https:  # a plain-http proxy is asked for the absolute URL
+        target = f"http://{parts.netloc.rpartition('@')[2]}{target}"
+        headers = {**proxy.headers, **headers}
     try:
         conn.request("GET", target, headers={"User-Agent": f"stm32ota/{__version__}",
                                               "Connection": "close", **headers})
