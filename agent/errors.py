@@ -7,6 +7,9 @@ inherits the matching builtin so callers that only know Python's exceptions stil
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 # Exit codes, documented in README.md ("Exit codes"). Keep the two in step.
 EXIT_OK = 0
 EXIT_ERROR = 1  # anything unexpected
@@ -47,6 +50,19 @@ class ConfigError(UsageError):
     """config.yaml is invalid; the message names the location and a hint."""
 
     code = "config"
+
+
+class ConfigInvalid(ConfigError):
+    """config.yaml has problems; `.problems` lists every one (location, message, hint)."""
+
+    def __init__(self, source: Path | str, problems: list[Any]) -> None:
+        # problems are agent.config.values.Problem; errors.py sits below config, so only
+        # their str() (one line each) is used here
+        self.problems = problems
+        n = len(problems)
+        lines = [f"{source}: {n} problem{'s' if n != 1 else ''}:"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
 
 
 class LinkError(Stm32OtaError, OSError):
