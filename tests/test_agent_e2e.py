@@ -282,7 +282,7 @@ def test_manifest_signed_by_kit_round_trips(kit: AgentKit) -> None:
 def test_run_logs_at_the_configs_level_unless_the_command_line_says(
         tmp_path, monkeypatch, flags: list, level: int) -> None:
     """`agent.log_level` applies at a terminal as under systemd; -v / -q override it."""
-    import agent.service
+    import agent.cli.agent
     from agent.cli import main
     from agent.ota.keys import keygen
 
@@ -300,7 +300,7 @@ def test_run_logs_at_the_configs_level_unless_the_command_line_says(
                    "targets:\n"
                    "  - {name: pump, product: p, link: {type: i2c, bus: 1, address: 0x48},\n"
                    "     pins: {backend: none}}\n")
-    monkeypatch.setattr(agent.service, "Service", NoService)
+    monkeypatch.setattr(agent.cli.agent, "Service", NoService)  # where `run` finds it
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # keep pytest's own handlers
     root = logging.getLogger()
     monkeypatch.setattr(root, "level", logging.ERROR)  # what the flags set, or restored after

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from agent import __version__
 # Each handler module registers its subcommands; the order is the order `--help` lists them.
-from agent.cli import flasher, agent, demo, fleet  # noqa: F401
+from agent.cli import flasher, agent, release, demo, fleet  # noqa: F401
 from agent.cli.options import COMMANDS, PARSERS
-from agent.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Stm32OtaError
+from agent.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Stm32OtaError
 
 log = logging.getLogger(__name__)
 
@@ -66,4 +66,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         where = f": {err.filename}" if err.filename else ""
         print(f"stm32ota: error [{code}]: {err.strerror or err}{where}", file=sys.stderr)
         return EXIT_ERROR
-    return EXIT_OK

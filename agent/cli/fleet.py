@@ -11,10 +11,9 @@ import sys
 import time
 from typing import Any, Callable, TextIO
 
-from agent.cli.options import command
-from agent.cli.agent import add_broker_args, broker_options, parse_broker
-from agent.cli.options import parser
-from agent.errors import ConfigError, UsageError
+from agent.cli.options import add_broker_args, broker_options, command, parse_broker, parser
+from agent.errors import EXIT_OK, ConfigError, UsageError
+from agent.mqtt.client import MqttClient
 from agent.mqtt.fleet import COLUMNS, Fleet, Row, Watcher, changes, wait_for
 
 log = logging.getLogger(__name__)
@@ -74,18 +73,16 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         if args.once or args.json or args.csv:
             watcher.settle(args.quiet_for, args.settle)
             _print_once(args, fleet, sys.stdout)
-            return 0
+            return EXIT_OK
         _live(args, watcher, sys.stdout)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a person leaves the live view
     finally:
         watcher.stop()
-    return 0
+    return EXIT_OK
 
 
 def _client_factory(args: argparse.Namespace) -> Callable[..., Any]:
-    from agent.mqtt.client import MqttClient
-
     host, port = parse_broker(args.broker)
     options = broker_options(args)
 
@@ -118,7 +115,7 @@ def _wait(args: argparse.Namespace, watcher: Watcher) -> int:
     else:
         names = ", ".join(f"{r.agent}/{r.target}" for r in rows)
         print(f"all {len(rows)} target(s) of {args.product} report {args.wait_for}: {names}")
-    return 0
+    return EXIT_OK
 
 
 def _rows(args: argparse.Namespace, fleet: Fleet) -> list[Row]:
