@@ -1,6 +1,6 @@
 """The error tree: every failure has a reason code, an exit code and a message a person can act on.
 
-Library code raises these; `cli.py` maps them to exit codes and the update worker maps them
+Library code raises these; `agent.cli` maps them to exit codes and the update worker maps them
 to a FAILED/REJECTED job with `{"code": err.code, "message": str(err)}`. Each class also
 inherits the matching builtin so callers that only know Python's exceptions still work.
 """
@@ -63,6 +63,30 @@ class ConfigInvalid(ConfigError):
         lines = [f"{source}: {n} problem{'s' if n != 1 else ''}:"]
         lines += [f"  - {p}" for p in problems]
         super().__init__("\n".join(lines))
+
+
+class PayloadError(Stm32OtaError, ValueError):
+    """A topic id or payload value that the MQTT contract or Home Assistant would refuse."""
+
+    code = "bad_payload"
+
+
+class FleetTimeout(Stm32OtaError, TimeoutError):
+    """`stm32ota fleet --wait-for` ran out of time before every target reported the version."""
+
+    code = "wait_timeout"
+
+
+class NoTargets(Stm32OtaError, LookupError):
+    """`stm32ota fleet --wait-for` saw no target of the product on the broker."""
+
+    code = "no_targets"
+
+
+class DemoFailed(Stm32OtaError):
+    """`stm32ota demo`: the update did not end with both targets verified on the new version."""
+
+    code = "demo_failed"
 
 
 class LinkError(Stm32OtaError, OSError):

@@ -51,7 +51,7 @@ import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.mqtt.contract import Topics
+from agent.mqtt.topics import Topics
 from agent.ota.keys import keygen, sign_manifest
 from agent.stm32.chips import CHIPS, Chip
 from agent.sim import PtySim, SimChip

@@ -23,6 +23,7 @@ import yaml
 from cryptography.exceptions import InvalidSignature
 
 from agent.mqtt import contract as ha
+from agent.mqtt.topics import Topics
 from agent.ota import manifest as mf
 from agent.cli import build_parser, main
 from agent.config import reference_markdown
@@ -176,7 +177,7 @@ def test_the_readme_recipe_and_the_agent_sign_the_same_bytes(signed) -> None:
 
 
 def test_topic_table_matches_the_topics_the_agent_uses() -> None:
-    t = ha.Topics("stm32ota", "AGENT")
+    t = Topics("stm32ota", "AGENT")
     expected = {t.release("PRODUCT"), t.cmd("TARGET"), t.group_cmd("GROUP"), t.fleet_cmd,
                 t.availability, t.state("TARGET"), t.job("TARGET"), t.events("TARGET"),
                 t.discovery("TARGET"), t.ha_status}

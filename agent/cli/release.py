@@ -13,7 +13,7 @@ from agent.cli.options import (add_broker_args, broker_options, command, int_aut
 from agent.errors import EXIT_OK, ConfigError, UsageError
 from agent.flasher import image as firmware
 from agent.mqtt.client import MqttClient
-from agent.mqtt.contract import Topics, check_id
+from agent.mqtt.topics import Topics, check_id
 from agent.ota.keys import build_manifest, keygen
 from agent.ota.manifest import parse_manifest
 

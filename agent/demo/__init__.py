@@ -36,7 +36,7 @@ from agent.demo.parts import FLASH_BASE
 from agent.demo.view import Board
 from agent.demo.world import (NACK_EVERY, NEW, OLD, TARGETS, DemoOptions, World,
                               prepare_workdir)
-from agent.errors import Stm32OtaError
+from agent.errors import DemoFailed, Stm32OtaError
 from agent.ota.jobs import SUCCEEDED, TOUCHES_FLASH
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,6 @@ __all__ = ["DemoFailed", "DemoOptions", "Outcome", "run_demo"]
 RELEASE_TIMEOUT = 15.0  # for the agent to take the announced release
 STATE_TIMEOUT = 10.0  # for the agent's retained state to say what it installed
 BROKER_DOWN = 1.5  # seconds the broker stays away in --faults
-
-
-class DemoFailed(Stm32OtaError):
-    """The demo's update did not end with both targets verified on the new version."""
-
-    code = "demo_failed"
 
 
 @dataclass
