@@ -8,7 +8,7 @@ import os
 from typing import Callable
 
 from agent.errors import UsageError
-from agent.mqtt.client import TlsOptions
+from agent.mqtt.tls import TlsOptions
 
 PARSERS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
 
