@@ -4,13 +4,23 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make test-lowest`: the same suite in a second venv holding exactly the lowest versions
+# setup.cfg accepts (constraints-lowest.txt), so the declared ranges are tested, not hoped
+LOWEST_VENV ?= .venv-lowest
+LOWEST_STAMP := $(LOWEST_VENV)/.installed
 
-.PHONY: demo test bench reliability venv sysdeps clean
+.PHONY: demo test test-lowest bench reliability venv sysdeps clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,demo,gpiod]'
+	touch $@
+
+$(LOWEST_STAMP): setup.cfg pyproject.toml constraints-lowest.txt
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOWEST_VENV)/bin/python -m pip install -q -c constraints-lowest.txt -e '.[test,demo,gpiod]'
 	touch $@
 
 venv: $(STAMP)
@@ -25,6 +35,9 @@ demo: $(STAMP)
 test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q $(ARGS)
 
+test-lowest: $(LOWEST_STAMP) sysdeps
+	$(LOWEST_VENV)/bin/python -m pytest -q $(ARGS)
+
 bench: $(STAMP) sysdeps
 	$(BIN)/python bench/flash.py $(ARGS)
 
@@ -33,4 +46,4 @@ reliability: $(STAMP)
 	$(BIN)/python bench/reliability.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LOWEST_VENV) build *.egg-info .pytest_cache

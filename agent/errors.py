@@ -1,12 +1,13 @@
 """The error tree: every failure has a reason code, an exit code and a message a person can act on.
 
-Library code raises these; `agent/cli` maps them to exit codes and the update worker maps them
+Library code raises these; `agent.cli` maps them to exit codes and the update worker maps them
 to a FAILED/REJECTED job with `{"code": err.code, "message": str(err)}`. Each class also
 inherits the matching builtin so callers that only know Python's exceptions still work.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 # Exit codes, documented in README.md ("Exit codes"). Keep the two in step.
@@ -55,6 +56,38 @@ class KeyFileError(UsageError):
     """A key file is missing, malformed or unsafe."""
 
     code = "bad_key"
+
+
+class ConfigInvalid(ConfigError):
+    """config.yaml has problems; `.problems` lists every one (location, message, hint)."""
+
+    def __init__(self, source: Path | str, problems: list[Any]) -> None:
+        # problems are agent.config.values.Problem; errors.py sits below config, so only
+        # their str() (one line each) is used here
+        self.problems = problems
+        n = len(problems)
+        lines = [f"{source}: {n} problem{'s' if n != 1 else ''}:"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+class PayloadError(Stm32OtaError, ValueError):
+    """A topic id or payload value that the MQTT contract or Home Assistant would refuse."""
+
+    code = "bad_payload"
+
+
+class FleetTimeout(Stm32OtaError, TimeoutError):
+    """`stm32ota fleet --wait-for` ran out of time before every target reported the version."""
+
+    code = "wait_timeout"
+
+
+class NoTargets(Stm32OtaError, LookupError):
+    """`stm32ota fleet --wait-for` saw no target of the product on the broker."""
+
+    code = "no_targets"
+
 
 
 class LinkError(Stm32OtaError, OSError):

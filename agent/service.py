@@ -16,7 +16,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Optional
 
 from agent.mqtt import contract as ha
-from agent.mqtt.client import MqttClient, TlsOptions
+from agent.mqtt.client import MqttClient
+from agent.mqtt.tls import TlsOptions
+from agent.mqtt.topics import Topics
 from agent import systemd
 from agent.ota.checks import compare_versions
 from agent.ota.manifest import strict_json
@@ -96,7 +98,7 @@ class Service:
                  devices: Optional[Mapping[str, Devices]] = None) -> None:
         self.cfg = cfg
         self.agent_id = cfg.agent.id
-        self.topics = ha.Topics(cfg.mqtt.base_topic, self.agent_id, cfg.mqtt.discovery_prefix)
+        self.topics = Topics(cfg.mqtt.base_topic, self.agent_id, cfg.mqtt.discovery_prefix)
         self.targets = {t.name: t for t in targets}
         self.store = StateStore(cfg.agent.state_dir)  # the service only reads it
         self.jobs = JobStore(self.store, self._on_job)
@@ -133,16 +135,16 @@ class Service:
     def start(self) -> None:
         """Subscribe, announce every target, start MQTT, the dispatcher and the workers."""
         c, t = self.client, self.topics
-        for product in sorted({x.product for x in self.targets.values()}):
-            c.subscribe(t.release(product), self._enqueue)
-        for name, target in self.targets.items():
-            c.subscribe(t.cmd(name), self._enqueue)
-            for group in target.groups:
-                c.subscribe(t.group_cmd(group), self._enqueue)
-        c.subscribe(t.fleet_cmd, self._enqueue)
-        # HA's birth: re-send everything retained (discovery first, then state and job), so
-        # entities created from the fresh discovery get their state even without a retained copy
-        c.on_ha_birth(self.cfg.mqtt.discovery_prefix)
+        groups = {name: tuple(target.groups) for name, target in self.targets.items()}
+        products = {target.product for target in self.targets.values()}
+        for topic_filter in t.subscriptions(groups, products):
+            if topic_filter == t.ha_status:
+                # HA's birth: re-send everything retained (discovery first, then state and job),
+                # so entities created from the fresh discovery get their state without a
+                # retained copy
+                c.on_ha_birth(self.cfg.mqtt.discovery_prefix)
+            else:
+                c.subscribe(topic_filter, self._enqueue)
         self.publish_discovery()
         for name in self.targets:
             job = self.jobs.load(name)

@@ -53,7 +53,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config.targets import flash_target
 from agent.flasher.target import Devices
-from agent.mqtt.contract import Topics
+from agent.mqtt.topics import Topics
 from agent.ota.keys import keygen, sign_manifest
 from agent.pins.mock import MockBackend
 from agent.stm32.chips import CHIPS, Chip

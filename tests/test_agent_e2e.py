@@ -173,6 +173,29 @@ def test_group_fleet_and_direct_manifest_commands(kit: AgentKit) -> None:
     assert (state["installed_version"], state["latest_version"]) == ("2.1.0", "2.1.0"), state
 
 
+def test_a_group_two_targets_share_delivers_each_command_once(kit: AgentKit) -> None:
+    """One subscription per topic filter: a command to a group that two targets share is
+    handled once, so a bad one is refused once per target, not twice."""
+    kit.uart_target("a", groups=("cellar",))
+    kit.i2c_target("b", product="pump-ctrl", groups=("cellar", "attic"))
+    kit.start_service()
+    mark = kit.obs.mark()
+    kit.group_command("cellar", "reboot")
+    kit.group_command("cellar", "check")  # re-announces the last job: after every bad copy
+    for name in ("a", "b"):
+        topic = kit.topics.job(name)
+
+        def re_announced(msgs: list) -> object:
+            jobs = [m for m in msgs[mark:] if m.topic == topic and m.payload]
+            ids = [m.json()["job_id"] for m in jobs]
+            return next((m for k, m in enumerate(jobs) if ids[k] in ids[:k]), None)
+
+        kit.obs.wait(re_announced, 20, f"the re-announced job of {name}")
+        refused = [m.json() for m in kit.obs.messages[mark:]
+                   if m.topic == kit.topics.events(name) and m.json()["status"] == "REJECTED"]
+        assert [e["error"]["code"] for e in refused] == ["bad_command"], (name, refused)
+
+
 def test_a_fleet_install_of_one_product_leaves_other_products_alone(kit: AgentKit) -> None:
     pump = kit.uart_target("pump")  # pump-ctrl
     sensor = kit.i2c_target("sensor")  # sensor-node
@@ -282,7 +305,7 @@ def test_manifest_signed_by_kit_round_trips(kit: AgentKit) -> None:
 def test_run_logs_at_the_configs_level_unless_the_command_line_says(
         tmp_path, monkeypatch, flags: list, level: int) -> None:
     """`agent.log_level` applies at a terminal as under systemd; -v / -q override it."""
-    import agent.service
+    import agent.cli.agent
     from agent.cli import main
     from agent.ota.keys import keygen
 
@@ -300,7 +323,7 @@ def test_run_logs_at_the_configs_level_unless_the_command_line_says(
                    "targets:\n"
                    "  - {name: pump, product: p, link: {type: i2c, bus: 1, address: 0x48},\n"
                    "     pins: {backend: none}}\n")
-    monkeypatch.setattr(agent.service, "Service", NoService)
+    monkeypatch.setattr(agent.cli.agent, "Service", NoService)  # where `run` finds it
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # keep pytest's own handlers
     root = logging.getLogger()
     monkeypatch.setattr(root, "level", logging.ERROR)  # what the flags set, or restored after

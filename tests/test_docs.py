@@ -5,11 +5,13 @@ field table, the canonical encoding (a manifest from `stm32ota sign` verifies wi
 own snippet), the topic table, the payload examples (Home Assistant's rules), the entity
 table and automation example against the discovery payload, every `stm32ota ...` command line
 in the README against the real argument parser, the systemd install steps against the unit,
-and the blueprints (valid YAML with `!input`, every input declared and used).
+the blueprints (valid YAML with `!input`, every input declared and used), the module map
+("Layout:") against agent/, and constraints-lowest.txt against setup.cfg's lower bounds.
 """
 
 from __future__ import annotations
 
+import configparser
 import json
 import re
 import shlex
@@ -23,6 +25,7 @@ import yaml
 from cryptography.exceptions import InvalidSignature
 
 from agent.mqtt import contract as ha
+from agent.mqtt.topics import Topics
 from agent.ota import manifest as mf
 from agent.cli import build_parser, main
 from agent.config import reference_markdown
@@ -176,7 +179,7 @@ def test_the_readme_recipe_and_the_agent_sign_the_same_bytes(signed) -> None:
 
 
 def test_topic_table_matches_the_topics_the_agent_uses() -> None:
-    t = ha.Topics("stm32ota", "AGENT")
+    t = Topics("stm32ota", "AGENT")
     expected = {t.release("PRODUCT"), t.cmd("TARGET"), t.group_cmd("GROUP"), t.fleet_cmd,
                 t.availability, t.state("TARGET"), t.job("TARGET"), t.events("TARGET"),
                 t.discovery("TARGET"), t.ha_status}
@@ -340,3 +343,59 @@ def test_install_steps_match_the_systemd_unit() -> None:
     assert f"usermod -aG {','.join(groups)} {user}" in section
     for key in ("WatchdogSec", "TimeoutStopSec", "StateDirectory", "CacheDirectory"):
         assert key in unit and key in section, key
+
+
+# ------------------------------------------------------------------ layout and lowest versions
+
+
+def layout_entries() -> list[tuple[str, str]]:
+    """(first column, description) of each agent/ line in the README's "Layout:" block."""
+    block = README.split("Layout:", 1)[1].split("    tests/", 1)[0]
+    entries: list[tuple[str, str]] = []
+    for line in block.splitlines():
+        m = re.match(r"      (\S.*?)(?:\s{2,}(.*))?$", line)
+        if m:
+            entries.append((m.group(1), m.group(2) or ""))
+        elif line.startswith(" " * 27) and entries:  # a description continued
+            entries[-1] = (entries[-1][0], entries[-1][1] + " " + line.strip())
+    return entries
+
+
+def test_the_readme_layout_names_only_modules_and_folders_that_exist() -> None:
+    entries = layout_entries()
+    assert len(entries) > 8
+    for names, description in entries:
+        for name in names.split():
+            path = ROOT / "agent" / name
+            assert path.exists(), f"README layout names agent/{name}, which does not exist"
+            if name.endswith("/"):  # the files a folder's description names are in it
+                for module in re.findall(r"\b\w+\.py\b", description):
+                    assert (path / module).is_file(), f"README layout: no agent/{name}{module}"
+
+
+def _requirement_floors() -> dict[str, str]:
+    """{distribution: lower bound} of install_requires and of the extras `make test-lowest`
+    installs; every one of them must have a lower bound."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg", encoding="utf-8")
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    extras = re.search(r"-c constraints-lowest\.txt -e '\.\[([\w,]+)\]'", makefile).group(1)
+    lines = cfg["options"]["install_requires"].splitlines()
+    lines += [cfg["options.extras_require"][e] for e in extras.split(",")]
+    floors = {}
+    for line in (x.split("#")[0].strip() for x in lines):
+        if line:
+            m = re.match(r"([A-Za-z0-9_.-]+)\s*>=\s*([\w.]+)", line)
+            assert m, f"setup.cfg: {line!r} has no lower bound (>=)"
+            floors[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return floors
+
+
+def test_constraints_lowest_pins_exactly_the_lower_bounds_of_setup_cfg() -> None:
+    pins = {}
+    for line in (ROOT / "constraints-lowest.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = re.fullmatch(r"([A-Za-z0-9_.-]+)==([\w.]+)", line).groups()
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    assert pins == _requirement_floors()

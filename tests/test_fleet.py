@@ -23,7 +23,9 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from agent.mqtt import contract as ha
+from agent.mqtt.topics import Topics
 from agent.cli import main
+from agent.errors import PayloadError
 from agent.mqtt.fleet import Fleet, changes, stragglers
 from agentkit import REPO, AgentKit
 
@@ -34,7 +36,7 @@ QUIET = ["--quiet-for", "0.3"]  # retained messages arrive within ms on loopback
 
 
 def _discovery(agent: str, target: str, product: str, base: str = "stm32ota") -> tuple[str, bytes]:
-    t = ha.Topics(base, agent)
+    t = Topics(base, agent)
     doc = ha.discovery_payload(agent, target, base_topic=base, device_info={}, product=product)
     return t.discovery(target), json.dumps(doc).encode()
 
@@ -50,7 +52,7 @@ def test_discovery_names_the_product_as_model_id() -> None:
                                product="pump-ctrl")
     assert doc["device"]["model_id"] == "pump-ctrl"
     assert doc["device"]["model"] == "STM32"
-    with pytest.raises(ha.PayloadError, match="model_id"):
+    with pytest.raises(PayloadError, match="model_id"):
         ha.discovery_payload("gw", "pump", base_topic="b", device_info={"model_id": "x"}, product="p")
 
 

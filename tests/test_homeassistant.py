@@ -7,19 +7,18 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from agent.errors import ImageRejected
+from agent.errors import ImageRejected, PayloadError
 from agent.mqtt.contract import (
     EVENT_TYPES,
     JOB_STATUSES,
     STATE_KEYS,
-    PayloadError,
-    Topics,
     discovery_payload,
     event_payload,
     job_payload,
     rfc3339,
     state_payload,
 )
+from agent.mqtt.topics import Topics, route_topic
 
 T = Topics("stm32ota", "gw-01", "homeassistant")
 
@@ -107,6 +106,35 @@ def test_subscriptions_cover_own_targets_groups_fleet_and_ha_birth() -> None:
         "stm32ota/fleet/cmd",
         "homeassistant/status",
     ]
+
+
+def test_subscriptions_start_with_each_product_release_once() -> None:
+    subs = T.subscriptions({"pump": ("cellar",), "fan": ("cellar",)},
+                           products=["pump-ctrl", "fan-ctrl", "pump-ctrl"])
+    assert subs[:3] == ["stm32ota/release/fan-ctrl", "stm32ota/release/pump-ctrl",
+                        "stm32ota/gw-01/pump/cmd"]
+    assert len(subs) == len(set(subs)) == 7
+
+
+@pytest.mark.parametrize(
+    "topic,expected",
+    [
+        ("stm32ota/gw-02/availability", ("availability", {"agent": "gw-02"})),
+        ("stm32ota/gw-02/pump/state", ("state", {"agent": "gw-02", "target": "pump"})),
+        ("stm32ota/gw-02/pump/job", ("job", {"agent": "gw-02", "target": "pump"})),
+        ("stm32ota/gw-02/pump/cmd", ("cmd", {"agent": "gw-02", "target": "pump"})),
+        ("stm32ota/group/cellar/state", ("state", {"agent": "group", "target": "cellar"})),
+        ("stm32ota/group/cellar/cmd", ("group_cmd", {"group": "cellar"})),
+        ("stm32ota/release/availability", ("release", {"product": "availability"})),
+        ("stm32ota/fleet/cmd", ("fleet_cmd", {})),
+        ("stm32ota/gw-02/pump/events", ("unknown", {})),
+        ("stm32ota/gw 2/pump/state", ("unknown", {})),
+        ("stm32ota/gw-02/pump/state/x", ("unknown", {})),
+        ("other/gw-02/availability", ("unknown", {})),
+    ],
+)
+def test_route_topic_reads_every_agents_topics(topic: str, expected: tuple) -> None:
+    assert route_topic("stm32ota", topic) == expected
 
 
 # --- discovery ------------------------------------------------------------------------------

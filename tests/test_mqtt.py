@@ -299,7 +299,7 @@ def test_constructor_refuses_bad_arguments() -> None:
 
 
 def test_tls_client_without_a_tls_broker_never_connects(broker: Mosquitto, make_client) -> None:
-    from agent.mqtt.client import TlsOptions
+    from agent.mqtt.tls import TlsOptions
 
     c = make_client(tls=TlsOptions())  # system CAs, verification on; the broker speaks plain MQTT
     c.start()

@@ -7,13 +7,14 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.mqtt.client import IDLE_WAIT_MAX, MqttClient, idle_wait
+from agent.mqtt import client as mqtt_client
+from agent.mqtt.client import IDLE_WAIT_MAX, MqttClient, idle_wait, tunable_loop
 from mosquitto import Mosquitto
 
 WAIT = 10.0
@@ -104,3 +105,44 @@ def test_sleep_follows_the_keepalive_in_force() -> None:
         finally:
             for c in (short, overridden):
                 c.stop()
+
+
+# ----- the private step is optional -------------------------------------------------------------
+
+
+class _NoStep(paho.Client):
+    """A paho whose loop_forever waits somewhere else (the private step was renamed)."""
+
+    def loop_forever(self, timeout: float = 1.0, retry_first_connection: bool = False) -> Any:
+        return self.loop(timeout)
+
+
+class _OtherStep(paho.Client):
+    """A paho whose private step no longer takes the wait as `timeout`."""
+
+    def _loop(self) -> Any:  # type: ignore[override]
+        return None
+
+
+def test_the_override_is_used_only_where_pahos_private_step_is_what_it_expects() -> None:
+    assert tunable_loop()  # the installed paho (>= 2.2) waits in _loop(timeout)
+    assert not tunable_loop(_NoStep)
+    assert not tunable_loop(_OtherStep)
+    assert not tunable_loop(object)
+
+
+def test_without_the_private_step_the_public_client_still_works(
+        broker: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback: plain paho.Client and its loop_start(), round trip intact."""
+    monkeypatch.setattr(mqtt_client, "tunable_loop", lambda client_class=paho.Client: False)
+    got: queue.Queue[bytes] = queue.Queue()
+    c = _client(broker.port, keepalive=60)
+    assert type(c._client) is paho.Client  # noqa: SLF001  (no override of a private name)
+    c.subscribe("fallback/t", lambda topic, payload, retained: got.put(payload))
+    try:
+        c.start()
+        assert c.wait_connected(WAIT)
+        assert c.publish_wait("fallback/t", b"still here", timeout=WAIT)
+        assert got.get(timeout=WAIT) == b"still here"
+    finally:
+        c.stop()

@@ -23,7 +23,8 @@ from agent.cli import main
 from agent.config import load
 from agent.errors import ConfigError
 from agent.ota.keys import keygen, sign_manifest
-from agent.mqtt.client import MqttClient, TlsOptions
+from agent.mqtt.client import MqttClient
+from agent.mqtt.tls import TlsOptions
 from agentkit import AgentKit
 from mosquitto import CertAuthority, MissingTool, Mosquitto
 

@@ -7,9 +7,9 @@ import logging
 import signal
 from pathlib import Path
 
-from agent.cli.options import command
-from agent.cli.options import parser
-from agent.errors import UsageError
+from agent.cli.options import broker_options, command, parse_broker, parser
+from agent.demo import DemoOptions, run_demo
+from agent.errors import EXIT_OK, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,6 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 when both targets end verified on the new version."""
-    from agent.cli.agent import broker_options, parse_broker
-    from agent.demo import DemoOptions, run_demo
-
     broker = parse_broker(args.broker) if args.broker else None
     if broker is None and (args.username or args.password_file):
         raise UsageError("--username and --password-file are for --broker HOST:PORT; the "
@@ -59,4 +56,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
                              password=login["password"]))
     finally:
         signal.signal(signal.SIGTERM, old)
-    return 0
+    return EXIT_OK

@@ -11,11 +11,10 @@ import sys
 import time
 from typing import Any, Callable, TextIO
 
-from agent.cli.options import command
-from agent.cli.agent import add_broker_args, broker_options, parse_broker
-from agent.cli.options import parser
-from agent.errors import ConfigError, UsageError
-from agent.mqtt.fleet import COLUMNS, Fleet, Row, Watcher, changes, wait_for
+from agent.cli.options import add_broker_args, broker_options, command, parse_broker, parser
+from agent.errors import EXIT_OK, ConfigError, UsageError
+from agent.mqtt.client import MqttClient
+from agent.mqtt.fleet import COLUMNS, Fleet, FleetRow, Watcher, changes, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +73,16 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         if args.once or args.json or args.csv:
             watcher.settle(args.quiet_for, args.settle)
             _print_once(args, fleet, sys.stdout)
-            return 0
+            return EXIT_OK
         _live(args, watcher, sys.stdout)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a person leaves the live view
     finally:
         watcher.stop()
-    return 0
+    return EXIT_OK
 
 
 def _client_factory(args: argparse.Namespace) -> Callable[..., Any]:
-    from agent.mqtt.client import MqttClient
-
     host, port = parse_broker(args.broker)
     options = broker_options(args)
 
@@ -100,9 +97,9 @@ class _Lines:
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.last: list[Row] = []
+        self.last: list[FleetRow] = []
 
-    def __call__(self, rows: list[Row]) -> None:
+    def __call__(self, rows: list[FleetRow]) -> None:
         for line in changes(self.last, rows):
             self.out.write(line + "\n")
         self.out.flush()
@@ -118,10 +115,10 @@ def _wait(args: argparse.Namespace, watcher: Watcher) -> int:
     else:
         names = ", ".join(f"{r.agent}/{r.target}" for r in rows)
         print(f"all {len(rows)} target(s) of {args.product} report {args.wait_for}: {names}")
-    return 0
+    return EXIT_OK
 
 
-def _rows(args: argparse.Namespace, fleet: Fleet) -> list[Row]:
+def _rows(args: argparse.Namespace, fleet: Fleet) -> list[FleetRow]:
     return fleet.snapshot(agent=args.agent, product=args.product)
 
 
@@ -139,7 +136,7 @@ def _print_once(args: argparse.Namespace, fleet: Fleet, out: TextIO) -> None:
         out.write(table(rows) + "\n")
 
 
-def to_csv(rows: list[Row]) -> str:
+def to_csv(rows: list[FleetRow]) -> str:
     """CSV with a header line; empty cells for unknown values, booleans as true/false."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -150,20 +147,20 @@ def to_csv(rows: list[Row]) -> str:
     return buf.getvalue()
 
 
-def _progress(r: Row) -> str:
+def _progress(r: FleetRow) -> str:
     if r.status not in ("QUEUED", "IN_PROGRESS") or r.percent is None:
         return ""
     filled = int(max(0, min(100, r.percent)) * BAR // 100)
     return f"[{'#' * filled}{'.' * (BAR - filled)}] {r.percent:3.0f}%"
 
 
-def _cells(r: Row) -> tuple[str, ...]:
+def _cells(r: FleetRow) -> tuple[str, ...]:
     online = {True: "yes", False: "NO", None: "?"}[r.online]
     return (r.agent, r.target, r.product or "?", online, r.installed or "", r.latest or "",
             r.status or "", r.phase or "", _progress(r), r.error_code or "")
 
 
-def table(rows: list[Row]) -> str:
+def table(rows: list[FleetRow]) -> str:
     """A fixed-width text table of the rows (no colours, so it survives any terminal)."""
     lines = [HEADERS] + [_cells(r) for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(HEADERS))]

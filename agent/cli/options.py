@@ -1,9 +1,11 @@
-"""The subcommand registry, the option groups several subcommands share, and their Target."""
+"""The subcommand registry, the option groups several subcommands share (link and pins;
+the broker options of publish and fleet), and the Target the link options describe."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from dataclasses import replace
 from typing import Callable, Optional
 
@@ -11,6 +13,7 @@ from agent.config import load
 from agent.config.targets import flasher_target
 from agent.errors import UsageError
 from agent.flasher.target import I2cSettings, LinkSettings, PinsSettings, Target, UartSettings
+from agent.mqtt.tls import TlsOptions
 from agent.pins import PinSpec
 
 log = logging.getLogger(__name__)
@@ -147,6 +150,55 @@ def _configured(args: argparse.Namespace) -> Target:
     if args.expect_chip is not None:
         target = replace(target, expect_chip=args.expect_chip)
     return target
+
+
+def add_broker_args(p: argparse.ArgumentParser) -> None:
+    """--broker, --username, --password-file and the TLS options of the one-shot MQTT tools."""
+    p.add_argument("--broker", default="localhost:1883",
+                   help="HOST:PORT (default localhost:1883; 8883 is usual with TLS)")
+    p.add_argument("--username")
+    p.add_argument("--password-file", help="file whose first line is the password")
+    tls = p.add_argument_group("TLS (any of these turns it on)")
+    tls.add_argument("--ca", metavar="FILE", help="CA certificate (PEM) of the broker; "
+                     "without it, but with another TLS option, the system CAs")
+    tls.add_argument("--cert", metavar="FILE", help="client certificate (PEM), with --key")
+    tls.add_argument("--key", metavar="FILE", help="private key of --cert (PEM); a password "
+                     "for it is read from the environment variable STM32OTA_KEY_PASSWORD")
+    tls.add_argument("--insecure", action="store_true",
+                     help="do not check that the broker's certificate names --broker's host "
+                          "(the certificate itself is still verified)")
+
+
+def broker_options(args: argparse.Namespace) -> dict:
+    """MqttClient keyword arguments (username, password, tls) from add_broker_args' options."""
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("--cert and --key go together: a client certificate needs its key")
+    for name in ("password_file", "ca", "cert", "key"):
+        path = getattr(args, name)
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"--{name.replace('_', '-')} {path}: no such file")
+    password = None
+    if args.password_file:
+        with open(args.password_file, encoding="utf-8") as f:
+            password = f.readline().rstrip("\n")
+        if args.username is None:
+            raise UsageError("--password-file needs --username (MQTT sends no password without one)")
+    tls = None
+    if args.ca or args.cert or args.insecure:
+        tls = TlsOptions(ca=args.ca, cert=args.cert, key=args.key, insecure=args.insecure,
+                         key_password=os.environ.get("STM32OTA_KEY_PASSWORD") if args.key else None)
+    return {"username": args.username, "password": password, "tls": tls}
+
+
+def parse_broker(text: str) -> tuple[str, int]:
+    """HOST:PORT (port optional, default 1883); [v6]:port allowed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or host.endswith("]") is False and ":" in host:
+        return text.strip("[]"), 1883
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        raise UsageError(f"--broker {text!r}: expected HOST:PORT, e.g. localhost:1883") from None
 
 
 def parser(name: str, helptext: str) -> Callable:

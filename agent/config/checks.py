@@ -7,16 +7,14 @@ problem is already recorded), so one pass reports per-key and cross-key problems
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from agent.config.model import Config
 from agent.config.values import INVALID, Context, join
 from agent.errors import ConfigError
-
-if TYPE_CHECKING:
-    from agent.config import Config
-
-GPIO_BACKENDS = ("auto", "libgpiod", "mock")
-MODEM_LINES = ("rts", "dtr")
+from agent.pins.modem import MODEM_LINES
+from agent.pins.sequence import validate_sequence
+from agent.stm32.chips import CHIPS
 
 
 def _ok(value: Any) -> bool:
@@ -130,8 +128,6 @@ def _check_pin_lines(p: dict[str, Any], link: Any, where: str, ctx: Context,
 
 def _check_pins(t: dict[str, Any], where: str, ctx: Context,
                 used: dict[tuple[str, Any], str]) -> None:
-    from agent.pins.sequence import validate_sequence
-
     p, link = t["pins"], t["link"]
     if not isinstance(p, dict):
         return
@@ -183,8 +179,6 @@ def _check_target_ids(ts: tuple[Any, ...], ctx: Context) -> None:
 
 
 def _check_targets(ts: Any, ctx: Context) -> None:
-    from agent.stm32.chips import CHIPS
-
     if not isinstance(ts, tuple):
         return
     if not ts:

@@ -17,7 +17,9 @@ from agent.config.values import (
     INVALID, NAME_RE, Boolean, Choice, Context, Duration, Integer, ListOf, PathKind, Size, Text,
     did_you_mean, join, type_name,
 )
-from agent.pins.sequence import DEFAULT_ENTER, DEFAULT_EXIT
+from agent.errors import ConfigError
+from agent.pins.modem import MODEM_LINES
+from agent.pins.sequence import DEFAULT_ENTER, DEFAULT_EXIT, parse_sequence
 from agent.stm32.bootloader import Timeouts
 
 log = logging.getLogger(__name__)
@@ -117,9 +119,6 @@ class Sequence:
         return "list of steps"
 
     def __call__(self, value: Any, where: str, ctx: Context) -> Any:
-        from agent.errors import ConfigError
-        from agent.pins.sequence import parse_sequence
-
         try:
             return parse_sequence(value, where)
         except ConfigError as err:
@@ -237,7 +236,7 @@ class Line:
     def __call__(self, value: Any, where: str, ctx: Context) -> Any:
         if isinstance(value, str) and value.strip() and not value.strip().isdigit():
             name = value.strip()
-            return name.lower() if name.lower() in ("rts", "dtr") else name
+            return name.lower() if name.lower() in MODEM_LINES else name
         return Integer(0, 1023)(value, where, ctx)
 
 

@@ -11,7 +11,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import yaml
 
@@ -179,8 +179,6 @@ def parse_yaml(text: str, ctx: Context) -> Any:
 
 
 # --- kinds ---------------------------------------------------------------------------------
-
-Kind = Callable[[Any, str, Context], Any]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -25,21 +25,21 @@ only parse and enqueue (never download, flash, sleep or wait for a publish there
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
-import ssl
 import sys
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, Union
 
 import paho.mqtt.client as paho
+from paho.mqtt import __version__ as paho_version
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.errors import ConfigError
+from agent.mqtt.tls import TlsOptions, configure_tls, connect_failure
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +47,6 @@ QOS = 1  # DESIGN.md: QoS 1 throughout
 Payload = Union[bytes, str, Mapping[str, Any], Sequence[Any]]
 Handler = Callable[[str, bytes, bool], None]
 RejectHandler = Callable[[str, int], None]
-
-
-@dataclass(frozen=True)
-class TlsOptions:
-    """TLS settings: `ca` file (None = system CAs), client `cert`/`key` (+ `key_password`),
-    `insecure` = skip the host name check only (the certificate chain is still verified)."""
-
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    key_password: str | None = None
-    insecure: bool = False
 
 
 def encode(payload: Payload) -> bytes:
@@ -96,11 +84,26 @@ class _Paho(paho.Client):
     A publish or subscribe from another thread still wakes it at once (paho's socket pair),
     and the keepalive is read on every pass, so a shorter Server Keep Alive from the broker's
     CONNACK shortens the wait. paho's loop_start() has no timeout parameter, hence the
-    override of its one network-wait step; should paho rename it, its 1 s default returns.
+    override of its one network-wait step, used only while `tunable_loop()` finds that step.
     """
 
     def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:
         return super()._loop(idle_wait(self.keepalive))
+
+
+def tunable_loop(client_class: type = paho.Client) -> bool:
+    """True when paho's network loop waits in a private `_loop(timeout)` step, as it does in
+    paho 2.x, so `_Paho` may override it. A paho that renamed or reshaped that step gets
+    the plain public client instead (loop_start(), paho's own 1 s wait): slower to doze, but
+    never a broken network thread."""
+    step = getattr(client_class, "_loop", None)
+    forever = getattr(getattr(client_class, "loop_forever", None), "__code__", None)
+    if not callable(step) or forever is None or "_loop" not in forever.co_names:
+        return False
+    try:
+        return "timeout" in inspect.signature(step).parameters
+    except (TypeError, ValueError):  # a builtin or otherwise unreadable signature
+        return False
 
 
 class MqttClient:
@@ -145,44 +148,39 @@ class MqttClient:
         self._offline = encode(offline)
         self._started = False
         self._last_failure: str | None = None  # logged at WARNING once per distinct reason
-        kwargs: dict[str, Any] = {"protocol": paho.MQTTv5 if protocol == 5 else paho.MQTTv311}
-        if protocol == 4:
-            kwargs["clean_session"] = False
-        self._client = _Paho(CallbackAPIVersion.VERSION2, client_id=client_id, **kwargs)
-        paho_log = logging.getLogger(__name__ + ".paho")
-        if _not_connected_noise not in paho_log.filters:
-            paho_log.addFilter(_not_connected_noise)
-        self._client.enable_logger(paho_log)
-        self._client.max_queued_messages_set(max_queued)
-        self._client.reconnect_delay_set(reconnect_min, reconnect_max)  # type: ignore[arg-type]
+        self._client = self._new_paho(max_queued, reconnect_min, reconnect_max)
         if username is not None:
             self._client.username_pw_set(username, password)
         if tls is not None:
-            self._tls_set(tls)
+            configure_tls(self._client, tls)
         if will is not None:
             topic, _, retain = will
             self._client.will_set(topic, self._offline, qos=QOS, retain=retain)
             # the birth is the first sticky message, so it is re-sent first on every connect
             self._sticky[topic] = (encode(birth), retain)
-        self._client.on_connect = self._on_connect
-        self._client.on_connect_fail = self._on_connect_fail
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
 
-    def _tls_set(self, tls: TlsOptions) -> None:
-        """Load the CA, certificate and key now, so a bad file is a ConfigError at start."""
-        try:
-            self._client.tls_set(
-                ca_certs=tls.ca, certfile=tls.cert, keyfile=tls.key, cert_reqs=ssl.CERT_REQUIRED,
-                keyfile_password=tls.key_password,
-            )
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            files = ", ".join(f"{n} {v}" for n, v in (("ca", tls.ca), ("cert", tls.cert),
-                                                      ("key", tls.key)) if v) or "system CAs"
-            raise ConfigError(f"MQTT TLS files could not be loaded ({files}): {exc}; check that "
-                              "they are PEM files, that the key belongs to the certificate and "
-                              "that its password is right") from exc
-        self._client.tls_insecure_set(tls.insecure)
+    def _new_paho(self, max_queued: int, reconnect_min: float, reconnect_max: float) -> paho.Client:
+        """paho's client with our logging, offline queue, back-off and callbacks."""
+        kwargs: dict[str, Any] = {"protocol": paho.MQTTv5 if self.protocol == 5 else paho.MQTTv311}
+        if self.protocol == 4:
+            kwargs["clean_session"] = False
+        if tunable_loop():
+            client: paho.Client = _Paho(CallbackAPIVersion.VERSION2, client_id=self.client_id, **kwargs)
+        else:
+            log.debug("paho-mqtt %s has no Client._loop(timeout) step: its network thread "
+                      "wakes every second", paho_version)
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, **kwargs)
+        paho_log = logging.getLogger(__name__ + ".paho")
+        if _not_connected_noise not in paho_log.filters:
+            paho_log.addFilter(_not_connected_noise)
+        client.enable_logger(paho_log)
+        client.max_queued_messages_set(max_queued)
+        client.reconnect_delay_set(reconnect_min, reconnect_max)  # type: ignore[arg-type]
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -326,16 +324,7 @@ class MqttClient:
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         # paho calls this inside its `except OSError:` around the connect and drops the
         # exception (DEBUG "Connection failed, retrying"); it is still the one being handled
-        exc = sys.exc_info()[1]
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            why = f"the broker's TLS certificate was not accepted ({exc.verify_message or exc}); " \
-                  "check the CA file and the host name the certificate names"
-        elif isinstance(exc, ssl.SSLError):
-            why = f"TLS handshake failed ({exc}); is this a TLS port, and does the broker " \
-                  "want a client certificate?"
-        else:
-            why = str(exc) if exc is not None else "connection failed"
-        self._failed(why)
+        self._failed(connect_failure(sys.exc_info()[1]))
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:

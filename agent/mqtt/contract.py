@@ -1,9 +1,10 @@
-"""MQTT topics and the JSON payloads Home Assistant and other subscribers read (pure functions).
+"""The JSON payloads of the MQTT contract that Home Assistant and other subscribers read (pure).
 
-Everything here follows the MQTT contract in DESIGN.md. The update-entity state is checked
-against the schema Home Assistant enforces (its MQTT update platform validates the JSON state
-with voluptuous and drops the *whole* message on one bad key, a null, or a percentage outside
-0..100), so a mistake raises here instead of vanishing silently in HA's log.
+Everything here follows the MQTT contract in DESIGN.md (its topics: `agent.mqtt.topics`). The
+update-entity state is checked against the schema Home Assistant enforces (its MQTT update
+platform validates the JSON state with voluptuous and drops the *whole* message on one bad
+key, a null, or a percentage outside 0..100), so a mistake raises here instead of vanishing
+silently in HA's log.
 """
 
 from __future__ import annotations
@@ -11,19 +12,19 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from agent import __version__
-from agent.errors import Stm32OtaError
+from agent.errors import PayloadError, Stm32OtaError
+from agent.mqtt.topics import Topics, check_id
+from agent.ota.jobs import CANCELED, FAILED, IN_PROGRESS, QUEUED, REJECTED, SUCCEEDED
 
 log = logging.getLogger(__name__)
 
-ID_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
-JOB_STATUSES = ("QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED", "CANCELED")
-TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "CANCELED"})
+# The job store owns the statuses; the contract fixes their order on the wire (HA's enum options)
+JOB_STATUSES = (QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, REJECTED, CANCELED)
 # event entity: one event per status change, the status in lower case
 EVENT_TYPES = tuple(s.lower() for s in JOB_STATUSES)
 STATE_KEYS = (
@@ -60,120 +61,6 @@ DEVICE_KEYS = frozenset(
 )
 
 
-class PayloadError(Stm32OtaError, ValueError):
-    """A topic id or payload value that the MQTT contract or Home Assistant would refuse."""
-
-    code = "bad_payload"
-
-
-def check_id(kind: str, value: str) -> str:
-    """Return `value` if it is a valid topic id (`[A-Za-z0-9_-]+`), else raise PayloadError."""
-    if not isinstance(value, str) or not ID_RE.match(value):
-        raise PayloadError(
-            f"{kind} {value!r} is not usable in an MQTT topic: use only letters, digits, '_' and '-'",
-            code="bad_id",
-        )
-    return value
-
-
-def _check_prefix(kind: str, value: str) -> str:
-    """A topic prefix may have several levels but no wildcards and no empty level."""
-    if not isinstance(value, str) or not value or any(not ID_RE.match(p) for p in value.split("/")):
-        raise PayloadError(
-            f"{kind} {value!r} is not a usable topic prefix: levels of letters, digits, '_' and '-' "
-            "separated by '/', no wildcards, no leading or trailing '/'",
-            code="bad_topic",
-        )
-    return value
-
-
-@dataclass(frozen=True)
-class Topics:
-    """Every topic of the MQTT contract for one agent; ids are validated on use."""
-
-    base: str
-    agent: str
-    discovery_prefix: str = "homeassistant"
-
-    def __post_init__(self) -> None:
-        _check_prefix("base topic", self.base)
-        _check_prefix("discovery prefix", self.discovery_prefix)
-        check_id("agent id", self.agent)
-
-    def release(self, product: str) -> str:
-        """Retained signed release manifest of a product."""
-        return f"{self.base}/release/{check_id('product', product)}"
-
-    def cmd(self, target: str) -> str:
-        """Commands for one target of this agent."""
-        return f"{self.base}/{self.agent}/{check_id('target', target)}/cmd"
-
-    def group_cmd(self, group: str) -> str:
-        """Commands for every target in a group."""
-        return f"{self.base}/group/{check_id('group', group)}/cmd"
-
-    @property
-    def fleet_cmd(self) -> str:
-        """Commands for every target of every agent."""
-        return f"{self.base}/fleet/cmd"
-
-    @property
-    def availability(self) -> str:
-        """Retained `online`/`offline` of this agent (the last will)."""
-        return f"{self.base}/{self.agent}/availability"
-
-    def state(self, target: str) -> str:
-        """Retained Home Assistant update-entity state of a target."""
-        return f"{self.base}/{self.agent}/{check_id('target', target)}/state"
-
-    def job(self, target: str) -> str:
-        """Retained current or last job of a target."""
-        return f"{self.base}/{self.agent}/{check_id('target', target)}/job"
-
-    def events(self, target: str) -> str:
-        """One (non-retained) message per job status change."""
-        return f"{self.base}/{self.agent}/{check_id('target', target)}/events"
-
-    def discovery(self, target: str) -> str:
-        """Home Assistant device-discovery config topic of a target."""
-        return f"{self.discovery_prefix}/device/{self.object_id(target)}/config"
-
-    def object_id(self, target: str) -> str:
-        """The discovery object id `<agent>_<target>` (also the unique-id stem)."""
-        return f"{self.agent}_{check_id('target', target)}"
-
-    @property
-    def ha_status(self) -> str:
-        """Home Assistant's birth/will topic: `online` means discovery must be re-sent."""
-        return f"{self.discovery_prefix}/status"
-
-    def subscriptions(self, targets: Mapping[str, tuple[str, ...]]) -> list[str]:
-        """Topic filters an agent needs, given {target: groups}: no wildcards beyond our own ids."""
-        subs = [self.cmd(t) for t in targets]
-        subs += sorted({self.group_cmd(g) for groups in targets.values() for g in groups})
-        return subs + [self.fleet_cmd, self.ha_status]
-
-    def parse_topic(self, topic: str) -> tuple[str, dict[str, str]]:
-        """Route an inbound topic: ("release", {product}), ("cmd", {target}), ("group_cmd",
-        {group}), ("fleet_cmd", {}), ("ha_status", {}), or ("unknown", {}) for anything else
-        (including another agent's topics)."""
-        if topic == self.ha_status:
-            return "ha_status", {}
-        if topic == self.fleet_cmd:
-            return "fleet_cmd", {}
-        prefix = self.base + "/"
-        if not topic.startswith(prefix):
-            return "unknown", {}
-        parts = topic[len(prefix) :].split("/")
-        if len(parts) == 2 and parts[0] == "release" and ID_RE.match(parts[1]):
-            return "release", {"product": parts[1]}
-        if len(parts) == 3 and parts[0] == "group" and parts[2] == "cmd" and ID_RE.match(parts[1]):
-            return "group_cmd", {"group": parts[1]}
-        if len(parts) == 3 and parts[0] == self.agent and parts[2] == "cmd" and ID_RE.match(parts[1]):
-            return "cmd", {"target": parts[1]}
-        return "unknown", {}
-
-
 def _slug(text: str) -> str:
     """HA entity ids are lower case letters, digits and '_'."""
     return re.sub(r"[^a-z0-9_]", "_", text.lower())
@@ -191,6 +78,70 @@ def _device(device_info: Mapping[str, Any], object_id: str, name: str) -> dict[s
     if not device["identifiers"] and not device.get("connections"):
         raise PayloadError("device_info needs identifiers or connections", code="bad_device_info")
     return device
+
+
+def _update_entity(t: Topics, target: str, title: str) -> dict[str, Any]:
+    """The update entity: Home Assistant's Install button and progress bar."""
+    oid = t.object_id(target)
+    return {
+        "platform": "update",
+        "unique_id": f"{oid}_firmware",
+        "default_entity_id": f"update.{_slug(oid)}_firmware",
+        "name": "Firmware",
+        "device_class": "firmware",
+        "entity_category": "config",
+        "state_topic": t.state(target),
+        "command_topic": t.cmd(target),
+        # HA reads payload_install without a default when Install is pressed: always set it
+        "payload_install": PAYLOAD_INSTALL,
+        "retain": False,
+        "title": title,
+    }
+
+
+def _status_sensor(t: Topics, target: str) -> dict[str, Any]:
+    """An enum sensor of the job status, with the whole job document as its attributes."""
+    oid = t.object_id(target)
+    return {
+        "platform": "sensor",
+        "unique_id": f"{oid}_job_status",
+        "default_entity_id": f"sensor.{_slug(oid)}_update_status",
+        "name": "Update status",
+        "device_class": "enum",
+        "options": list(JOB_STATUSES),
+        "entity_category": "diagnostic",
+        "state_topic": t.job(target),
+        "value_template": "{{ value_json.status }}",
+        "json_attributes_topic": t.job(target),
+    }
+
+
+def _abort_button(t: Topics, target: str) -> dict[str, Any]:
+    """A button that sends `abort` to the target's command topic."""
+    oid = t.object_id(target)
+    return {
+        "platform": "button",
+        "unique_id": f"{oid}_abort",
+        "default_entity_id": f"button.{_slug(oid)}_abort_update",
+        "name": "Abort update",
+        "entity_category": "config",
+        "command_topic": t.cmd(target),
+        "payload_press": PAYLOAD_ABORT,
+        "retain": False,
+    }
+
+
+def _event_entity(t: Topics, target: str) -> dict[str, Any]:
+    """An event entity fed by the events topic (one event per job status change)."""
+    oid = t.object_id(target)
+    return {
+        "platform": "event",
+        "unique_id": f"{oid}_job_event",
+        "default_entity_id": f"event.{_slug(oid)}_update_event",
+        "name": "Update event",
+        "state_topic": t.events(target),
+        "event_types": list(EVENT_TYPES),
+    }
 
 
 def discovery_payload(
@@ -212,49 +163,11 @@ def discovery_payload(
     if "model_id" in device_info:
         raise PayloadError("device_info must not set model_id: it carries the product",
                            code="bad_device_info")
-    update = {
-        "platform": "update",
-        "unique_id": f"{oid}_firmware",
-        "default_entity_id": f"update.{_slug(oid)}_firmware",
-        "name": "Firmware",
-        "device_class": "firmware",
-        "entity_category": "config",
-        "state_topic": t.state(target_name),
-        "command_topic": t.cmd(target_name),
-        # HA reads payload_install without a default when Install is pressed: always set it
-        "payload_install": PAYLOAD_INSTALL,
-        "retain": False,
-        "title": title if title is not None else product,
-    }
-    status = {
-        "platform": "sensor",
-        "unique_id": f"{oid}_job_status",
-        "default_entity_id": f"sensor.{_slug(oid)}_update_status",
-        "name": "Update status",
-        "device_class": "enum",
-        "options": list(JOB_STATUSES),
-        "entity_category": "diagnostic",
-        "state_topic": t.job(target_name),
-        "value_template": "{{ value_json.status }}",
-        "json_attributes_topic": t.job(target_name),
-    }
-    abort = {
-        "platform": "button",
-        "unique_id": f"{oid}_abort",
-        "default_entity_id": f"button.{_slug(oid)}_abort_update",
-        "name": "Abort update",
-        "entity_category": "config",
-        "command_topic": t.cmd(target_name),
-        "payload_press": PAYLOAD_ABORT,
-        "retain": False,
-    }
-    event = {
-        "platform": "event",
-        "unique_id": f"{oid}_job_event",
-        "default_entity_id": f"event.{_slug(oid)}_update_event",
-        "name": "Update event",
-        "state_topic": t.events(target_name),
-        "event_types": list(EVENT_TYPES),
+    components = {
+        "firmware": _update_entity(t, target_name, title if title is not None else product),
+        "update_status": _status_sensor(t, target_name),
+        "abort": _abort_button(t, target_name),
+        "update_event": _event_entity(t, target_name),
     }
     return {
         "device": {**_device(device_info, oid, f"{target_name} on {agent_id}"), "model_id": product},
@@ -263,7 +176,7 @@ def discovery_payload(
         "payload_available": AVAILABLE,
         "payload_not_available": NOT_AVAILABLE,
         "qos": 1,
-        "components": {"firmware": update, "update_status": status, "abort": abort, "update_event": event},
+        "components": components,
     }
 
 
@@ -339,10 +252,10 @@ def rfc3339(when: datetime) -> str:
 
 def _error_obj(status: str, error: Stm32OtaError | Mapping[str, Any] | None) -> dict[str, str] | None:
     if error is None:
-        if status in ("FAILED", "REJECTED"):
+        if status in (FAILED, REJECTED):
             raise PayloadError(f"a {status} job needs an error {{code, message}}")
         return None
-    if status not in ("FAILED", "REJECTED", "CANCELED"):
+    if status not in (FAILED, REJECTED, CANCELED):
         raise PayloadError(f"a {status} job cannot carry an error")
     if isinstance(error, Stm32OtaError):
         return error.as_dict()

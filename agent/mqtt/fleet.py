@@ -1,13 +1,13 @@
 """The fleet view: every agent and target seen on the broker's retained topics (for `stm32ota fleet`).
 
-`Fleet` is the model: it is fed (topic, payload) pairs and keeps one `Row` per target, built
-from the MQTT contract of DESIGN.md:
+`Fleet` is the model: it is fed (topic, payload) pairs and keeps one `FleetRow` per target,
+built from the MQTT contract of DESIGN.md (topics routed by `agent.mqtt.topics.route_topic`):
 
 - `<base>/<agent>/availability`: `online` / `offline`;
 - `<base>/<agent>/<target>/state`: Home Assistant's update-entity JSON (installed, latest, progress);
 - `<base>/<agent>/<target>/job`: the current or last job (status, phase, percent, error);
 - `<discovery_prefix>/device/<agent>_<target>/config`: the product, which the state payload
-  cannot carry: the device's `model_id` (see `homeassistant.discovery_payload`); agent and
+  cannot carry: the device's `model_id` (see `agent.mqtt.contract.discovery_payload`); agent and
   target are taken from the update entity's `state_topic`, since `<agent>_<target>` is ambiguous.
 
 Anything malformed is logged and skipped: a viewer must never die on another program's message.
@@ -25,28 +25,17 @@ import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Optional
 
-from agent.errors import Stm32OtaError
-from agent.mqtt.contract import AVAILABLE, ID_RE, NOT_AVAILABLE
+from agent.errors import FleetTimeout, NoTargets
+from agent.mqtt.contract import AVAILABLE, NOT_AVAILABLE
+from agent.mqtt.topics import route_topic
 
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 64 * 1024
 
 
-class FleetTimeout(Stm32OtaError, TimeoutError):
-    """`--wait-for` ran out of time before every target reported the version."""
-
-    code = "wait_timeout"
-
-
-class NoTargets(Stm32OtaError, LookupError):
-    """No target of the product was seen on the broker."""
-
-    code = "no_targets"
-
-
 @dataclass(frozen=True)
-class Row:
+class FleetRow:
     """What is known about one target; None where nothing was published (yet)."""
 
     agent: str
@@ -74,7 +63,7 @@ class Row:
         return asdict(self)
 
 
-COLUMNS = tuple(f.name for f in fields(Row))
+COLUMNS = tuple(f.name for f in fields(FleetRow))
 
 
 def _json(payload: bytes) -> Optional[dict]:
@@ -101,7 +90,7 @@ class Fleet:
 
     base: str = "stm32ota"
     discovery_prefix: str = "homeassistant"
-    rows: dict[tuple[str, str], Row] = field(default_factory=dict)
+    rows: dict[tuple[str, str], FleetRow] = field(default_factory=dict)
     agents: dict[str, bool] = field(default_factory=dict)
     # discovery topic -> (agent, target), so a cleared discovery finds its row again
     discovered: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -123,7 +112,8 @@ class Fleet:
                 log.warning("skipped a malformed message on %s: %s", topic, err)
             return before != (self.rows, self.agents)
 
-    def snapshot(self, *, agent: Optional[str] = None, product: Optional[str] = None) -> list[Row]:
+    def snapshot(self, *, agent: Optional[str] = None,
+                 product: Optional[str] = None) -> list[FleetRow]:
         """Rows sorted by agent and target, filtered by agent id and/or product; offline
         state of an agent is applied to each of its rows."""
         with self._lock:
@@ -143,24 +133,20 @@ class Fleet:
         if topic.startswith(disc) and topic.endswith("/config"):
             self._discovery(topic, payload)
             return
-        if not topic.startswith(self.base + "/"):
-            return
-        parts = topic[len(self.base) + 1:].split("/")
-        if not all(ID_RE.match(p) for p in parts):
-            return
-        if len(parts) == 2 and parts[1] == "availability" and parts[0] != "release":
+        kind, where = route_topic(self.base, topic)
+        if kind == "availability":
             text = payload.decode("utf-8", "replace").strip()
             if text in (AVAILABLE, NOT_AVAILABLE):
-                self.agents[parts[0]] = text == AVAILABLE
+                self.agents[where["agent"]] = text == AVAILABLE
             elif not payload:
-                self.agents.pop(parts[0], None)
-        elif len(parts) == 3 and parts[2] == "state":
-            self._state(parts[0], parts[1], payload)
-        elif len(parts) == 3 and parts[2] == "job":
-            self._job(parts[0], parts[1], payload)
+                self.agents.pop(where["agent"], None)
+        elif kind == "state":
+            self._state(where["agent"], where["target"], payload)
+        elif kind == "job":
+            self._job(where["agent"], where["target"], payload)
 
-    def _row(self, agent: str, target: str) -> Row:
-        return self.rows.get((agent, target)) or Row(agent, target)
+    def _row(self, agent: str, target: str) -> FleetRow:
+        return self.rows.get((agent, target)) or FleetRow(agent, target)
 
     def _discovery(self, topic: str, payload: bytes) -> None:
         known = self.discovered
@@ -174,14 +160,11 @@ class Fleet:
         states = [c.get("state_topic") for c in comps.values()
                   if isinstance(c, dict) and c.get("platform") == "update"]
         state = _str(states[0]) if states else None
-        prefix = self.base + "/"
-        if doc is None or state is None or not state.startswith(prefix) or not state.endswith("/state"):
+        kind, where = route_topic(self.base, state) if state is not None else ("unknown", {})
+        if doc is None or kind != "state":
             return  # not ours: another base topic or another program's device
-        parts = state[len(prefix):].split("/")
-        if len(parts) != 3 or not all(ID_RE.match(p) for p in parts[:2]):
-            return
         device = doc.get("device") if isinstance(doc.get("device"), dict) else {}
-        key = (parts[0], parts[1])
+        key = (where["agent"], where["target"])
         known[topic] = key
         self.rows[key] = replace(self._row(*key), product=_str(device.get("model_id")))
 
@@ -208,7 +191,7 @@ class Fleet:
             updated_at=_str(doc.get("updated_at")))
 
 
-def changes(before: Iterable[Row], after: Iterable[Row]) -> list[str]:
+def changes(before: Iterable[FleetRow], after: Iterable[FleetRow]) -> list[str]:
     """One line per target that is new or changed: `agent/target: column=value ...`."""
     old = {r.key: r for r in before}
     lines = []
@@ -221,12 +204,12 @@ def changes(before: Iterable[Row], after: Iterable[Row]) -> list[str]:
     return lines
 
 
-def stragglers(rows: Iterable[Row], version: str) -> list[Row]:
+def stragglers(rows: Iterable[FleetRow], version: str) -> list[FleetRow]:
     """Rows that do not (yet) report `version` as installed."""
     return [r for r in rows if r.installed != version]
 
 
-def describe(row: Row) -> str:
+def describe(row: FleetRow) -> str:
     """One straggler for a person: where it is and why it may be stuck."""
     bits = [f"installed {row.installed or 'unknown'}"]
     if row.online is False:
@@ -298,7 +281,7 @@ class Watcher:
 
 def wait_for(watcher: Watcher, version: str, product: str, *, timeout: float, quiet: float,
              agent: Optional[str] = None,
-             report: Optional[Callable[[list[Row]], None]] = None) -> list[Row]:
+             report: Optional[Callable[[list[FleetRow]], None]] = None) -> list[FleetRow]:
     """Block until every target of `product` (of `agent`, if given) reports `version` installed;
     return their rows. `report(rows)` sees every change on the way. Raises NoTargets if none
     was seen, FleetTimeout naming the stragglers."""
