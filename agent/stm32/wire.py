@@ -65,6 +65,9 @@ class Wire:
         self.info: BootloaderInfo | None = None
         self._ops: dict[str, int] = {}
         self._listen_s = 0.0  # after a long command timed out: how long resync listens first
+        # the last sync's answer: True ACK (a fresh bootloader), False NACK (one that was
+        # already synced, so no reset happened in between: how `doctor` tests NRST)
+        self.fresh_sync: bool | None = None
 
     @property
     def caps(self) -> Capabilities:
@@ -148,6 +151,7 @@ class Wire:
                 raise NoBootloader(
                     f"no answer to 0x7F sync on {self.link!r}: check BOOT0/NRST wiring, TX/RX "
                     f"crossing, baud rate and that the chip is in its bootloader") from exc
+        self.fresh_sync = answer == ACK
         if answer == NACK:
             log.info("sync answered NACK: the bootloader was already synced")
         elif answer != ACK:
