@@ -227,20 +227,17 @@ def state_payload(
             # HA turns in_progress on for any percentage; a stale one would block Install
             raise PayloadError("update_percentage must be None when in_progress is False")
         update_percentage = _percent("update_percentage", update_percentage)
-    state = {
+    values = {
         "installed_version": _need_str("installed_version", installed_version),
         "latest_version": _need_str("latest_version", latest_version),
         "title": _need_str("title", title),
         "release_summary": summary,
-        "release_url": None,
         "in_progress": in_progress,
         "update_percentage": update_percentage,
     }
-    if release_url is None:  # HA treats the key as optional; a null would be rejected
-        del state["release_url"]
-    else:
-        state["release_url"] = _http_url("release_url", release_url)
-    return state
+    if release_url is not None:  # HA treats the key as optional; a null would be rejected
+        values["release_url"] = _http_url("release_url", release_url)
+    return {key: values[key] for key in STATE_KEYS if key in values}  # in the documented order
 
 
 def rfc3339(when: datetime) -> str:
