@@ -11,8 +11,9 @@ import sys
 import time
 from typing import Any, Callable, TextIO
 
-from agent.cli.options import add_broker_args, broker_options, command, parse_broker, parser
-from agent.errors import EXIT_OK, ConfigError, UsageError
+from agent.cli.options import (add_broker_args, broker_options, command, not_connected,
+                               parse_broker, parser)
+from agent.errors import EXIT_OK, UsageError
 from agent.mqtt.client import MqttClient
 from agent.mqtt.fleet import COLUMNS, Fleet, FleetRow, Watcher, changes, wait_for
 
@@ -63,10 +64,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     watcher = Watcher(fleet, _client_factory(args))
     if not watcher.start(args.connect_timeout):
         watcher.stop()
-        raise ConfigError(f"cannot connect to the MQTT broker at {args.broker} within "
-                          f"{args.connect_timeout:g} s; check --broker, --username, "
-                          "--password-file and the TLS options (the log line above says why)",
-                          code="broker_unreachable")
+        raise not_connected(watcher.client, args.broker, args.connect_timeout)
     try:
         if args.wait_for:
             return _wait(args, watcher)

@@ -7,11 +7,11 @@ import argparse
 import logging
 import os
 from dataclasses import replace
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from agent.config import load
 from agent.config.targets import flasher_target
-from agent.errors import UsageError
+from agent.errors import ConfigError, UsageError
 from agent.flasher.target import I2cSettings, LinkSettings, PinsSettings, Target, UartSettings
 from agent.mqtt.tls import TlsOptions
 from agent.pins import PinSpec
@@ -188,6 +188,18 @@ def broker_options(args: argparse.Namespace) -> dict:
         tls = TlsOptions(ca=args.ca, cert=args.cert, key=args.key, insecure=args.insecure,
                          key_password=os.environ.get("STM32OTA_KEY_PASSWORD") if args.key else None)
     return {"username": args.username, "password": password, "tls": tls}
+
+
+def not_connected(client: Any, broker: str, timeout: float) -> ConfigError:
+    """The error of a one-shot tool whose MqttClient did not connect: broker_auth for a
+    refused login (at once; retrying cannot fix it), broker_unreachable after the timeout."""
+    if client.refused:
+        return ConfigError(f"the MQTT broker at {broker} {client.refused.replace('the broker ', '')}; "
+                           "check --username and --password-file", code="broker_auth")
+    why = f": {client.last_failure}" if client.last_failure else " (no answer)"
+    return ConfigError(f"cannot connect to the MQTT broker at {broker} within {timeout:g} s{why}; "
+                       "check --broker, --username, --password-file and the TLS options",
+                       code="broker_unreachable")
 
 
 def parse_broker(text: str) -> tuple[str, int]:
