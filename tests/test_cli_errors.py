@@ -120,7 +120,7 @@ def running() -> SimChip:
 
 FAST_GIVE_UP = """\
     timeouts: {sync: 50ms, byte: 50ms}
-    retries: {connect: 2}
+    retries: {connect: 1}
 """
 
 
@@ -132,6 +132,15 @@ def test_a_chip_running_its_application_does_not_answer(tmp_path: Path, running:
     assert code == 3 and "[no_bootloader]" in err
     assert "after 2 attempts" in err and "check the wiring" in err and "BOOT0" in err
     assert erased_pages(running) == [] and running.mode == "application"
+
+
+def test_retries_connect_counts_further_tries_so_zero_is_one_attempt(
+        tmp_path: Path, running: SimChip, fw: Path, capsys) -> None:
+    with PtySim(running) as pty:
+        cfg = write_config(tmp_path, pty.path, chip="unwired",
+                           extra=FAST_GIVE_UP.replace("connect: 1", "connect: 0"))
+        code, _, err = cli(capsys, "flash", str(fw), "--config", str(cfg))
+    assert code == 3 and "after 1 attempt:" in err
 
 
 def test_a_chip_that_stays_silent_after_every_reset(tmp_path: Path, fw: Path) -> None:

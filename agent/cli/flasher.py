@@ -111,7 +111,9 @@ def _flash_args(p: argparse.ArgumentParser) -> None:
                         "hold it (default: leave those alone)")
     p.add_argument("--go", nargs="?", const=-1, type=_go_address, metavar="ADDR",
                    help="start the application afterwards: reset through the pins, or GO to ADDR")
-    p.add_argument("--retries", type=int, help="attempts per block (default 3 or the target's)")
+    p.add_argument("--retries", type=int, metavar="N",
+                   help="further tries of a failed block: 0 is one attempt (default 3, or the "
+                        "target's retries.write)")
 
 
 def _go_address(text: str) -> int:

@@ -315,7 +315,8 @@ def _enter(link: Link, pins: Pins, bl: Bootloader, target: Target,
     if not pins.can_reset:
         hint += "; no reset pins are configured, so put the chip in bootloader mode by hand"
     raise NoBootloader(f"no answer from the STM32 bootloader on {target.describe()} after "
-                       f"{target.connect_attempts} attempts: {hint}")
+                       f"{target.connect_attempts} attempt"
+                       f"{'' if target.connect_attempts == 1 else 's'}: {hint}")
 
 
 def _connect(link: Link, pins: Pins, bl: Bootloader, target: Target,
