@@ -43,8 +43,10 @@ def fw(tmp_path: Path) -> Path:
     (["info", "--port", "/dev/null", "--nrst", "17"], "--nrst/--boot0 need --pins BACKEND"),
     (["read", "x.bin", "--port", "/dev/null", "--address", "0x08000000", "--length", "0"],
      "--length must be positive"),
-    (["erase", "--port", "/dev/null"], "give --all, or --address A --length N"),
-    (["erase", "--port", "/dev/null", "--all", "--address", "0x08000000"], "give --all, or"),
+    (["erase", "--port", "/dev/null"], "give one of --all, --bank 1|2, or --address A --length N"),
+    (["erase", "--port", "/dev/null", "--all", "--address", "0x08000000"], "give one of --all"),
+    (["erase", "--port", "/dev/null", "--all", "--bank", "1"], "give one of --all"),
+    (["protect", "--write", "--port", "/dev/null"], "--write needs --sectors"),
     (["erase", "--port", "/dev/null", "--address", "0x08000000"], "--address needs --length"),
 ])
 def test_usage_errors_exit_2_before_touching_anything(capsys, argv: list, message: str) -> None:
@@ -256,3 +258,12 @@ def test_reading_unmapped_memory_names_the_flash_range(tmp_path: Path, port: lis
                        "--length", "0x200")
     assert code == 8 and "[nack]" in err and "0x08000000-0x0803FFFF" in err
     assert "check --address and --length" in err and not out_file.exists()
+
+
+@pytest.mark.parametrize("argv,code", [
+    (["flash", "fw.bin", "--port", "/dev/null", "--address", "0x08000001"], "unaligned_address"),
+    (["unprotect", "--read", "--port", "/dev/null"], "confirm_needed"),
+])
+def test_mistakes_refused_before_touching_anything(argv: list, code: str, capsys) -> None:
+    code_, _, err = cli(capsys, *argv)
+    assert code_ == 2 and f"[{code}]" in err

@@ -58,6 +58,8 @@ def test_publish_and_fleet_reach_a_3_1_1_broker_and_say_so(amqtt: BrokerProcess,
     assert main(["-v", "publish", str(manifest), "--broker", broker]) == 0
     assert "published pump-ctrl 1.5.0" in capsys.readouterr().out
     assert any("with MQTT 3.1.1" in line for line in connected_with(caplog))
+    assert main(["-q", "publish", str(manifest), "--broker", broker]) == 0
+    assert capsys.readouterr().out == ""  # -q: only errors
     caplog.clear()
     assert main(["-v", "fleet", "--json", "--broker", broker, "--quiet-for", "0.3"]) == 0
     assert json.loads(capsys.readouterr().out)["targets"] == []

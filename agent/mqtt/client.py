@@ -112,22 +112,17 @@ class MqttClient:
         if protocol not in (None, 4, 5):
             raise ValueError("protocol must be 4 (MQTT 3.1.1), 5 (MQTT 5) or None (negotiate)")
         self.host, self.port, self.keepalive = host, port, keepalive
-        self.client_id = client_id
-        self.max_payload = max_payload
-        self.negotiate = protocol is None  # try 5, fall back to 3.1.1 if the broker refuses it
-        self.protocol = 5 if protocol is None else protocol
+        self.client_id, self.max_payload, self.on_reject = client_id, max_payload, on_reject
+        self.negotiate, self.protocol = protocol is None, protocol or 5  # None: 5, else 3.1.1
         self.refused: str | None = None  # a refused login: retrying cannot help
         self._settled = threading.Event()  # connected, or refused
         self._answered = False  # a CONNACK came, whatever it said: the broker speaks this version
         self.session_expiry = session_expiry
-        self.on_reject = on_reject
         self.connected = threading.Event()
         self._lock = threading.RLock()
         self._handlers: dict[str, list[Handler]] = {}
         self._sticky: dict[str, tuple[bytes, bool]] = {}
-        self._will = will
-        self._offline = encode(offline)
-        self._started = False
+        self._will, self._offline, self._started = will, encode(offline), False
         self.last_failure: str | None = None  # logged at WARNING once per distinct reason
         self._client = self._new_paho(max_queued, reconnect_min, reconnect_max)
         if username is not None:
