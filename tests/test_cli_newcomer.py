@@ -104,3 +104,24 @@ def test_sign_says_where_it_wrote_unless_quiet(tmp_path: Path, capsys) -> None:
     assert code == 0 and out == f"wrote the signed manifest of pump-ctrl 1.0.0 to {argv[-1]}\n"
     code, out, _ = cli(capsys, "-q", *argv)
     assert code == 0 and out == ""
+
+
+def test_vv_shows_the_bytes_and_messages_name_the_port_not_a_repr(sim_pty: PtySim, caplog,
+                                                                   capsys) -> None:
+    caplog.set_level("DEBUG")
+    assert cli(capsys, "-vv", "info", *port(sim_pty))[0] == 0
+    lines = caplog.messages
+    assert f"{sim_pty.path} > 01 fe" in lines and f"{sim_pty.path} < 79" in lines  # GET_VERSION
+    assert "command 0x01 GET_VERSION" in lines  # the opcode once
+
+
+def test_a_silent_port_is_named_as_people_write_it(tmp_path: Path, caplog, capsys) -> None:
+    caplog.set_level("INFO")  # what -v shows
+    sim = SimChip(L432, realtime=False, boot0=False)  # runs its application: never answers
+    sim.flash[:8] = bytes.fromhex("0030002009000008")
+    sim.power_cycle()
+    with PtySim(sim) as pty:
+        code, _, err = cli(capsys, "info", *port(pty), "--baud", "115200")
+    assert code == 3 and pty.path in err
+    assert any(pty.path in m and "sync" in m for m in caplog.messages)
+    assert not [m for m in caplog.messages + [err] if "UartLink(" in m]

@@ -208,7 +208,8 @@ class Updater:
                 return
             job = self.jobs.save(Job(target=name, from_version=installed, to_version=m.version,
                                      manifest=m.to_dict()))
-        log.info("%s: queued %s -> %s (%s)", name, installed, m.version, source)
+        log.info("%s: queued %s -> %s (%s)", name, installed or "(nothing installed)", m.version,
+                 source)
         self._queue_for(name).put(Work(name, job.job_id, m))
 
     def abort(self, name: str) -> None:
