@@ -61,7 +61,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must not be negative")
     fleet = Fleet(args.base_topic, args.discovery_prefix)
-    watcher = Watcher(fleet, _client_factory(args))
+    watcher = Watcher(fleet, client_factory(args))
     if not watcher.start(args.connect_timeout):
         watcher.stop()
         raise not_connected(watcher.client, args.broker, args.connect_timeout)
@@ -80,7 +80,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _client_factory(args: argparse.Namespace) -> Callable[..., Any]:
+def client_factory(args: argparse.Namespace) -> Callable[..., Any]:
     host, port = parse_broker(args.broker)
     options = broker_options(args)
 
