@@ -83,6 +83,10 @@ class Updater:
             q.put(None)
         for w in self._workers:
             w.join(timeout)
+        for name in self.targets:  # jobs left open to resume at the next start
+            job = self.jobs.load(name)
+            if job is not None and not job.terminal:
+                self.jobs.flash_touched(job)
 
     def recover(self) -> None:
         """Safety rule 5/6: every unfinished job is repeated (bounded) or ends FAILED."""
