@@ -28,11 +28,7 @@ HEADERS = ("agent", "target", "product", "online", "installed", "latest", "statu
 
 @parser("fleet", "show every agent and target on the broker: live table, JSON/CSV, or wait for a version")
 def _fleet_args(p: argparse.ArgumentParser) -> None:
-    add_broker_args(p)
-    p.add_argument("--base-topic", default="stm32ota", help="(default stm32ota)")
-    p.add_argument("--discovery-prefix", default="homeassistant",
-                   help="where agents publish discovery, which names each target's product "
-                        "(default homeassistant)")
+    add_watch_args(p)
     p.add_argument("--agent", help="only this agent's targets")
     p.add_argument("--product", help="only targets of this product (required with --wait-for)")
     p.add_argument("--once", action="store_true",
@@ -40,16 +36,25 @@ def _fleet_args(p: argparse.ArgumentParser) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON (implies --once)")
     fmt.add_argument("--csv", action="store_true", help="print CSV (implies --once)")
-    p.add_argument("--quiet-for", type=float, default=1.0, metavar="SECONDS",
-                   help="the retained messages are all in after this long without one (default 1)")
     p.add_argument("--settle", type=float, default=5.0, metavar="SECONDS",
                    help="collect retained messages for at most this long (default 5)")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="give up when the broker does not answer within this long (default 10)")
     p.add_argument("--wait-for", metavar="VERSION",
                    help="exit 0 once every target of --product reports VERSION installed")
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                    help="give up --wait-for after this long, naming the stragglers (default 300)")
+
+
+def add_watch_args(p: argparse.ArgumentParser) -> None:
+    """The broker options, and where and how long to read the agents' retained messages."""
+    add_broker_args(p)
+    p.add_argument("--base-topic", default="stm32ota", help="(default stm32ota)")
+    p.add_argument("--discovery-prefix", default="homeassistant",
+                   help="where agents publish discovery, which names each target's product "
+                        "(default homeassistant)")
+    p.add_argument("--quiet-for", type=float, default=1.0, metavar="SECONDS",
+                   help="the retained messages are all in after this long without one (default 1)")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="give up when the broker does not answer within this long (default 10)")
 
 
 @command("fleet")

@@ -6,8 +6,8 @@ import argparse
 import logging
 from typing import Any
 
-from agent.cli.fleet import client_factory
-from agent.cli.options import add_broker_args, command, not_connected, parser
+from agent.cli.fleet import add_watch_args, client_factory
+from agent.cli.options import command, not_connected, parser
 from agent.errors import EXIT_OK, ConfigError, UsageError
 from agent.mqtt.fleet import Fleet, Watcher
 from agent.mqtt.topics import Topics, check_id
@@ -22,13 +22,7 @@ def _retire_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", metavar="NAME",
                    help="only this target (taken out of the agent's config); default: all of "
                         "the agent's targets and its availability")
-    add_broker_args(p)
-    p.add_argument("--base-topic", default="stm32ota", help="(default stm32ota)")
-    p.add_argument("--discovery-prefix", default="homeassistant", help="(default homeassistant)")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="give up when the broker does not answer within this long (default 10)")
-    p.add_argument("--quiet-for", type=float, default=1.0, metavar="SECONDS",
-                   help="the retained messages are all in after this long without one (default 1)")
+    add_watch_args(p)
 
 
 @command("retire")
