@@ -171,6 +171,10 @@ class Service:
         self._stop.set()
         self.updater.stop()
         self.inbox.put(None)
+        for name in self.targets:  # nothing progresses while the agent is away: say so
+            job = self.jobs.load(name)
+            if job is not None and not job.terminal:
+                self.publish_state(name, job)
         self.client.stop()
 
     # ----- inbound ---------------------------------------------------------------------------
@@ -274,6 +278,7 @@ class Service:
             latest = known  # a direct install went past the announced release: nothing newer
         if running and job.to_version:
             latest = job.to_version
+        running = running and not self._stop.is_set()  # a stopped agent's jobs wait for it
         return ha.state_payload(
             installed_version=installed, latest_version=latest,
             title=rel.get("title") or t.product,

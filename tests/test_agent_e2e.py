@@ -51,7 +51,8 @@ def _assert_clean_job(kit: AgentKit, target: str, job: dict) -> None:
     assert [e["event_type"] for e in events] == ["queued", "in_progress", "succeeded"]
 
 
-def test_install_on_uart_and_i2c_targets(kit: AgentKit) -> None:
+def test_install_on_uart_and_i2c_targets(kit: AgentKit, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="agent.ota.updater")
     pump = kit.uart_target("pump", product="pump-ctrl")
     sensor = kit.i2c_target("sensor", product="sensor-node")
     kit.start_service()
@@ -73,6 +74,7 @@ def test_install_on_uart_and_i2c_targets(kit: AgentKit) -> None:
 
     assert pump.flash_bytes(FLASH_START, len(fw_pump)) == fw_pump
     assert sensor.flash_bytes(FLASH_START, len(fw_sensor)) == fw_sensor
+    assert "pump: queued (nothing installed) -> 1.2.0 (command)" in caplog.messages
     _assert_clean_job(kit, "pump", job_p)
     _assert_clean_job(kit, "sensor", job_s)
 
@@ -273,6 +275,10 @@ def test_check_config_on_the_repository_example() -> None:
                        capture_output=True, text=True, cwd=str(REPO), timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "agent", "check-config", "--config",
+                        str(REPO / "config.yaml")], capture_output=True, text=True,
+                       cwd=str(REPO), timeout=60)  # like `run --config`
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
 
 
 def test_check_config_names_each_mistake_with_its_line(tmp_path) -> None:

@@ -240,6 +240,7 @@ def test_a_stopped_agent_leaves_the_job_open_and_the_next_start_finishes_it(rig:
     left = rig.store().load_job("a")
     assert left.status == IN_PROGRESS and left.phase == "write", left
     assert not rig.flashed("a")
+    assert rig.store().installed("a") == {**rig.store().installed("a"), "version": None}
 
     rig.updater().start()
     job = rig.wait_terminal("a")
@@ -267,6 +268,7 @@ def test_abort_of_a_queued_job_cancels_it_at_once_without_touching_the_target(ri
 
 def test_abort_during_write_cancels_and_the_next_install_repairs_the_target(rig: Rig) -> None:
     rig.add_target("a", SimI2CBus())
+    rig.store().set_installed("a", "0.9.0", "0" * 64)  # what the chip held before
     u = rig.updater()
     rig.hook = lambda name, job: u.abort(name) if job.phase == "write" else None
     u.start()
@@ -277,7 +279,9 @@ def test_abort_during_write_cancels_and_the_next_install_repairs_the_target(rig:
     assert job.error["code"] == "aborted"
     assert "stays in the bootloader" in job.error["message"]
     assert not rig.flashed("a") and rig.sims["a"].mode == "bootloader"
-    assert rig.store().installed("a") is None
+    # the chip holds neither 0.9.0 nor 1.0.0 now: the state must not claim 0.9.0 (issue 11)
+    assert rig.store().installed_version("a") is None
+    assert rig.store().installed("a")["interrupted_to"] == "1.0.0"
 
     rig.install(u, "a")
     repaired = rig.wait_terminal("a")

@@ -111,7 +111,7 @@ def test_design_minimal_example_loads_with_documented_defaults() -> None:
     pump, sensor = cfg.targets
     assert (pump.product, pump.groups, pump.verify, pump.auto_install) == \
         ("pump-ctrl", ("cellar",), "auto", False)
-    assert pump.retries == config.RetriesConfig(3, 3)
+    assert pump.retries == config.RetriesConfig(2, 3)
     assert pump.quirks.i2c_erase_nack == "verify"
     assert pump.pins.chip == "/dev/gpiochip0"
     assert pump.enter_bootloader[0] == PinStep("nrst", True)

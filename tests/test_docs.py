@@ -233,6 +233,12 @@ def test_entity_table_matches_the_discovery_payload() -> None:
     assert listed == entities
 
 
+def test_the_blueprints_need_the_oldest_home_assistant_the_readme_supports() -> None:
+    oldest = re.search(r"Home Assistant (\d{4}\.\d+) or later", README).group(1)
+    for path in (ROOT / "homeassistant").rglob("*.yaml"):
+        assert f'min_version: "{oldest}.0"' in path.read_text(encoding="utf-8"), path
+
+
 def test_automation_example_uses_real_entities_and_event_types() -> None:
     doc = yaml.safe_load(example("automations"))
     entities = {c["default_entity_id"] for c in discovery()["components"].values()}

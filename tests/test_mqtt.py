@@ -17,7 +17,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.mqtt.client import MqttClient, encode
+from agent.mqtt.client import MqttClient
+from agent.mqtt.payload import encode
 from mosquitto import Mosquitto, free_port
 
 WAIT = 10.0  # generous: every wait ends as soon as its condition holds

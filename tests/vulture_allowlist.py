@@ -18,6 +18,10 @@ _.on_message
 _.userdata
 # an MQTT 5 CONNECT property: paho's Properties.pack() reads it
 _.SessionExpiryInterval
+# paho builds each CONNECT from these (agent/mqtt/client.py switches MQTT versions with them,
+# as paho's own 3.1.1 -> 3.1 downgrade does)
+_._protocol
+_._clean_session
 # http.server calls log_message on the handler and socketserver reads daemon_threads
 _.log_message
 _.daemon_threads

@@ -9,7 +9,8 @@ from typing import Optional, Sequence
 
 from agent import __version__
 # Each handler module registers its subcommands; the order is the order `--help` lists them.
-from agent.cli import flasher, doctor, optionbytes, chips, sim, agent, release, demo, fleet  # noqa: F401
+from agent.cli import (flasher, doctor, optionbytes, protection, chips, sim,  # noqa: F401
+                       agent, release, demo, fleet, retire)
 from agent.cli.options import COMMANDS, PARSERS
 from agent.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Stm32OtaError
 

@@ -10,7 +10,7 @@ import threading
 
 from agent.cli.options import command, parser
 from agent.config import check, load
-from agent.errors import EXIT_OK, EXIT_USAGE
+from agent.errors import EXIT_OK, EXIT_USAGE, UsageError
 from agent.service import Service
 from agent.config.targets import flash_target
 
@@ -45,12 +45,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 @parser("check-config", "validate a config file and say exactly what is wrong and where")
 def _check_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="config.yaml")
+    p.add_argument("path", nargs="?", help="config.yaml (or give it with --config, as `run` does)")
+    p.add_argument("--config", help="config.yaml")
 
 
 @command("check-config")
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Print every problem with its location; exit 2 when there are errors."""
+    if (args.path is None) == (args.config is None):
+        raise UsageError("give the config file once: check-config --config PATH (or PATH)")
+    args.path = args.path or args.config
     problems = check(args.path)
     for p in problems:
         print(f"{args.path}: {p}")

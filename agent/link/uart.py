@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Optional, Union
 import serial
 
 from agent.errors import LinkError, LinkTimeout, UsageError
-from agent.link.base import Capabilities
+from agent.link.base import Capabilities, trace
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,7 @@ class UartLink:
 
     def write(self, data: bytes) -> None:
         """Send bytes; with inter_byte_delay, one byte at a time (the seed's ESP32 quirk)."""
+        trace(self.port, ">", data)
         try:
             if self.inter_byte_delay <= 0:
                 self.serial.write(data)
@@ -239,6 +240,7 @@ class UartLink:
             if isinstance(exc, LinkTimeout):
                 raise
             raise LinkError(f"read from {self.port} failed: {exc}") from exc
+        trace(self.port, "<", bytes(buf))
         return bytes(buf)
 
     def flush_input(self) -> None:
@@ -257,3 +259,6 @@ class UartLink:
 
     def __repr__(self) -> str:
         return f"UartLink({self.port!r}, baud={self.baud}, parity={self.parity!r})"
+
+    def __str__(self) -> str:
+        return f"{self.port} ({self.baud} baud, parity {self.parity})"

@@ -4,33 +4,31 @@
 survive broker outages needs, all at QoS 1:
 
 - automatic reconnect with a bounded back-off (paho's own loop thread);
-- a persistent session (MQTT 5: clean_start=False + session expiry; 3.1.1: clean_session=False)
-  so QoS 1 commands sent while the agent was briefly away are still delivered;
+- MQTT 5, or MQTT 3.1.1 when the broker refuses 5 (`protocol=None`, the default; pinned with 5
+  or 4); a persistent session (5: clean_start=False + session expiry; 3.1.1: clean_session=False
+  unless session_expiry is 0) so QoS 1 commands sent while briefly away are still delivered;
 - on every (re)connect: re-subscribe everything (a restarted broker without persistence has
   forgotten all subscriptions), re-publish the latest "sticky" retained message of each topic
   (availability, discovery, state, job) and then the other messages published while offline;
-- a bounded offline queue: paho keeps QoS 1 messages published while disconnected
-  (`max_queued_messages_set`); on reconnect we take them back with `drop_out_messages()` and
-  re-send them ourselves *after* the sticky ones, discarding stale copies of sticky topics, so
-  an old retained state can never overwrite a newer one;
+- a bounded offline queue (`max_queued_messages_set`); on reconnect we take those messages
+  back with `drop_out_messages()` and re-send them *after* the sticky ones, discarding stale
+  copies of sticky topics, so an old retained state can never overwrite a newer one;
 - inbound payloads over `max_payload` are dropped with a log line before any handler sees them;
-- a failed attempt says why (a CONNACK refusal such as a wrong password, a TLS certificate
-  that does not verify, a refused TCP connection) at WARNING when the reason is new, and at
-  DEBUG while the same reason repeats; paho keeps retrying with its back-off in both cases.
+- a failed attempt says why (a refused login, a TLS certificate that does not verify, a
+  refused TCP connection) at WARNING when new, at DEBUG while it repeats; paho keeps retrying,
+  but a refused login ends wait_connected() at once (`refused` says why).
 
-Threading: message handlers and the birth callback run on paho's network thread. They must
-only parse and enqueue (never download, flash, sleep or wait for a publish there); calling
-`publish`/`publish_sticky` from a handler is fine, it only queues bytes.
+Threading: message handlers and the birth callback run on paho's network thread: they only
+parse and enqueue (never download, flash, sleep or wait); publish() there only queues bytes.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import sys
 import threading
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt import __version__ as paho_version
@@ -39,43 +37,22 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent.mqtt.payload import Payload, encode, idle_wait
 from agent.mqtt.tls import TlsOptions, configure_tls, connect_failure
 
 log = logging.getLogger(__name__)
 
 QOS = 1  # DESIGN.md: QoS 1 throughout
-Payload = Union[bytes, str, Mapping[str, Any], Sequence[Any]]
 Handler = Callable[[str, bytes, bool], None]
 RejectHandler = Callable[[str, int], None]
 
 
-def encode(payload: Payload) -> bytes:
-    """bytes as they are, str as UTF-8, anything else as compact JSON."""
-    if isinstance(payload, (bytes, bytearray)):
-        return bytes(payload)
-    if isinstance(payload, str):
-        return payload.encode("utf-8")
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-
-
 def _not_connected_noise(record: logging.LogRecord) -> bool:
-    """paho 2.2's loop thread logs "Client is not connected" at ERROR when the socket closes
-    under it (a clean stop, or a broker that drops the connection before the reconnect): it is
-    what the disconnect callback already reports, so keep it for debug logs only."""
+    """paho 2.2 logs "Client is not connected" at ERROR when the socket closes under it (what
+    the disconnect callback already reports): keep it for debug logs only."""
     if "Client is not connected" in record.getMessage():
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
     return True
-
-
-IDLE_WAIT_MAX = 60.0  # seconds; with keepalive 0 nothing else limits the network thread's wait
-
-
-def idle_wait(keepalive: float) -> float:
-    """How long paho's network thread may sleep in select(): a quarter of the keepalive in
-    force, so the PINGREQ leaves at most 1.25 keepalives after the last packet, well inside
-    the broker's 1.5 (MQTT 3.1.2.10). paho's own fixed 1 s woke an idle agent 60 times a
-    minute for a check that is due once a minute."""
-    return min(keepalive / 4, IDLE_WAIT_MAX) if keepalive > 0 else IDLE_WAIT_MAX
 
 
 class _Paho(paho.Client):
@@ -126,28 +103,27 @@ class MqttClient:
         reconnect_max: float = 60,
         max_payload: int = 64 * 1024,
         max_queued: int = 1000,
-        protocol: int = 5,
+        protocol: int | None = None,
         session_expiry: int = 3600,
         on_reject: RejectHandler | None = None,
     ) -> None:
         if not client_id:
             raise ValueError("client_id is required: a persistent session is keyed by it")
-        if protocol not in (4, 5):
-            raise ValueError("protocol must be 4 (MQTT 3.1.1) or 5 (MQTT 5)")
+        if protocol not in (None, 4, 5):
+            raise ValueError("protocol must be 4 (MQTT 3.1.1), 5 (MQTT 5) or None (negotiate)")
         self.host, self.port, self.keepalive = host, port, keepalive
-        self.client_id = client_id
-        self.max_payload = max_payload
-        self.protocol = protocol
+        self.client_id, self.max_payload, self.on_reject = client_id, max_payload, on_reject
+        self.negotiate, self.protocol = protocol is None, protocol or 5  # None: 5, else 3.1.1
+        self.refused: str | None = None  # a refused login: retrying cannot help
+        self._settled = threading.Event()  # connected, or refused
+        self._answered = False  # a CONNACK came, whatever it said: the broker speaks this version
         self.session_expiry = session_expiry
-        self.on_reject = on_reject
         self.connected = threading.Event()
         self._lock = threading.RLock()
         self._handlers: dict[str, list[Handler]] = {}
         self._sticky: dict[str, tuple[bytes, bool]] = {}
-        self._will = will
-        self._offline = encode(offline)
-        self._started = False
-        self._last_failure: str | None = None  # logged at WARNING once per distinct reason
+        self._will, self._offline, self._started = will, encode(offline), False
+        self.last_failure: str | None = None  # logged at WARNING once per distinct reason
         self._client = self._new_paho(max_queued, reconnect_min, reconnect_max)
         if username is not None:
             self._client.username_pw_set(username, password)
@@ -163,7 +139,7 @@ class MqttClient:
         """paho's client with our logging, offline queue, back-off and callbacks."""
         kwargs: dict[str, Any] = {"protocol": paho.MQTTv5 if self.protocol == 5 else paho.MQTTv311}
         if self.protocol == 4:
-            kwargs["clean_session"] = False
+            kwargs["clean_session"] = self.session_expiry == 0
         if tunable_loop():
             client: paho.Client = _Paho(CallbackAPIVersion.VERSION2, client_id=self.client_id, **kwargs)
         else:
@@ -188,9 +164,11 @@ class MqttClient:
         """Connect in the background and keep reconnecting until stop()."""
         kwargs: dict[str, Any] = {}
         if self.protocol == 5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.session_expiry
-            kwargs = {"clean_start": False, "properties": props}
+            kwargs = {"clean_start": False}
+            if self.session_expiry:  # absent means 0; a property-less CONNECT is one that even
+                props = Properties(PacketTypes.CONNECT)  # amqtt answers "unsupported version"
+                props.SessionExpiryInterval = self.session_expiry
+                kwargs["properties"] = props
         self._client.connect_async(self.host, self.port, self.keepalive, **kwargs)
         self._client.loop_start()
         self._started = True
@@ -212,8 +190,9 @@ class MqttClient:
         self.connected.clear()
 
     def wait_connected(self, timeout: float | None = None) -> bool:
-        """Wait until connected (and re-subscribed); return False on timeout."""
-        return self.connected.wait(timeout)
+        """Wait until connected (and re-subscribed); False on timeout or a refused login."""
+        self._settled.wait(timeout)
+        return self.connected.is_set()
 
     # --- outbound -------------------------------------------------------------------------
 
@@ -317,8 +296,8 @@ class MqttClient:
 
     def _failed(self, why: str) -> None:
         """Log a failed connection attempt: WARNING for a new reason, DEBUG for a repeat."""
-        level = logging.DEBUG if why == self._last_failure else logging.WARNING
-        self._last_failure = why
+        level = logging.DEBUG if why == self.last_failure else logging.WARNING
+        self.last_failure = why
         log.log(level, "MQTT cannot connect to %s:%d: %s; retrying", self.host, self.port, why)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
@@ -327,13 +306,19 @@ class MqttClient:
         self._failed(connect_failure(sys.exc_info()[1]))
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._answered = True
         if reason.is_failure:
+            if reason.value == 0x84 and self.negotiate and self.protocol == 5:  # 3.1.1 rc 1 too
+                self._downgrade(client)
+                return
             hint = ""
             if reason.value in (0x86, 0x87):  # bad user name or password, not authorized (3.1.1 rc 4, 5)
                 hint = "; check the user name and password"
+                self.refused = f"the broker refused the login: {reason}"
+                self._settled.set()
             self._failed(f"the broker refused the connection: {reason}{hint}")
             return
-        self._last_failure = None
+        self.last_failure, self.refused = None, None
         with self._lock:
             # paho would re-send these after this callback returns, i.e. after our fresh sticky
             # values; take them back so the order is: sticky latest first, then the rest
@@ -349,15 +334,33 @@ class MqttClient:
                     continue
                 self._send(msg.topic, msg.payload, msg.retain)
             self.connected.set()
-        log.info(
-            "MQTT connected to %s:%d (session present: %s); %d subscriptions, %d sticky, %d queued re-sent",
-            self.host, self.port, flags.session_present, len(self._handlers), len(self._sticky), len(pending) - stale,
-        )
+            self._settled.set()
+        log.info("MQTT connected to %s:%d with MQTT %s (session present: %s); %d subscriptions, "
+                 "%d sticky, %d queued re-sent", self.host, self.port, "5" if self.protocol == 5
+                 else "3.1.1", flags.session_present, len(self._handlers), len(self._sticky),
+                 len(pending) - stale)
+
+    def _downgrade(self, client: paho.Client) -> None:
+        """A 3.1.1-only broker: the next attempt uses 3.1.1 (as paho itself downgrades to 3.1)."""
+        log.info("MQTT broker at %s:%d does not speak MQTT 5: using MQTT 3.1.1", self.host, self.port)
+        self.protocol = 4
+        client._protocol = paho.MQTTv311
+        client._clean_session = self.session_expiry == 0
+
+    def _upgrade(self, client: paho.Client) -> None:
+        """3.1.1 got no answer either: the broker was not the problem, so MQTT 5 again."""
+        self.protocol, client._protocol = 5, paho.MQTTv5
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
-        if not was_connected:  # the end of a refused attempt, already logged with its reason
+        if self.refused is None:
+            self._settled.clear()
+        if not was_connected and not self._answered and self.negotiate and self._started:
+            # no CONNACK at all (amqtt waits forever on an MQTT 5 CONNECT with properties, until
+            # paho gives up after a keepalive): try the other version next time
+            (self._downgrade if self.protocol == 5 else self._upgrade)(client)
+        elif not was_connected:  # the end of a refused attempt, already logged with its reason
             log.debug("MQTT connection to %s:%d closed (%s)", self.host, self.port, reason)
         elif self._started:
             log.warning("MQTT disconnected from %s:%d (%s); reconnecting", self.host, self.port, reason)

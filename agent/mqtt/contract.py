@@ -80,13 +80,20 @@ def _device(device_info: Mapping[str, Any], object_id: str, name: str) -> dict[s
     return device
 
 
+def _entity_id(domain: str, object_id: str) -> dict[str, str]:
+    """The entity id Home Assistant should give a component, in both spellings: HA 2025.10 and
+    later read `default_entity_id` (object_id is deprecated there), older ones only `object_id`
+    (entity id = DOMAIN.object_id). Both until the oldest supported HA (2024.11) knows the new one."""
+    return {"object_id": object_id, "default_entity_id": f"{domain}.{object_id}"}
+
+
 def _update_entity(t: Topics, target: str, title: str) -> dict[str, Any]:
     """The update entity: Home Assistant's Install button and progress bar."""
     oid = t.object_id(target)
     return {
         "platform": "update",
         "unique_id": f"{oid}_firmware",
-        "default_entity_id": f"update.{_slug(oid)}_firmware",
+        **_entity_id("update", f"{_slug(oid)}_firmware"),
         "name": "Firmware",
         "device_class": "firmware",
         "entity_category": "config",
@@ -105,7 +112,7 @@ def _status_sensor(t: Topics, target: str) -> dict[str, Any]:
     return {
         "platform": "sensor",
         "unique_id": f"{oid}_job_status",
-        "default_entity_id": f"sensor.{_slug(oid)}_update_status",
+        **_entity_id("sensor", f"{_slug(oid)}_update_status"),
         "name": "Update status",
         "device_class": "enum",
         "options": list(JOB_STATUSES),
@@ -122,7 +129,7 @@ def _abort_button(t: Topics, target: str) -> dict[str, Any]:
     return {
         "platform": "button",
         "unique_id": f"{oid}_abort",
-        "default_entity_id": f"button.{_slug(oid)}_abort_update",
+        **_entity_id("button", f"{_slug(oid)}_abort_update"),
         "name": "Abort update",
         "entity_category": "config",
         "command_topic": t.cmd(target),
@@ -137,7 +144,7 @@ def _event_entity(t: Topics, target: str) -> dict[str, Any]:
     return {
         "platform": "event",
         "unique_id": f"{oid}_job_event",
-        "default_entity_id": f"event.{_slug(oid)}_update_event",
+        **_entity_id("event", f"{_slug(oid)}_update_event"),
         "name": "Update event",
         "state_topic": t.events(target),
         "event_types": list(EVENT_TYPES),

@@ -173,6 +173,12 @@ class StateStore:
         write_json_atomic(self._path("installed", target),
                           {"version": version, "sha256": sha256, "installed_at": now_iso()})
 
+    def set_flash_unknown(self, target: str, to_version: Optional[str]) -> None:
+        """The flash was erased or written but not verified (an abort, a failure, a stop): it
+        no longer holds the last verified version, so report none until an install succeeds."""
+        write_json_atomic(self._path("installed", target),
+                          {"version": None, "interrupted_to": to_version, "installed_at": now_iso()})
+
     def installed_version(self, target: str) -> Optional[str]:
         """What the target last verified, or None."""
         rec = self.installed(target)
@@ -219,8 +225,16 @@ class JobStore:
         """Give the job its one terminal status (phase done at 100% when it SUCCEEDED)."""
         percent = 100 if status == SUCCEEDED else job.percent
         phase = "done" if status == SUCCEEDED else job.phase
+        if status != SUCCEEDED:
+            self.flash_touched(job)
         return self.save(job.advance(status=status, error=error, percent=percent, phase=phase,
                                      note=note or job.note))
+
+    def flash_touched(self, job: Job) -> None:
+        """An unfinished job that got as far as erasing leaves the old version gone (the chip
+        waits in its bootloader): installed becomes unknown, so the state says no more."""
+        if job.phase in TOUCHES_FLASH:
+            self.state.set_flash_unknown(job.target, job.to_version)
 
     def succeed(self, job: Job, version: str, sha256: str) -> Job:
         """Record the verified install first, then end the job SUCCEEDED."""

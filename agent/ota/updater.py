@@ -83,6 +83,10 @@ class Updater:
             q.put(None)
         for w in self._workers:
             w.join(timeout)
+        for name in self.targets:  # jobs left open to resume at the next start
+            job = self.jobs.load(name)
+            if job is not None and not job.terminal:
+                self.jobs.flash_touched(job)
 
     def recover(self) -> None:
         """Safety rule 5/6: every unfinished job is repeated (bounded) or ends FAILED."""
@@ -208,7 +212,8 @@ class Updater:
                 return
             job = self.jobs.save(Job(target=name, from_version=installed, to_version=m.version,
                                      manifest=m.to_dict()))
-        log.info("%s: queued %s -> %s (%s)", name, installed, m.version, source)
+        log.info("%s: queued %s -> %s (%s)", name, installed or "(nothing installed)", m.version,
+                 source)
         self._queue_for(name).put(Work(name, job.job_id, m))
 
     def abort(self, name: str) -> None:
