@@ -35,3 +35,8 @@ def test_quick_config_category_refuses_every_broken_file_in_both_commands() -> N
     expected, delivered = outcomes.split("/")
     assert name == "Config" and int(tried) >= 12 and clean == tried and tracebacks == "0"
     assert int(expected) == 2 * int(tried) and delivered == expected
+
+
+def test_quick_power_loss_category_recovers_from_every_cut() -> None:
+    name, _loss, tried, clean, tracebacks = _quick("power")
+    assert name == "Power" and int(tried) >= 20 and clean == tried and tracebacks == "0"
