@@ -40,3 +40,8 @@ def test_quick_config_category_refuses_every_broken_file_in_both_commands() -> N
 def test_quick_power_loss_category_recovers_from_every_cut() -> None:
     name, _loss, tried, clean, tracebacks = _quick("power")
     assert name == "Power" and int(tried) >= 20 and clean == tried and tracebacks == "0"
+
+
+def test_quick_kill_category_recovers_every_killed_install() -> None:
+    name, _anywhere, tried, clean, tracebacks = _quick("kill")
+    assert name == "Kill" and int(tried) >= 4 and clean == tried and tracebacks == "0"
