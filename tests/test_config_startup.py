@@ -14,7 +14,7 @@ import pytest
 
 from agent import config
 from agent.config import ConfigInvalid
-from agent.config.values import MAX_ALIAS_EXPANSION
+from agent.config.yamlfile import MAX_ALIAS_EXPANSION
 from agent.ota.keys import keygen
 
 REPO = Path(__file__).resolve().parent.parent

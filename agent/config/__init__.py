@@ -31,7 +31,8 @@ from agent.config.model import (
 )
 from agent.config.schema import ROOT, reference_markdown
 from agent.config.startup import startup_checks
-from agent.config.values import INVALID, Context, Problem, parse_yaml
+from agent.config.values import INVALID, Context, Problem
+from agent.config.yamlfile import parse_yaml
 from agent.errors import ConfigError, ConfigInvalid
 from agent.pins.sequence import DEFAULT_ENTER, DEFAULT_EXIT, parse_sequence
 from agent.stm32.bootloader import Timeouts
