@@ -199,7 +199,9 @@ def _judge(kit: AgentKit, t: SimTarget, job_id: str, data: bytes, cached: bool, 
         # the bound on restarts did its job; the repair it names is to install again
         mark = kit.obs.mark()
         kit.command("pump", {"op": "install", "manifest": manifest})
-        again = kit.wait_job("pump", *TERMINAL, after=mark, timeout=60)
+        again = kit.obs.wait_topic(kit.topics.job("pump"), lambda m: bool(m.payload) and
+                                   m.json()["job_id"] != job_id and
+                                   m.json()["status"] in TERMINAL, after=mark, timeout=60).json()
         if again["status"] != "SUCCEEDED":
             problems.append(f"the repair install ended {again['status']}: {again.get('error')}")
     elif done["status"] != "SUCCEEDED":
