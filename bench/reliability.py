@@ -240,6 +240,15 @@ def http_category(quick: bool) -> Row:
     return row
 
 
+# ------------------------------------------------------------- categories in their own modules
+
+# They import `category` and `Row` from here: make that this module even when it runs as a
+# script, so they register into this CATEGORIES and not a second copy.
+sys.modules.setdefault("reliability", sys.modules[__name__])
+import reliability_config  # noqa: E402,F401
+import reliability_kill  # noqa: E402,F401
+import reliability_power  # noqa: E402,F401
+
 # ------------------------------------------------------------------------------------ table
 
 COLUMNS = ("category", "cases", "clean", "tracebacks", "outcomes exp/got", "written outside",

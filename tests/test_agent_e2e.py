@@ -270,13 +270,16 @@ def test_subprocess_agent_installs_and_leaves_a_last_will(kit: AgentKit) -> None
     kit.proc = None
 
 
-def test_check_config_on_the_repository_example() -> None:
-    r = subprocess.run([sys.executable, "-m", "agent", "check-config", str(REPO / "config.yaml")],
+def test_check_config_on_the_repository_example(tmp_path) -> None:
+    from test_config_startup import deployed_example
+
+    example = deployed_example(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "agent", "check-config", str(example)],
                        capture_output=True, text=True, cwd=str(REPO), timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "OK" in r.stdout
+    assert "OK" in r.stdout and "warning" not in r.stdout
     r = subprocess.run([sys.executable, "-m", "agent", "check-config", "--config",
-                        str(REPO / "config.yaml")], capture_output=True, text=True,
+                        str(example)], capture_output=True, text=True,
                        cwd=str(REPO), timeout=60)  # like `run --config`
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
 

@@ -9,7 +9,7 @@ import sys
 import threading
 
 from agent.cli.options import command, parser
-from agent.config import check, load
+from agent.config import check, load_for_run
 from agent.errors import EXIT_OK, EXIT_USAGE, UsageError
 from agent.service import Service
 from agent.config.targets import flash_target
@@ -24,8 +24,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 @command("run")
 def cmd_run(args: argparse.Namespace) -> int:
-    """Load the config, start the service, run until SIGTERM/SIGINT."""
-    cfg = load(args.config)
+    """Load and check the config (as check-config does), start the service, run until
+    SIGTERM/SIGINT."""
+    cfg = load_for_run(args.config)
     if not args.verbose and not args.quiet:  # -v / -q on the command line win over the config
         logging.getLogger().setLevel(cfg.agent.log_level.upper())
     svc = Service(cfg, [flash_target(t) for t in cfg.targets])

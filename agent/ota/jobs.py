@@ -100,34 +100,84 @@ class Job:
         return job
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace `path` with `data` so that a crash leaves the old or the new file, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dirfd = os.open(path.parent, os.O_RDONLY)
+class Disk:
+    """The file operations `write_json_atomic` makes, in one place, so a test can hand in a
+    disk that loses power between them (what a kill -9 cannot show: the page cache survives)."""
+
+    def create_temp(self, folder: Path, prefix: str) -> tuple[int, str]:
+        """A new empty file in `folder`: (fd, path)."""
+        return tempfile.mkstemp(dir=folder, prefix=prefix)
+
+    def write(self, fd: int, data: bytes) -> None:
+        """All of `data` at the file's position."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    def fsync(self, fd: int) -> None:
+        """Make the file's data durable."""
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        """Close the file."""
+        os.close(fd)
+
+    def replace(self, src: str, dst: Path) -> None:
+        """Rename over `dst` atomically."""
+        os.replace(src, dst)
+
+    def fsync_dir(self, folder: Path) -> None:
+        """Make the folder's entries (the rename) durable."""
+        dirfd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dirfd)
         finally:
             os.close(dirfd)
+
+    def unlink(self, path: str) -> None:
+        """Remove a file if it is there."""
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+DISK = Disk()
+TEMP_GLOB = ".*.json.*"  # what write_json_atomic's temporary files look like
+
+
+def write_json_atomic(path: Path, data: Any, disk: Disk = DISK) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new file, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = json.dumps(data, indent=1, sort_keys=True).encode("utf-8")
+    fd, tmp = disk.create_temp(path.parent, f".{path.name}.")
+    try:
+        try:
+            disk.write(fd, body)
+            disk.fsync(fd)
+        finally:
+            disk.close(fd)
+        disk.replace(tmp, path)
+        disk.fsync_dir(path.parent)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        disk.unlink(tmp)
         raise
 
 
 class StateStore:
     """The agent's persistent state: jobs, installed versions, latest releases."""
 
-    def __init__(self, state_dir: str | Path) -> None:
+    def __init__(self, state_dir: str | Path, disk: Disk = DISK) -> None:
         self.root = Path(state_dir)
+        self.disk = disk
         for sub in ("jobs", "installed", "releases"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def sweep_temps(self) -> None:
+        """Remove temporary files a kill or power loss inside write_json_atomic left behind
+        (call it at start, before anything writes here)."""
+        for sub in ("jobs", "installed", "releases"):
+            for stale in (self.root / sub).glob(TEMP_GLOB):
+                log.info("removing %s left by an interrupted write", stale)
+                stale.unlink(missing_ok=True)
 
     def _path(self, kind: str, name: str) -> Path:
         if not _NAME.match(name):
@@ -147,7 +197,7 @@ class StateStore:
 
     def save_job(self, job: Job) -> None:
         """Persist the job before the step it describes runs."""
-        write_json_atomic(self._path("jobs", job.target), asdict(job))
+        write_json_atomic(self._path("jobs", job.target), asdict(job), self.disk)
 
     def load_job(self, target: str) -> Optional[Job]:
         """The target's current or last job, if any."""
@@ -171,7 +221,8 @@ class StateStore:
     def set_installed(self, target: str, version: str, sha256: str) -> None:
         """Record a verified install."""
         write_json_atomic(self._path("installed", target),
-                          {"version": version, "sha256": sha256, "installed_at": now_iso()})
+                          {"version": version, "sha256": sha256, "installed_at": now_iso()},
+                          self.disk)
 
     def set_flash_unknown(self, target: str, to_version: Optional[str]) -> None:
         """The flash was erased or written but not verified (an abort, a failure, a stop): it
@@ -190,7 +241,7 @@ class StateStore:
 
     def set_release(self, product: str, manifest: dict) -> None:
         """Remember the latest accepted manifest of a product."""
-        write_json_atomic(self._path("releases", product), manifest)
+        write_json_atomic(self._path("releases", product), manifest, self.disk)
 
 
 Publish = Callable[[str, Job, bool], None]

@@ -90,6 +90,7 @@ class Updater:
 
     def recover(self) -> None:
         """Safety rule 5/6: every unfinished job is repeated (bounded) or ends FAILED."""
+        self.jobs.state.sweep_temps()
         self.jobs.close_orphans(self.targets)
         for name in self.targets:
             job = self.jobs.load(name)
