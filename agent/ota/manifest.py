@@ -173,13 +173,13 @@ def _decode(raw: bytes | bytearray | str) -> Any:
         return strict_json(text, "manifest")
     except ImageRejected:
         raise
-    except (ValueError, RecursionError) as e:
+    except ValueError as e:
         raise ImageRejected(f"manifest is not valid JSON: {e}", code="bad_json") from None
 
 
 def strict_json(text: str, what: str) -> Any:
     """json.loads that refuses duplicate keys and NaN/Infinity (ImageRejected naming `what`);
-    other syntax errors stay ValueError for the caller to word."""
+    other syntax errors, and nesting too deep to parse, stay ValueError for the caller to word."""
 
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -193,7 +193,10 @@ def strict_json(text: str, what: str) -> Any:
         raise ImageRejected(f"{name} is not allowed in a {what} (numbers must be integers)",
                             code="bad_json")
 
-    return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constant)
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constant)
+    except RecursionError:  # ~1000 nested brackets exhaust the parser's stack: say so plainly
+        raise ValueError(f"the {what} is nested too deeply") from None
 
 
 def _check_keys(fields: Mapping[str, Any]) -> None:
