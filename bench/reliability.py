@@ -442,11 +442,23 @@ def hypothesis_run(cases: int) -> tuple[int, int, list[str]]:
     def manifest(raw: object) -> None:
         verify_manifest(parse_manifest(raw), (key.public_key(),))
 
-    settings = dict(max_examples=cases, deadline=None, database=None, derandomize=True,
-                    suppress_health_check=list(HealthCheck))
-    given(_payloads())(hyp_settings(**settings)(lambda p: check(lambda: command(p))))()
-    given(_manifests() | _payloads())(hyp_settings(**settings)(
-        lambda m: check(lambda: manifest(m))))()
+    settings = hyp_settings(max_examples=cases, deadline=None, database=None,
+                            derandomize=True, suppress_health_check=[
+                                HealthCheck.too_slow, HealthCheck.data_too_large,
+                                HealthCheck.filter_too_much])
+
+    @settings
+    @given(_payloads())
+    def commands(payload: bytes) -> None:
+        check(lambda: command(payload))
+
+    @settings
+    @given(_manifests() | _payloads())
+    def manifests(raw: object) -> None:
+        check(lambda: manifest(raw))
+
+    commands()
+    manifests()
     return tried[0], tried[1], failures
 
 

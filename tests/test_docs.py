@@ -381,7 +381,8 @@ def _requirement_floors() -> dict[str, str]:
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     extras = re.search(r"-c constraints-lowest\.txt -e '\.\[([\w,]+)\]'", makefile).group(1)
     lines = cfg["options"]["install_requires"].splitlines()
-    lines += [cfg["options.extras_require"][e] for e in extras.split(",")]
+    lines += [line for e in extras.split(",")
+              for line in cfg["options.extras_require"][e].splitlines()]
     floors = {}
     for line in (x.split("#")[0].strip() for x in lines):
         if line:

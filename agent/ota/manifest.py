@@ -269,8 +269,10 @@ def check_url(url: str, field: str = "url") -> str:
     """Refuse anything but a plain http(s) URL with a host and no credentials."""
     if not isinstance(url, str) or not url:
         raise ImageRejected(f"{field} must be a non-empty string", code="bad_url")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in url):
-        raise ImageRejected(f"{field} contains an unpaired UTF-16 surrogate", code="bad_url")
+    if not url.isascii():  # http.client sends ASCII only; RFC 3986 URLs are ASCII
+        raise ImageRejected(f"{field} has characters outside ASCII (an unpaired surrogate, a "
+                            "direction mark, ...): percent-encode them, and use the punycode "
+                            "form of an international host name", code="bad_url")
     if len(url) > _MAX_URL or _CONTROL_RE.search(url) or " " in url:
         raise ImageRejected(f"{field} is too long or contains spaces/control characters",
                             code="bad_url")
