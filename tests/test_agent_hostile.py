@@ -11,43 +11,20 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.ota import jobs as jobstore
-from agentkit import FLASH_START, AgentKit, Observer, SimTarget
+from agentkit import FLASH_START, TERMINAL, AgentKit, Observer
 
-TERMINAL = ("SUCCEEDED", "FAILED", "REJECTED", "CANCELED")
+# the subprocess-agent helpers (and the `kit` fixture) of the SIGKILL tests
+from test_agent_process import (_retained, _slow, _terminal_events, _wait_phase,  # noqa: E402
+                                kit)
 
-
-@pytest.fixture
-def kit(tmp_path: Path) -> Iterator[AgentKit]:
-    """Broker, HTTP server, key and observer; everything stopped afterwards."""
-    with AgentKit(tmp_path) as k:
-        yield k
-
-
-def _slow(t: SimTarget) -> None:
-    t.sim.realtime = True
-    t.sim.baud = 115200
-
-
-def _wait_phase(kit: AgentKit, target: str, phase: str) -> dict:
-    return kit.obs.wait_topic(kit.topics.job(target), lambda m: bool(m.payload)
-                              and m.json().get("phase") == phase
-                              and m.json().get("status") == "IN_PROGRESS").json()
-
-
-def _retained(kit: AgentKit, topic: str) -> dict:
-    return kit.retained(topic).json()
-
-
-def _terminal_events(kit: AgentKit, target: str, job_id: str) -> list[str]:
-    return [e["status"] for e in kit.events(target)
-            if e.get("job_id") == job_id and e.get("status") in TERMINAL]
+__all__ = ["kit"]  # a fixture: pytest finds it in this module's namespace
 
 
 def test_refusals_during_an_install_keep_its_record_and_a_sigkill_still_recovers(

@@ -427,37 +427,33 @@ def _notes(rig: Rig, name: str) -> list[str]:
 def test_a_nack_to_a_read_after_connect_is_noise_not_read_protection(rig: Rig) -> None:
     """Every 3rd READ_MEMORY is NACKed (the read-back of verify and of write recovery): only
     the check at connect may say read_protected; the retry loop cures the rest."""
-    rig.add_target("a", SimI2CBus(), faults=Faults(nack_every_read=3))
-    u = rig.updater()
-    u.start()
-    rig.install(u, "a")
-    job = rig.wait_terminal("a")
+    job, _ = _one_job(rig, faults=Faults(nack_every_read=3))
     assert (job.status, job.error) == (SUCCEEDED, None)
     assert rig.flashed("a")
+
+
+def _one_job(rig: Rig, **target: Any) -> tuple[Job, Pauses]:
+    """Install on a new target `a` (add_target's options) with a recording sleep."""
+    rig.add_target("a", SimI2CBus(), **target)
+    pauses = Pauses()
+    u = rig.updater(sleep=pauses)
+    u.start()
+    rig.install(u, "a")
+    return rig.wait_terminal("a"), pauses
 
 
 def test_a_failed_link_is_flashed_again_after_a_pause_from_the_cached_image(rig: Rig) -> None:
     """Silent resets use up the first flash's connect attempts (no_bootloader): the job is
     flashed again after the first pause of the back-off, without a second download."""
-    rig.add_target("a", SimI2CBus(), faults=Faults(silent_resets=3))
-    pauses = Pauses()
-    u = rig.updater(sleep=pauses)
-    u.start()
-    rig.install(u, "a")
-    job = rig.wait_terminal("a")
+    job, pauses = _one_job(rig, faults=Faults(silent_resets=3))
     assert job.status == SUCCEEDED and rig.flashed("a")
     assert job.note == "link retry 1 of 2 after [no_bootloader] in enter_bootloader"
-    assert sum(d for d in pauses.calls) >= rig.policy().link_backoff[0]
+    assert sum(pauses.calls) >= rig.policy().link_backoff[0]
     assert _gets(rig) == 1
 
 
 def test_link_retries_are_bounded_then_the_job_fails_once(rig: Rig) -> None:
-    rig.add_target("a", SimI2CBus(), faults=Faults(silent_resets=1000))
-    pauses = Pauses()
-    u = rig.updater(sleep=pauses)
-    u.start()
-    rig.install(u, "a")
-    job = rig.wait_terminal("a")
+    job, pauses = _one_job(rig, faults=Faults(silent_resets=1000))
     assert (job.status, job.error["code"]) == (FAILED, "no_bootloader")
     assert _notes(rig, "a") == ["link retry 1 of 2 after [no_bootloader] in enter_bootloader",
                                 "link retry 2 of 2 after [no_bootloader] in enter_bootloader"]
@@ -467,13 +463,7 @@ def test_link_retries_are_bounded_then_the_job_fails_once(rig: Rig) -> None:
 
 @pytest.mark.parametrize("case", ["wrong_chip", "read_protected"])
 def test_what_a_retry_cannot_cure_is_never_retried(rig: Rig, case: str) -> None:
-    if case == "wrong_chip":
-        rig.add_target("a", SimI2CBus(), expect_chip=0x415)
-    else:
-        rig.add_target("a", SimI2CBus(), faults=Faults(read_protected=True))
-    u = rig.updater(sleep=Pauses())
-    u.start()
-    rig.install(u, "a")
-    job = rig.wait_terminal("a")
+    job, _ = _one_job(rig, **({"expect_chip": 0x415} if case == "wrong_chip"
+                              else {"faults": Faults(read_protected=True)}))
     assert (job.status, job.error["code"]) == (FAILED, case)
     assert _notes(rig, "a") == [] and rig.resets("a") == 1
