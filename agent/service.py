@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 COMMAND_OPS = ("install", "abort", "check")
 MAX_COMMAND_BYTES = 32 * 1024
-INBOX_SIZE = 256  # per queue: own targets' commands, and everything else
+INBOX_SIZE = 256  # messages on shared topics; as many again are kept for own commands
 COMMAND_KINDS = ("cmd", "group_cmd", "fleet_cmd")
 UNKNOWN_VERSION = "unknown"
 
@@ -183,7 +183,7 @@ class Service:
     # ----- inbound ---------------------------------------------------------------------------
 
     def _enqueue(self, topic: str, payload: bytes, retained: bool) -> None:
-        """paho's thread: never block, never parse much; own targets' commands go first."""
+        """paho's thread: never block, never parse much; own targets' commands have room kept."""
         urgent = self.topics.parse_topic(topic)[0] == "cmd"
         if not self.inbox.put((topic, payload, retained), urgent):
             earlier = self.limit.take(f"inbox {topic}")

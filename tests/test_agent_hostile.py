@@ -169,10 +169,10 @@ def test_a_flood_writes_nothing_and_the_real_install_in_it_runs(kit: AgentKit,
     assert 0 < len(refusals) <= 2 * (limit.burst + 60 * limit.rate), len(refusals)
 
 
-def test_the_inbox_keeps_room_for_own_commands_while_a_flood_fills_the_other_queue(
+def test_the_inbox_keeps_room_for_own_commands_while_a_flood_fills_its_share(
         kit: AgentKit) -> None:
-    """With the dispatcher held up, a fleet-topic flood fills only its own queue: the
-    target's command still gets in and is carried out."""
+    """With the dispatcher held up, a fleet-topic flood fills only its share of the inbox:
+    the target's command still gets in and is carried out."""
     pump = kit.uart_target("pump")
     kit.publish_release(kit.release("pump-ctrl", "1.0.0", kit.image(2048, seed=8)))
     svc = kit.start_service()

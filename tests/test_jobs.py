@@ -135,11 +135,13 @@ def test_the_rate_limit_counts_what_it_suppressed() -> None:
     assert limit.take("x") == 4 and limit.take("x") is None
 
 
-def test_the_inbox_serves_own_commands_first_and_drops_only_when_a_queue_is_full() -> None:
+def test_the_inbox_keeps_room_for_own_commands_and_their_order() -> None:
     inbox = Inbox(2)
     assert inbox.put("g1", urgent=False) and inbox.put("g2", urgent=False)
-    assert not inbox.put("g3", urgent=False)  # the flood's queue is full ...
-    assert inbox.put("own", urgent=True)  # ... the own-target queue is not
-    assert [inbox.get(), inbox.get(), inbox.get()] == ["own", "g1", "g2"]
+    assert not inbox.put("g3", urgent=False)  # a flood may fill only its share ...
+    assert inbox.put("own1", urgent=True) and inbox.put("own2", urgent=True)  # ... not the rest
+    assert not inbox.put("own3", urgent=True)  # full
+    assert [inbox.get() for _ in range(4)] == ["g1", "g2", "own1", "own2"]  # arrival order
+    assert inbox.put("g4", urgent=False)  # taking them made room again
     inbox.close()
     assert inbox.get() is None
