@@ -9,7 +9,6 @@ event per status change.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,6 +16,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from agent.mqtt import contract as ha
 from agent.mqtt.client import MqttClient
+from agent.mqtt.inbox import Inbox
 from agent.mqtt.tls import TlsOptions
 from agent.mqtt.topics import Topics
 from agent import systemd
@@ -28,13 +28,15 @@ from agent.flasher.target import Devices
 from agent.ota.jobs import IN_PROGRESS, QUEUED, TERMINAL, Job, JobStore, StateStore
 from agent.ota.keys import load_public_key
 from agent.ota.pipeline import FlashTarget, Policy
+from agent.ota.ratelimit import RateLimit
 from agent.ota.updater import Updater
 
 log = logging.getLogger(__name__)
 
 COMMAND_OPS = ("install", "abort", "check")
 MAX_COMMAND_BYTES = 32 * 1024
-INBOX_SIZE = 256
+INBOX_SIZE = 256  # messages on shared topics; as many again are kept for own commands
+COMMAND_KINDS = ("cmd", "group_cmd", "fleet_cmd")
 UNKNOWN_VERSION = "unknown"
 
 
@@ -101,7 +103,8 @@ class Service:
         self.topics = Topics(cfg.mqtt.base_topic, self.agent_id, cfg.mqtt.discovery_prefix)
         self.targets = {t.name: t for t in targets}
         self.store = StateStore(cfg.agent.state_dir)  # the service only reads it
-        self.jobs = JobStore(self.store, self._on_job)
+        self.limit = RateLimit()  # refusals reported per source topic: a flood costs nothing
+        self.jobs = JobStore(self.store, self._on_job, limit=self.limit)
         keys = tuple(load_public_key(p) for p in cfg.trust.keys)
         d = cfg.trust.download
         policy = Policy(trusted_keys=keys, allow_unsigned=cfg.trust.allow_unsigned,
@@ -112,7 +115,7 @@ class Service:
                         download_redirects=d.allow_redirects)
         self.updater = Updater(self.agent_id, targets, self.jobs, policy, devices=devices)
         self.client = (client_factory or self._make_client)()
-        self.inbox: queue.Queue = queue.Queue(INBOX_SIZE)
+        self.inbox = Inbox(INBOX_SIZE)
         self._stop = threading.Event()
         self._dispatcher = threading.Thread(target=self._dispatch, name="mqtt inbox", daemon=True)
         self._last_status: dict[str, tuple[str, str]] = {}
@@ -144,7 +147,11 @@ class Service:
                 # retained copy
                 c.on_ha_birth(self.cfg.mqtt.discovery_prefix)
             else:
-                c.subscribe(topic_filter, self._enqueue)
+                # Retain As Published: a command published retained is recognised (and
+                # ignored) also when it arrives live, not only when we subscribe
+                kind = t.parse_topic(topic_filter)[0]
+                c.subscribe(topic_filter, self._enqueue,
+                            retain_as_published=kind in COMMAND_KINDS)
         self.publish_discovery()
         for name in self.targets:
             job = self.jobs.load(name)
@@ -170,7 +177,7 @@ class Service:
         systemd.notify("STOPPING=1")
         self._stop.set()
         self.updater.stop()
-        self.inbox.put(None)
+        self.inbox.close()
         for name in self.targets:  # nothing progresses while the agent is away: say so
             job = self.jobs.load(name)
             if job is not None and not job.terminal:
@@ -180,11 +187,13 @@ class Service:
     # ----- inbound ---------------------------------------------------------------------------
 
     def _enqueue(self, topic: str, payload: bytes, retained: bool) -> None:
-        """paho's thread: never block, never parse much."""
-        try:
-            self.inbox.put_nowait((topic, payload, retained))
-        except queue.Full:
-            log.error("inbox full: dropped a message on %s", topic)
+        """paho's thread: never block, never parse much; own targets' commands have room kept."""
+        urgent = self.topics.parse_topic(topic)[0] == "cmd"
+        if not self.inbox.put((topic, payload, retained), urgent):
+            earlier = self.limit.take(f"inbox {topic}")
+            if earlier is not None:
+                log.error("inbox full: dropped a message on %s (and %d earlier ones)", topic,
+                          earlier)
 
     def _on_oversize(self, topic: str, size: int) -> None:
         """paho's thread: a too-large payload was dropped unread; still tell its sender."""
@@ -217,7 +226,9 @@ class Service:
             return
         names = [n for n in names if n in self.targets]
         if retained:
-            log.warning("ignoring a retained command on %s: commands must not be retained", topic)
+            if self.limit.take(f"retained {topic}") is not None:
+                log.warning("ignoring a retained command on %s: commands must not be "
+                            "retained", topic)
             return
         try:
             if isinstance(payload, Dropped):
@@ -225,7 +236,7 @@ class Service:
             cmd = parse_command(payload)
         except Stm32OtaError as err:
             for name in names:
-                self.jobs.reject(name, err, to_version=None)
+                self.jobs.reject(name, err, to_version=None, origin=topic)
             return
         if cmd["op"] == "check":  # re-announce what we know, job or not
             for name in names:
@@ -235,7 +246,7 @@ class Service:
                 else:
                     self.publish_state(name, None)
             return
-        self.updater.handle_command(names, cmd, direct=direct)
+        self.updater.handle_command(names, cmd, direct=direct, origin=topic)
 
     def _release(self, product: str, payload: bytes) -> None:
         if not payload:  # a cleared retained release
@@ -243,8 +254,10 @@ class Service:
         try:
             if isinstance(payload, Dropped):
                 payload.check()
-            changed = self.updater.handle_release(product, payload)
+            changed = self.updater.handle_release(product, payload, self.topics.release(product))
         except Stm32OtaError as err:
+            if self.limit.take(self.topics.release(product)) is None:
+                return  # a flood of bad releases: counted, not reported one by one
             log.warning("rejected release on %s: [%s] %s", self.topics.release(product), err.code, err)
             for name, t in self.targets.items():
                 if t.product == product:

@@ -121,6 +121,7 @@ class MqttClient:
         self.connected = threading.Event()
         self._lock = threading.RLock()
         self._handlers: dict[str, list[Handler]] = {}
+        self._as_published: set[str] = set()  # filters subscribed with Retain As Published
         self._sticky: dict[str, tuple[bytes, bool]] = {}
         self._will, self._offline, self._started = will, encode(offline), False
         self.last_failure: str | None = None  # logged at WARNING once per distinct reason
@@ -255,12 +256,20 @@ class MqttClient:
 
     # --- inbound --------------------------------------------------------------------------
 
-    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+    def subscribe(self, topic_filter: str, handler: Handler, *,
+                  retain_as_published: bool = False) -> None:
         """Call handler(topic, payload, retained) for every message matching topic_filter,
-        now and after every reconnect. Runs on the network thread: parse and enqueue only."""
+        now and after every reconnect. Runs on the network thread: parse and enqueue only.
+
+        `retained` is set for a retained message the broker sends because we subscribed. With
+        `retain_as_published` (MQTT 5 only, 3.3.1.2.2) it is also set for a message that
+        arrives live but was published with the retain flag, which MQTT otherwise clears.
+        """
         with self._lock:
             first = topic_filter not in self._handlers
             self._handlers.setdefault(topic_filter, []).append(handler)
+            if retain_as_published:
+                self._as_published.add(topic_filter)
             if first and self.connected.is_set():
                 self._subscribe(topic_filter)
 
@@ -285,7 +294,8 @@ class MqttClient:
     def _subscribe(self, topic_filter: str) -> None:
         if self.protocol == 5:
             # retained messages only for a new subscription, not on every session resume
-            opts = SubscribeOptions(qos=QOS, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+            opts = SubscribeOptions(qos=QOS, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB,
+                                    retainAsPublished=topic_filter in self._as_published)
             rc, _ = self._client.subscribe(topic_filter, options=opts)
         else:
             rc, _ = self._client.subscribe(topic_filter, qos=QOS)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Optional
 
 from agent.errors import Stm32OtaError
+from agent.ota.ratelimit import RateLimit
 
 log = logging.getLogger(__name__)
 
@@ -245,16 +246,18 @@ class StateStore:
 
 
 Publish = Callable[[str, Job, bool], None]
-"""publish(target, job, retain): report one job change (retain=False: a notice that must not
-replace the target's retained job record)."""
+"""publish(target, job, retain): report one job change (retain=False: a notice, such as a
+refusal while a job is open, that must not replace the target's retained job record)."""
 
 
 class JobStore:
     """The one owner of job state: every change is saved first, then published."""
 
-    def __init__(self, state: StateStore, publish: Publish) -> None:
+    def __init__(self, state: StateStore, publish: Publish,
+                 limit: Optional[RateLimit] = None) -> None:
         self.state = state
         self._publish = publish
+        self.limit = limit  # rejections per origin topic; None: report every one
 
     def load(self, target: str) -> Optional[Job]:
         """The target's current or last job, if any."""
@@ -293,15 +296,30 @@ class JobStore:
         return self.finish(job, SUCCEEDED, None)
 
     def reject(self, target: str, err: Stm32OtaError, *, to_version: Optional[str],
-               retain: bool = True) -> Job:
-        """Report a refused request as a REJECTED job (not retained while another job runs)."""
+               origin: Optional[str] = None) -> Optional[Job]:
+        """Report a refused command: an event about it, never a change of the job record.
+
+        Nothing is written to disk. While no job is open the REJECTED document is also the
+        retained job message (until the next job, or a restart shows the last job again);
+        while one is queued or running it goes out unretained, so that job's record stays.
+        Reports from one `origin` (the topic the command came on) are rate-limited: a
+        suppressed one is only logged at debug level and returns None.
+        """
+        if origin is not None and self.limit is not None:
+            earlier = self.limit.take(origin)
+            if earlier is None:
+                log.debug("%s: rejected (not reported: too many from %s): [%s] %s", target,
+                          origin, err.code, err)
+                return None
+            if earlier:
+                log.warning("%s: %d more rejections from %s were not reported", target,
+                            earlier, origin)
         log.warning("%s: rejected: [%s] %s", target, err.code, err)
         job = Job(target=target, status=REJECTED, phase="queued", error=err.as_dict(),
                   from_version=self.state.installed_version(target), to_version=to_version)
         job = job.advance()
-        if retain:
-            return self.save(job)
-        self._publish(target, job, False)  # another job is open: keep its retained record
+        current = self.load(target)
+        self._publish(target, job, current is None or current.terminal)
         return job
 
     def open_images(self) -> set[str]:
