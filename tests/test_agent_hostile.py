@@ -121,9 +121,9 @@ class _Counting:
     def __init__(self, real: Any) -> None:
         self.real, self.writes = real, []  # type: ignore[var-annotated]
 
-    def __call__(self, path: Path, data: Any) -> None:
+    def __call__(self, path: Path, data: Any, *rest: Any) -> None:
         self.writes.append((Path(path), data))
-        self.real(path, data)
+        self.real(path, data, *rest)  # (the disk layer, where the store passes one)
 
 
 def _flood(host: str, port: int, topics: list[str], n: int, middle: tuple[str, bytes]) -> None:
