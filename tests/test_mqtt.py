@@ -304,3 +304,14 @@ def test_tls_client_without_a_tls_broker_never_connects(broker: Mosquitto, make_
     c = make_client(tls=TlsOptions())  # system CAs, verification on; the broker speaks plain MQTT
     c.start()
     assert not c.wait_connected(1.0)  # bounded wait for something that must not happen
+
+
+def test_topic_matches_agrees_with_paho_on_every_wildcard_case() -> None:
+    """Our per-message matcher against paho's own (an independent implementation of MQTT 4.7)."""
+    import itertools
+    import paho.mqtt.client as paho
+    from agent.mqtt.client import topic_matches
+    filters = ["a/b", "a/+", "+/b", "a/#", "#", "+", "+/+", "a/+/c", "a/b/#", "$SYS/#", "+/x/#"]
+    topics = ["a", "a/b", "a/c", "b/b", "a/b/c", "a/x/c", "$SYS/x", "$SYS", "x/x", "a/", "/b", ""]
+    for f, t in itertools.product(filters, topics):
+        assert topic_matches(tuple(f.split("/")), t) == paho.topic_matches_sub(f, t), (f, t)

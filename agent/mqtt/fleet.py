@@ -85,8 +85,28 @@ def _num(value: Any) -> Optional[float]:
 
 
 @dataclass
+class Tally:
+    """Running counts for `--wait-for`: targets of `product` (of `agent`, if given) seen, and
+    how many of them report `version` installed; kept up to date per message, in O(1)."""
+
+    version: str
+    product: str
+    agent: Optional[str] = None
+    total: int = 0
+    done: int = 0
+
+    def count(self, row: Optional[FleetRow], sign: int) -> None:
+        """Add (sign 1) or take away (sign -1) one row's contribution."""
+        if row is None or row.product != self.product or self.agent not in (None, row.agent):
+            return
+        self.total += sign
+        self.done += sign * (row.installed == self.version)
+
+
+@dataclass
 class Fleet:
-    """Targets and agents seen on the broker; `handle()` is thread-safe."""
+    """Targets and agents seen on the broker; `handle()` is thread-safe and costs O(1) per
+    message (only the row it names changes), so a 20,000-target retained burst reads in one pass."""
 
     base: str = "stm32ota"
     discovery_prefix: str = "homeassistant"
@@ -94,6 +114,10 @@ class Fleet:
     agents: dict[str, bool] = field(default_factory=dict)
     # discovery topic -> (agent, target), so a cleared discovery finds its row again
     discovered: dict[str, tuple[str, str]] = field(default_factory=dict)
+    tally: Optional[Tally] = None
+    _by_agent: dict[str, set[tuple[str, str]]] = field(default_factory=dict, repr=False)
+    _dirty: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    _dirty_agents: set[str] = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def subscriptions(self) -> list[str]:
@@ -105,56 +129,100 @@ class Fleet:
     def handle(self, topic: str, payload: bytes) -> bool:
         """Take one message; True if it changed the view."""
         with self._lock:
-            before = dict(self.rows), dict(self.agents)
             try:
-                self._route(topic, payload)
+                return self._route(topic, payload)
             except (TypeError, KeyError, AttributeError) as err:  # another program's odd JSON
                 log.warning("skipped a malformed message on %s: %s", topic, err)
-            return before != (self.rows, self.agents)
+                return False
+
+    def track(self, version: str, product: str, agent: Optional[str] = None) -> Tally:
+        """Start counting the targets of `product` that report `version` (one O(N) pass)."""
+        tally = Tally(version, product, agent)
+        with self._lock:
+            for row in self.rows.values():
+                tally.count(row, 1)
+            self.tally = tally
+        return tally
+
+    def counts(self) -> tuple[int, int]:
+        """(targets that report the tracked version, targets tracked); see track()."""
+        with self._lock:
+            return (self.tally.done, self.tally.total) if self.tally else (0, 0)
 
     def snapshot(self, *, agent: Optional[str] = None,
                  product: Optional[str] = None) -> list[FleetRow]:
         """Rows sorted by agent and target, filtered by agent id and/or product; offline
         state of an agent is applied to each of its rows."""
         with self._lock:
-            rows = [replace(r, online=self.agents.get(r.agent)) for r in self.rows.values()]
-        return sorted((r for r in rows if (agent is None or r.agent == agent)
-                       and (product is None or r.product == product)), key=lambda r: r.key)
+            rows = [replace(r, online=self.agents.get(r.agent)) for r in self.rows.values()
+                    if (agent is None or r.agent == agent) and (product is None or r.product == product)]
+        return sorted(rows, key=lambda r: r.key)
+
+    def drain(self) -> list[FleetRow]:
+        """The rows that changed since the last call (an agent going offline changes all of
+        its rows), with their agent's online state; sorted like snapshot()."""
+        with self._lock:
+            keys = set(self._dirty)
+            for a in self._dirty_agents:
+                keys |= self._by_agent.get(a, set())
+            self._dirty.clear()
+            self._dirty_agents.clear()
+            rows = [replace(self.rows[k], online=self.agents.get(k[0])) for k in keys if k in self.rows]
+        return sorted(rows, key=lambda r: r.key)
 
     def agent_ids(self) -> list[str]:
         """Every agent seen, with or without targets."""
         with self._lock:
-            return sorted(set(self.agents) | {a for a, _ in self.rows})
+            return sorted(set(self.agents) | set(self._by_agent))
 
     # ----- routing (under the lock) -----------------------------------------------------------
 
-    def _route(self, topic: str, payload: bytes) -> None:
+    def _route(self, topic: str, payload: bytes) -> bool:
         disc = self.discovery_prefix + "/device/"
         if topic.startswith(disc) and topic.endswith("/config"):
-            self._discovery(topic, payload)
-            return
+            return self._discovery(topic, payload)
         kind, where = route_topic(self.base, topic)
         if kind == "availability":
-            text = payload.decode("utf-8", "replace").strip()
-            if text in (AVAILABLE, NOT_AVAILABLE):
-                self.agents[where["agent"]] = text == AVAILABLE
-            elif not payload:
-                self.agents.pop(where["agent"], None)
-        elif kind == "state":
-            self._state(where["agent"], where["target"], payload)
-        elif kind == "job":
-            self._job(where["agent"], where["target"], payload)
+            return self._availability(where["agent"], payload)
+        if kind == "state":
+            return self._state(where["agent"], where["target"], payload)
+        if kind == "job":
+            return self._job(where["agent"], where["target"], payload)
+        return False
+
+    def _availability(self, agent: str, payload: bytes) -> bool:
+        before = (agent in self.agents, self.agents.get(agent))
+        text = payload.decode("utf-8", "replace").strip()
+        if text in (AVAILABLE, NOT_AVAILABLE):
+            self.agents[agent] = text == AVAILABLE
+        elif not payload:
+            self.agents.pop(agent, None)
+        if (agent in self.agents, self.agents.get(agent)) == before:
+            return False
+        self._dirty_agents.add(agent)
+        return True
 
     def _row(self, agent: str, target: str) -> FleetRow:
         return self.rows.get((agent, target)) or FleetRow(agent, target)
 
-    def _discovery(self, topic: str, payload: bytes) -> None:
+    def _set(self, row: FleetRow) -> bool:
+        """Store one row; keep the tally and the change list in step. True if it changed."""
+        old = self.rows.get(row.key)
+        if old == row:
+            return False
+        self.rows[row.key] = row
+        self._by_agent.setdefault(row.agent, set()).add(row.key)
+        self._dirty.add(row.key)
+        if self.tally is not None:
+            self.tally.count(old, -1)
+            self.tally.count(row, 1)
+        return True
+
+    def _discovery(self, topic: str, payload: bytes) -> bool:
         known = self.discovered
         if not payload:  # discovery cleared: the target was removed from its agent's config
             key = known.pop(topic, None)
-            if key in self.rows:
-                self.rows[key] = replace(self.rows[key], product=None)
-            return
+            return key in self.rows and self._set(replace(self.rows[key], product=None))
         doc = _json(payload)
         comps = (doc or {}).get("components") or {}
         states = [c.get("state_topic") for c in comps.values()
@@ -162,33 +230,33 @@ class Fleet:
         state = _str(states[0]) if states else None
         kind, where = route_topic(self.base, state) if state is not None else ("unknown", {})
         if doc is None or kind != "state":
-            return  # not ours: another base topic or another program's device
+            return False  # not ours: another base topic or another program's device
         device = doc.get("device") if isinstance(doc.get("device"), dict) else {}
         key = (where["agent"], where["target"])
         known[topic] = key
-        self.rows[key] = replace(self._row(*key), product=_str(device.get("model_id")))
+        return self._set(replace(self._row(*key), product=_str(device.get("model_id"))))
 
-    def _state(self, agent: str, target: str, payload: bytes) -> None:
+    def _state(self, agent: str, target: str, payload: bytes) -> bool:
         doc = _json(payload)
         if doc is None:
             if payload:
                 log.warning("state of %s/%s is not a JSON object", agent, target)
-            return
-        self.rows[(agent, target)] = replace(
+            return False
+        return self._set(replace(
             self._row(agent, target), installed=_str(doc.get("installed_version")),
             latest=_str(doc.get("latest_version")),
-            in_progress=doc.get("in_progress") if isinstance(doc.get("in_progress"), bool) else None)
+            in_progress=doc.get("in_progress") if isinstance(doc.get("in_progress"), bool) else None))
 
-    def _job(self, agent: str, target: str, payload: bytes) -> None:
+    def _job(self, agent: str, target: str, payload: bytes) -> bool:
         doc = _json(payload)
         if doc is None:
-            return
+            return False
         err = doc.get("error") if isinstance(doc.get("error"), dict) else {}
-        self.rows[(agent, target)] = replace(
+        return self._set(replace(
             self._row(agent, target), job_id=_str(doc.get("job_id")), status=_str(doc.get("status")),
             phase=_str(doc.get("phase")), percent=_num(doc.get("percent")),
             error_code=_str(err.get("code")), error_message=_str(err.get("message")),
-            updated_at=_str(doc.get("updated_at")))
+            updated_at=_str(doc.get("updated_at"))))
 
 
 def changes(before: Iterable[FleetRow], after: Iterable[FleetRow]) -> list[str]:
@@ -224,24 +292,38 @@ def describe(row: FleetRow) -> str:
 
 
 class Watcher:
-    """A read-only MQTT subscriber feeding a Fleet; the caller waits on it from its own thread."""
+    """A read-only MQTT subscriber feeding a Fleet; the caller waits on it from its own thread.
+
+    It subscribes at QoS 0: a viewer keeps no session, and at QoS 1 a broker holds back all
+    but its per-client queue of a large retained burst (mosquitto's max_queued_messages, 1000
+    by default, dropped 19,000 of 20,000). After subscribing it publishes a marker to a topic
+    only it reads: the broker queues each subscription's retained messages when it handles the
+    SUBSCRIBE, before the marker that came later on the same connection, so the marker's
+    return means the retained burst is complete (mosquitto does this; a broker that does not
+    echo the marker, e.g. an ACL, leaves the quiet-period fallback and a warning)."""
 
     def __init__(self, fleet: Fleet, client_factory: Callable[..., Any]) -> None:
         self.fleet = fleet
         self._cond = threading.Condition()
         self._last = time.monotonic()
         self._changes = 0
-        self.client = client_factory(client_id=f"stm32ota-fleet-{os.getpid()}-{id(self):x}",
-                                     session_expiry=0, max_payload=MAX_PAYLOAD)
+        self._synced = False
+        client_id = f"stm32ota-fleet-{os.getpid()}-{id(self):x}"
+        self.marker = f"{fleet.base}/viewer/{client_id}/sync"
+        self.client = client_factory(client_id=client_id, session_expiry=0,
+                                     max_payload=MAX_PAYLOAD, subscribe_qos=0)
 
     def start(self, connect_timeout: float = 10.0) -> bool:
         """Subscribe and connect; False if the broker did not answer in time."""
         for topic_filter in self.fleet.subscriptions():
             self.client.subscribe(topic_filter, self._message)
+        self.client.subscribe(self.marker, self._marked)
         self.client.start()
         ok = self.client.wait_connected(connect_timeout)
         with self._cond:
             self._last = time.monotonic()  # the quiet period starts at the subscription
+        if ok:  # after the SUBSCRIBEs on the same connection (MqttClient sends them on connect)
+            self.client.publish(self.marker, b"sync")
         return ok
 
     def stop(self) -> None:
@@ -254,18 +336,26 @@ class Watcher:
             self._last = time.monotonic()
             if changed:
                 self._changes += 1
+                self._cond.notify_all()
+
+    def _marked(self, topic: str, payload: bytes, retained: bool) -> None:
+        with self._cond:
+            self._synced = True
             self._cond.notify_all()
 
-    def settle(self, quiet: float, longest: float) -> None:
-        """Return once no message came for `quiet` seconds, or after `longest` seconds."""
+    def settle(self, quiet: float, longest: float) -> bool:
+        """Wait until every retained message has arrived: True once the marker is back.
+        Without it, False after `quiet` s without a message or `longest` s in all: the view
+        may then be partial."""
         deadline = time.monotonic() + longest
         with self._cond:
-            while True:
+            while not self._synced:
                 now = time.monotonic()
                 wake = min(self._last + quiet, deadline)
                 if now >= wake:
-                    return
+                    return False
                 self._cond.wait(wake - now)
+            return True
 
     @property
     def changes(self) -> int:
@@ -283,25 +373,31 @@ def wait_for(watcher: Watcher, version: str, product: str, *, timeout: float, qu
              agent: Optional[str] = None,
              report: Optional[Callable[[list[FleetRow]], None]] = None) -> list[FleetRow]:
     """Block until every target of `product` (of `agent`, if given) reports `version` installed;
-    return their rows. `report(rows)` sees every change on the way. Raises NoTargets if none
-    was seen, FleetTimeout naming the stragglers."""
+    return their rows. `report(rows)` sees the rows that changed on the way. Each change costs
+    O(1) (running counts), so thousands of messages a second do not leave it behind. Raises
+    NoTargets if none was seen, FleetTimeout naming the stragglers."""
     deadline = time.monotonic() + timeout
-    watcher.settle(quiet, timeout)  # all retained targets first, or one early one could pass
+    fleet = watcher.fleet
+    fleet.track(version, product, agent)
+    if not watcher.settle(quiet, timeout):  # all retained targets first, or one early one could pass
+        log.warning("the retained state may be incomplete (the viewer's marker on %s did not "
+                    "come back); counting what arrived", watcher.marker)
     while True:
         seen = watcher.changes
-        rows = watcher.fleet.snapshot(agent=agent, product=product)
         if report is not None:
-            report(rows)
-        late = stragglers(rows, version)
-        if rows and not late:
-            return rows
+            report([r for r in fleet.drain() if r.product == product and agent in (None, r.agent)])
+        done, total = fleet.counts()
+        if total and done == total:
+            return fleet.snapshot(agent=agent, product=product)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         watcher.wait_change(seen, remaining)
+    rows = fleet.snapshot(agent=agent, product=product)
+    late = stragglers(rows, version)
     where = f" of agent {agent}" if agent else ""
     if not rows:
-        agents = ", ".join(watcher.fleet.agent_ids()) or "none"
+        agents = ", ".join(fleet.agent_ids()) or "none"
         raise NoTargets(
             f"no target of product {product!r}{where} was seen within {timeout:g} s (agents seen: "
             f"{agents}); check --product, --base-topic and --discovery-prefix")
