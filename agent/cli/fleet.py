@@ -14,7 +14,8 @@ from typing import Any, Callable, TextIO
 from agent.cli.options import add_broker_args, broker_options, command, parse_broker, parser
 from agent.errors import EXIT_OK, ConfigError, UsageError
 from agent.mqtt.client import MqttClient
-from agent.mqtt.fleet import COLUMNS, Fleet, FleetRow, Watcher, changes, wait_for
+from agent.mqtt.fleet import COLUMNS, Fleet, FleetRow, changes
+from agent.mqtt.watcher import Watcher, wait_for
 
 log = logging.getLogger(__name__)
 

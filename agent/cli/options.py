@@ -18,6 +18,15 @@ from agent.pins import PinSpec
 
 log = logging.getLogger(__name__)
 
+# Subcommand -> the agent.cli module that defines it, in the order `--help` lists them. main()
+# imports only the module of the command it runs, so `run` loads neither the flash commands
+# nor the fleet view nor the simulator.
+MODULES: dict[str, str] = {
+    "info": "flasher", "flash": "flasher", "read": "flasher", "erase": "flasher",
+    "option-bytes": "optionbytes", "sim": "sim", "run": "agent", "check-config": "agent",
+    "keygen": "release", "sign": "release", "publish": "release", "demo": "demo", "fleet": "fleet",
+}
+
 PARSERS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}

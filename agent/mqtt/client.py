@@ -40,6 +40,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.mqtt.tls import TlsOptions, configure_tls, connect_failure
+from agent.mqtt.topics import topic_matches
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +66,6 @@ def _not_connected_noise(record: logging.LogRecord) -> bool:
     if "Client is not connected" in record.getMessage():
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
     return True
-
-
-def topic_matches(levels: Sequence[str], topic: str) -> bool:
-    """True if `topic` matches a filter given as its levels (MQTT 5 4.7: `+` one level, `#`
-    the rest including the parent; a `$` topic is not matched by a leading wildcard). paho's
-    topic_matches_sub builds a matcher per call: half of a 20,000-target retained read."""
-    parts = topic.split("/")
-    if parts[0].startswith("$") and levels[0] in ("+", "#"):
-        return False
-    for i, level in enumerate(levels):
-        if level == "#":
-            return True
-        if i >= len(parts) or level not in ("+", parts[i]):
-            return False
-    return len(levels) == len(parts)
 
 
 IDLE_WAIT_MAX = 60.0  # seconds; with keepalive 0 nothing else limits the network thread's wait
@@ -155,8 +141,7 @@ class MqttClient:
         self.max_payload = max_payload
         self.protocol = protocol
         self.session_expiry = session_expiry
-        self.on_reject = on_reject
-        self.subscribe_qos = subscribe_qos  # 0 for a viewer that keeps no session (fleet view)
+        self.on_reject, self.subscribe_qos = on_reject, subscribe_qos  # 0: a sessionless viewer
         self.connected = threading.Event()
         self._lock = threading.RLock()
         self._handlers: dict[str, list[Handler]] = {}
