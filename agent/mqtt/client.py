@@ -136,11 +136,8 @@ class MqttClient:
             raise ValueError("client_id is required: a persistent session is keyed by it")
         if protocol not in (4, 5):
             raise ValueError("protocol must be 4 (MQTT 3.1.1) or 5 (MQTT 5)")
-        self.host, self.port, self.keepalive = host, port, keepalive
-        self.client_id = client_id
-        self.max_payload = max_payload
-        self.protocol = protocol
-        self.session_expiry = session_expiry
+        self.host, self.port, self.keepalive, self.client_id = host, port, keepalive, client_id
+        self.max_payload, self.protocol, self.session_expiry = max_payload, protocol, session_expiry
         self.on_reject, self.subscribe_qos = on_reject, subscribe_qos  # 0: a sessionless viewer
         self.connected = threading.Event()
         self._lock = threading.RLock()
