@@ -23,7 +23,7 @@ from agent import systemd
 from agent.ota.checks import compare_versions
 from agent.ota.manifest import strict_json
 from agent.config import Config
-from agent.errors import ImageRejected, Stm32OtaError
+from agent.errors import ImageRejected, SessionTakenOver, Stm32OtaError
 from agent.flasher.target import Devices
 from agent.ota.jobs import IN_PROGRESS, QUEUED, TERMINAL, Job, JobStore, StateStore
 from agent.ota.keys import load_public_key
@@ -117,6 +117,7 @@ class Service:
         self._dispatcher = threading.Thread(target=self._dispatch, name="mqtt inbox", daemon=True)
         self._last_status: dict[str, tuple[str, str]] = {}
         self._publish_lock = threading.Lock()
+        self._fault: Optional[Stm32OtaError] = None  # why run_forever() must end
 
     def _make_client(self) -> MqttClient:
         m = self.cfg.mqtt
@@ -128,7 +129,7 @@ class Service:
                           password=m.password.resolve(), tls=tls, keepalive=m.keepalive,
                           will=(self.topics.availability, "offline", True),
                           reconnect_max=m.reconnect_max, max_payload=MAX_COMMAND_BYTES,
-                          on_reject=self._on_oversize)
+                          on_reject=self._on_oversize, on_taken_over=self._on_taken_over)
 
     # ----- start / stop ----------------------------------------------------------------------
 
@@ -164,6 +165,14 @@ class Service:
         while not self._stop.wait(interval if interval else 3600):
             if self._dispatcher.is_alive():
                 systemd.notify("WATCHDOG=1")
+        if self._fault is not None:
+            self.stop()
+            raise self._fault
+
+    def _on_taken_over(self, why: str) -> None:
+        """paho's thread: a second agent uses our id; end run_forever() with that error."""
+        self._fault = SessionTakenOver(why)
+        self._stop.set()
 
     def stop(self) -> None:
         """Stop workers (an interrupted flash resumes at the next start), then MQTT."""
@@ -259,7 +268,8 @@ class Service:
         device = {"manufacturer": "STMicroelectronics", "model": "STM32"}
         for name, t in self.targets.items():
             payload = ha.discovery_payload(self.agent_id, name, base_topic=self.cfg.mqtt.base_topic,
-                                           device_info=device, product=t.product)
+                                           device_info=device, product=t.product,
+                                           agent_name=self.cfg.agent.name or None)
             self.client.publish_sticky(self.topics.discovery(name), payload)
 
     def state_of(self, name: str, job: Optional[Job]) -> dict:

@@ -11,7 +11,8 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
-from typing import Iterator
+import time
+from typing import Any, Iterator
 
 import paho.mqtt.client as paho
 import pytest
@@ -315,3 +316,39 @@ def test_topic_matches_agrees_with_paho_on_every_wildcard_case() -> None:
     topics = ["a", "a/b", "a/c", "b/b", "a/b/c", "a/x/c", "$SYS/x", "$SYS", "x/x", "a/", "/b", ""]
     for f, t in itertools.product(filters, topics):
         assert topic_matches(tuple(f.split("/")), t) == paho.topic_matches_sub(f, t), (f, t)
+
+
+def test_young_dropped_connections_in_a_row_are_named_as_a_duplicate_client_id(caplog: Any) -> None:
+    from agent.mqtt.takeover import SHORT_LIVED, TAKEOVER_STREAK, Lifetimes
+    now = [0.0]
+    lives = Lifetimes("'stm32ota-gw' on h:1", clock=lambda: now[0])
+    for _ in range(TAKEOVER_STREAK - 1):
+        lives.connected()
+        now[0] += 1.0
+        assert not lives.dropped()
+    lives.connected()
+    now[0] += SHORT_LIVED + 1  # a connection that lived long breaks the streak
+    assert not lives.dropped()
+    results = []
+    for _ in range(TAKEOVER_STREAK + 1):
+        lives.connected()
+        now[0] += 1.0
+        results.append(lives.dropped())
+    assert results == [False] * (TAKEOVER_STREAK - 1) + [True, False]  # once per streak
+    assert "client id 'stm32ota-gw' on h:1" in caplog.text and "agent.id" in caplog.text
+
+
+def test_session_taken_over_stops_reconnecting_and_tells_the_owner(broker: Any) -> None:
+    """DISCONNECT 0x8E (what an MQTT 5 broker sends the older of two same-id clients) is final:
+    fed to the client's disconnect handler with paho's own ReasonCode."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+    told: list[str] = []
+    c = MqttClient(broker.host, broker.port, client_id="gw-dup", on_taken_over=told.append)
+    c.start()
+    assert c.wait_connected(10)
+    c._on_disconnect(c._client, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=0x8E), None)
+    assert len(told) == 1 and "'gw-dup'" in told[0] and "0x8E" in told[0]
+    time.sleep(1.5)  # longer than reconnect_min: no reconnect
+    assert not c.connected.is_set()
+    c.stop()

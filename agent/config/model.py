@@ -63,6 +63,7 @@ class AgentConfig:
     cache_dir: Path
     cache_max: int
     log_level: str
+    name: str = ""  # display name in Home Assistant (default: the host name)
 
 
 @dataclass(frozen=True)

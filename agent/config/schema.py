@@ -136,7 +136,9 @@ NAME = Text(NAME_RE, "name ([A-Za-z0-9_-]+)")
 POSITIVE = Duration(lo=0.001)
 
 AGENT = Table(
-    Key("id", NAME, "this gateway's id in MQTT topics", default_doc="host name, sanitised"),
+    Key("id", NAME, "this gateway's id in MQTT topics; unique per gateway",
+        default_doc="12 hex digits hashed from /etc/machine-id (the host name where there is none)"),
+    Key("name", Text(), "this gateway's name in Home Assistant", default_doc="host name"),
     Key("state_dir", PathKind(), "where job state survives restarts", "/var/lib/stm32ota"),
     Key("cache_dir", PathKind(), "where verified images are kept", "/var/cache/stm32ota"),
     Key("cache_max", Size(), "largest total size of cache_dir", "64MiB"),

@@ -26,11 +26,10 @@ only parse and enqueue (never download, flash, sleep or wait for a publish there
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import sys
 import threading
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt import __version__ as paho_version
@@ -39,24 +38,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent.mqtt.contract import Payload, encode
+from agent.mqtt.takeover import SESSION_TAKEN_OVER, Lifetimes
 from agent.mqtt.tls import TlsOptions, configure_tls, connect_failure
 from agent.mqtt.topics import topic_matches
 
 log = logging.getLogger(__name__)
 
 QOS = 1  # DESIGN.md: QoS 1 throughout
-Payload = Union[bytes, str, Mapping[str, Any], Sequence[Any]]
 Handler = Callable[[str, bytes, bool], None]
 RejectHandler = Callable[[str, int], None]
-
-
-def encode(payload: Payload) -> bytes:
-    """bytes as they are, str as UTF-8, anything else as compact JSON."""
-    if isinstance(payload, (bytes, bytearray)):
-        return bytes(payload)
-    if isinstance(payload, str):
-        return payload.encode("utf-8")
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def _not_connected_noise(record: logging.LogRecord) -> bool:
@@ -131,6 +122,7 @@ class MqttClient:
         session_expiry: int = 3600,
         on_reject: RejectHandler | None = None,
         subscribe_qos: int = QOS,
+        on_taken_over: Callable[[str], None] | None = None,
     ) -> None:
         if not client_id:
             raise ValueError("client_id is required: a persistent session is keyed by it")
@@ -138,7 +130,8 @@ class MqttClient:
             raise ValueError("protocol must be 4 (MQTT 3.1.1) or 5 (MQTT 5)")
         self.host, self.port, self.keepalive, self.client_id = host, port, keepalive, client_id
         self.max_payload, self.protocol, self.session_expiry = max_payload, protocol, session_expiry
-        self.on_reject, self.subscribe_qos = on_reject, subscribe_qos  # 0: a sessionless viewer
+        # subscribe_qos 0: a sessionless viewer; on_taken_over(why): DISCONNECT 0x8E, final
+        self.on_reject, self.subscribe_qos, self.on_taken_over = on_reject, subscribe_qos, on_taken_over
         self.connected = threading.Event()
         self._lock = threading.RLock()
         self._handlers: dict[str, list[Handler]] = {}
@@ -148,6 +141,7 @@ class MqttClient:
         self._offline = encode(offline)
         self._started = False
         self._last_failure: str | None = None  # logged at WARNING once per distinct reason
+        self._lives = Lifetimes(f"{client_id!r} on {host}:{port}")
         self._client = self._new_paho(max_queued, reconnect_min, reconnect_max)
         if username is not None:
             self._client.username_pw_set(username, password)
@@ -336,6 +330,7 @@ class MqttClient:
             self._failed(f"the broker refused the connection: {reason}{hint}")
             return
         self._last_failure = None
+        self._lives.connected()
         with self._lock:
             # paho would re-send these after this callback returns, i.e. after our fresh sticky
             # values; take them back so the order is: sticky latest first, then the rest
@@ -359,10 +354,25 @@ class MqttClient:
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
+        if getattr(reason, "value", None) == SESSION_TAKEN_OVER and self._started:
+            self._taken_over(client)
+            return
+        if was_connected and self._started:
+            self._lives.dropped()
         if not was_connected:  # the end of a refused attempt, already logged with its reason
             log.debug("MQTT connection to %s:%d closed (%s)", self.host, self.port, reason)
         elif self._started:
             log.warning("MQTT disconnected from %s:%d (%s); reconnecting", self.host, self.port, reason)
+
+    def _taken_over(self, client: paho.Client) -> None:
+        """Another client connected with our client id. Reconnecting would throw it out in
+        turn, forever, each side logging a bare disconnect: stop here and say why."""
+        why = self._lives.duplicate("the broker says the session was taken over (MQTT reason 0x8E)")
+        log.error("%s; not reconnecting", why)
+        self._started = False
+        client.disconnect()  # from the network thread: ends paho's reconnect loop
+        if self.on_taken_over is not None:
+            self._call(self.on_taken_over, why)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         size = len(msg.payload)

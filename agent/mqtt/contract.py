@@ -9,11 +9,12 @@ silently in HA's log.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence, Union
 from urllib.parse import urlparse
 
 from agent import __version__
@@ -22,6 +23,17 @@ from agent.mqtt.topics import Topics, check_id
 from agent.ota.jobs import CANCELED, FAILED, IN_PROGRESS, QUEUED, REJECTED, SUCCEEDED
 
 log = logging.getLogger(__name__)
+
+Payload = Union[bytes, str, Mapping[str, Any], Sequence[Any]]
+
+
+def encode(payload: Payload) -> bytes:
+    """bytes as they are, str as UTF-8, anything else as compact JSON."""
+    if isinstance(payload, (bytes, bytearray)):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode("utf-8")
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 # The job store owns the statuses; the contract fixes their order on the wire (HA's enum options)
 JOB_STATUSES = (QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, REJECTED, CANCELED)
@@ -152,11 +164,13 @@ def discovery_payload(
     device_info: Mapping[str, Any],
     product: str,
     title: str | None = None,
+    agent_name: str | None = None,
 ) -> dict[str, Any]:
     """One Home Assistant device-discovery message (for `Topics.discovery(target)`, retained):
     an update entity, a job status sensor, an abort button and a job event entity. The
     device's `model_id` is the product (the state payload cannot carry it; `stm32ota fleet`
-    reads it from here), so device_info must not set its own."""
+    reads it from here), so device_info must not set its own. The device is named
+    "<target> on <agent_name>" (a person's name for the gateway; the agent id by default)."""
     t = Topics(base_topic, agent_id)
     oid = t.object_id(target_name)
     check_id("product", product)
@@ -170,7 +184,8 @@ def discovery_payload(
         "update_event": _event_entity(t, target_name),
     }
     return {
-        "device": {**_device(device_info, oid, f"{target_name} on {agent_id}"), "model_id": product},
+        "device": {**_device(device_info, oid, f"{target_name} on {agent_name or agent_id}"),
+                   "model_id": product},
         "origin": {"name": ORIGIN_NAME, "sw_version": __version__},
         "availability_topic": t.availability,
         "payload_available": AVAILABLE,
