@@ -13,6 +13,8 @@ survive broker outages needs, all at QoS 1:
   (`max_queued_messages_set`); on reconnect we take them back with `drop_out_messages()` and
   re-send them ourselves *after* the sticky ones, discarding stale copies of sticky topics, so
   an old retained state can never overwrite a newer one;
+- `subscribe_qos=0` for a viewer that keeps no session (the fleet view); `on_taken_over(why)`
+  when the broker says another client took the session over (0x8E: final, no reconnect);
 - inbound payloads over `max_payload` are dropped with a log line before any handler sees them;
 - a failed attempt says why (a CONNACK refusal such as a wrong password, a TLS certificate
   that does not verify, a refused TCP connection) at WARNING when the reason is new, and at
@@ -130,7 +132,6 @@ class MqttClient:
             raise ValueError("protocol must be 4 (MQTT 3.1.1) or 5 (MQTT 5)")
         self.host, self.port, self.keepalive, self.client_id = host, port, keepalive, client_id
         self.max_payload, self.protocol, self.session_expiry = max_payload, protocol, session_expiry
-        # subscribe_qos 0: a sessionless viewer; on_taken_over(why): DISCONNECT 0x8E, final
         self.on_reject, self.subscribe_qos, self.on_taken_over = on_reject, subscribe_qos, on_taken_over
         self.connected = threading.Event()
         self._lock = threading.RLock()
