@@ -101,7 +101,7 @@ class Service:
         self.topics = Topics(cfg.mqtt.base_topic, self.agent_id, cfg.mqtt.discovery_prefix)
         self.targets = {t.name: t for t in targets}
         self.store = StateStore(cfg.agent.state_dir)  # the service only reads it
-        self.jobs = JobStore(self.store, self._on_job)
+        self.jobs = JobStore(self.store, self._on_job, self._on_progress)
         keys = tuple(load_public_key(p) for p in cfg.trust.keys)
         d = cfg.trust.download
         policy = Policy(trusted_keys=keys, allow_unsigned=cfg.trust.allow_unsigned,
@@ -109,7 +109,8 @@ class Service:
                         cache_max=cfg.agent.cache_max, download_timeout=d.timeout,
                         download_retries=d.retries, download_backoff=d.backoff,
                         download_deadline=d.deadline, download_min_rate=d.min_rate,
-                        download_redirects=d.allow_redirects)
+                        download_redirects=d.allow_redirects,
+                        progress_interval=cfg.mqtt.progress_interval)
         self.updater = Updater(self.agent_id, targets, self.jobs, policy, devices=devices)
         self.client = (client_factory or self._make_client)()
         self.inbox: queue.Queue = queue.Queue(INBOX_SIZE)
@@ -309,6 +310,15 @@ class Service:
             self.client.publish(self.topics.job(name), doc)
         if event:
             self.client.publish(self.topics.events(name), ha.event_payload(doc))
+
+    def _on_progress(self, name: str, job: Job) -> None:
+        """Progress inside a phase (a worker thread): job and state, neither retained nor an
+        event; the retained copies keep the phase's start until the next phase or the end."""
+        with self._publish_lock:
+            if self._last_status.get(name) != (job.job_id, job.status):
+                return  # the job moved on (or was never announced): this percent is stale
+            self._publish_job(name, job, retain=False, event=False)
+            self.client.publish(self.topics.state(name), self.state_of(name, job))
 
     def _on_job(self, name: str, job: Job, retain: bool) -> None:
         """Job store callback (any thread): job, state, and an event on status changes.

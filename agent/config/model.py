@@ -91,6 +91,7 @@ class MqttConfig:
     keepalive: int  # seconds
     client_id: str
     reconnect_max: float  # seconds
+    progress_interval: float = 5.0  # seconds between progress messages inside a phase, at least
 
 
 @dataclass(frozen=True)

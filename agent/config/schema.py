@@ -170,6 +170,9 @@ MQTT = Table(
     Key("keepalive", Duration(lo=1, hi=65535, whole=True), "MQTT keepalive", "60s"),
     Key("client_id", Text(), "MQTT client id", default_doc="`stm32ota-<agent id>`"),
     Key("reconnect_max", Duration(lo=1), "longest wait between reconnect attempts", "60s"),
+    Key("progress_interval", Duration(lo=0), "progress inside a phase, not retained, at most "
+        "this often and only after another 10% of the job (phase changes and the result are "
+        "retained at once)", "5s"),
 )
 
 DOWNLOAD = Table(
