@@ -352,3 +352,28 @@ def test_session_taken_over_stops_reconnecting_and_tells_the_owner(broker: Any) 
     time.sleep(1.5)  # longer than reconnect_min: no reconnect
     assert not c.connected.is_set()
     c.stop()
+
+
+def test_a_kept_session_re_sends_only_the_birth_and_what_changed_while_away(
+    broker: Mosquitto, make_client, observers
+) -> None:
+    """The broker kept the session (and so the retained messages): a reconnect re-publishes
+    the birth (the will replaced it) and the sticky topics changed meanwhile, nothing else."""
+    import socket
+    c = make_client()
+    c.publish_sticky("t/gw/pump/state", {"v": 1})
+    c.publish_sticky("t/gw/pump/job", {"j": 1})
+    c.start()
+    assert c.wait_connected(WAIT)
+    obs = observers(broker.port, "t/gw/#")
+    assert {obs.next()[:2] for _ in range(3)} == {
+        (AVAIL, b"online"), ("t/gw/pump/state", b'{"v":1}'), ("t/gw/pump/job", b'{"j":1}')}
+    c._client.socket().shutdown(socket.SHUT_RDWR)  # the network drops; the broker lives on
+    assert _wait_cleared(c)
+    c.publish_sticky("t/gw/pump/job", {"j": 2})
+    assert c.wait_connected(WAIT)
+    seen = [obs.next()[:2] for _ in range(3)]
+    assert seen[0] == (AVAIL, b"offline")  # the will
+    assert set(seen[1:]) == {(AVAIL, b"online"), ("t/gw/pump/job", b'{"j":2}')}
+    with pytest.raises(queue.Empty):
+        obs.messages.get(timeout=1.0)  # state was not sent again

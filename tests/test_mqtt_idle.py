@@ -14,7 +14,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.mqtt import client as mqtt_client
-from agent.mqtt.client import IDLE_WAIT_MAX, MqttClient, idle_wait, tunable_loop
+from agent.mqtt.client import MqttClient, tunable_loop
+from agent.mqtt.timing import IDLE_WAIT_MAX, idle_wait
 from mosquitto import Mosquitto
 
 WAIT = 10.0

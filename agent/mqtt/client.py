@@ -8,7 +8,8 @@ survive broker outages needs, all at QoS 1:
   so QoS 1 commands sent while the agent was briefly away are still delivered;
 - on every (re)connect: re-subscribe everything (a restarted broker without persistence has
   forgotten all subscriptions), re-publish the latest "sticky" retained message of each topic
-  (availability, discovery, state, job) and then the other messages published while offline;
+  (availability, discovery, state, job) -- only the birth and those changed while away when
+  the broker kept the session -- and then the other messages published while offline;
 - a bounded offline queue: paho keeps QoS 1 messages published while disconnected
   (`max_queued_messages_set`); on reconnect we take them back with `drop_out_messages()` and
   re-send them ourselves *after* the sticky ones, discarding stale copies of sticky topics, so
@@ -42,6 +43,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.mqtt.contract import Payload, encode
 from agent.mqtt.takeover import SESSION_TAKEN_OVER, Lifetimes
+from agent.mqtt.timing import idle_wait
 from agent.mqtt.tls import TlsOptions, configure_tls, connect_failure
 from agent.mqtt.topics import topic_matches
 
@@ -59,17 +61,6 @@ def _not_connected_noise(record: logging.LogRecord) -> bool:
     if "Client is not connected" in record.getMessage():
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
     return True
-
-
-IDLE_WAIT_MAX = 60.0  # seconds; with keepalive 0 nothing else limits the network thread's wait
-
-
-def idle_wait(keepalive: float) -> float:
-    """How long paho's network thread may sleep in select(): a quarter of the keepalive in
-    force, so the PINGREQ leaves at most 1.25 keepalives after the last packet, well inside
-    the broker's 1.5 (MQTT 3.1.2.10). paho's own fixed 1 s woke an idle agent 60 times a
-    minute for a check that is due once a minute."""
-    return min(keepalive / 4, IDLE_WAIT_MAX) if keepalive > 0 else IDLE_WAIT_MAX
 
 
 class _Paho(paho.Client):
@@ -138,6 +129,7 @@ class MqttClient:
         self._handlers: dict[str, list[Handler]] = {}
         self._levels: dict[str, tuple[str, ...]] = {}  # topic filter -> its levels, split once
         self._sticky: dict[str, tuple[bytes, bool]] = {}
+        self._unsent: set[str] = set()  # sticky topics changed while disconnected
         self._will = will
         self._offline = encode(offline)
         self._started = False
@@ -247,7 +239,8 @@ class MqttClient:
             self._sticky[topic] = (data, retain)
             if self.connected.is_set():
                 self._send(topic, data, retain)
-            # while offline only the latest value matters; _on_connect sends it
+            else:  # only the latest value matters; _on_connect sends it
+                self._unsent.add(topic)
 
     def forget_sticky(self, topic: str, clear: bool = False) -> None:
         """Stop re-publishing `topic`; with clear=True also delete its retained message
@@ -338,8 +331,14 @@ class MqttClient:
             pending = client.drop_out_messages()
             for topic_filter in self._handlers:
                 self._subscribe(topic_filter)
+            # a kept session means the broker kept our retained messages too: send only what
+            # changed while away and the birth (the will replaced it), not all of them again
+            kept = bool(flags.session_present)
+            due = self._unsent | {m.topic for m in pending} | {self._will[0] if self._will else ""}
             for topic, (data, retain) in self._sticky.items():
-                self._send(topic, data, retain)
+                if not kept or topic in due:
+                    self._send(topic, data, retain)
+            self._unsent.clear()
             stale = 0
             for msg in pending:
                 if msg.topic in self._sticky:
@@ -347,10 +346,9 @@ class MqttClient:
                     continue
                 self._send(msg.topic, msg.payload, msg.retain)
             self.connected.set()
-        log.info(
-            "MQTT connected to %s:%d (session present: %s); %d subscriptions, %d sticky, %d queued re-sent",
-            self.host, self.port, flags.session_present, len(self._handlers), len(self._sticky), len(pending) - stale,
-        )
+        log.info("MQTT connected to %s:%d (session present: %s); %d subscriptions, %d sticky, "
+                 "%d queued re-sent", self.host, self.port, kept, len(self._handlers),
+                 len(self._sticky), len(pending) - stale)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         was_connected = self.connected.is_set()
