@@ -8,6 +8,7 @@ event per status change.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -17,6 +18,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from agent.mqtt import contract as ha
 from agent.mqtt.client import MqttClient
+from agent.mqtt.timing import spread_offset
 from agent.mqtt.tls import TlsOptions
 from agent.mqtt.topics import Topics
 from agent import systemd
@@ -59,17 +61,39 @@ def parse_command(payload: bytes) -> dict:
     if not isinstance(obj, dict):
         raise ImageRejected("a JSON command must be an object like {\"op\": \"install\"}",
                             code="bad_command")
-    unknown = sorted(set(obj) - {"op", "manifest"})
+    unknown = sorted(set(obj) - {"op", "manifest", "not_after", "spread"})
     if unknown:
         raise ImageRejected(f"unknown field(s) {', '.join(unknown)} in the command; "
-                            "allowed: op, manifest", code="unknown_field")
+                            "allowed: op, manifest, not_after, spread", code="unknown_field")
     if obj.get("op") not in COMMAND_OPS:
         raise ImageRejected(f"op must be one of {', '.join(COMMAND_OPS)}, not {obj.get('op')!r}",
                             code="bad_command")
     if "manifest" in obj and (obj["op"] != "install" or not isinstance(obj["manifest"], dict)):
         raise ImageRejected("manifest goes with op install and must be a JSON object",
                             code="bad_command")
+    _check_timing(obj)
     return obj
+
+
+def _check_timing(obj: dict) -> None:
+    """`not_after` (RFC 3339 UTC, e.g. 2026-03-01T12:00:00Z): refuse the command after it;
+    `spread` (seconds, 0-86400): start a group/fleet install at a per-target offset within it."""
+    if "not_after" in obj:
+        try:
+            obj["not_after"] = datetime.fromisoformat(obj["not_after"].replace("Z", "+00:00"))
+            if obj["not_after"].utcoffset() is None:  # cannot be compared with the clock
+                raise ValueError("no time zone")
+        except (AttributeError, TypeError, ValueError):
+            raise ImageRejected(f"not_after must be a UTC time like 2026-03-01T12:00:00Z, not "
+                                f"{obj['not_after']!r}", code="bad_command") from None
+        if obj["not_after"] < datetime.now(timezone.utc):
+            raise ImageRejected(f"the command expired at {ha.rfc3339(obj['not_after'])} (its "
+                                "not_after; a gateway that was offline, or a clock that is "
+                                "ahead); send it again", code="command_expired")
+    spread = obj.get("spread", 0)
+    if isinstance(spread, bool) or not isinstance(spread, (int, float)) or not 0 <= spread <= 86400:
+        raise ImageRejected(f"spread must be a number of seconds from 0 to 86400, not {spread!r}",
+                            code="bad_command")
 
 
 @dataclass(frozen=True)
@@ -119,6 +143,7 @@ class Service:
         self._last_status: dict[str, tuple[str, str]] = {}
         self._publish_lock = threading.Lock()
         self._fault: Optional[Stm32OtaError] = None  # why run_forever() must end
+        self._spread: dict[str, threading.Timer] = {}  # target -> its spread-out install
 
     def _make_client(self) -> MqttClient:
         m = self.cfg.mqtt
@@ -130,7 +155,8 @@ class Service:
                           password=m.password.resolve(), tls=tls, keepalive=m.keepalive,
                           will=(self.topics.availability, "offline", True),
                           reconnect_max=m.reconnect_max, max_payload=MAX_COMMAND_BYTES,
-                          on_reject=self._on_oversize, on_taken_over=self._on_taken_over)
+                          on_reject=self._on_oversize, on_taken_over=self._on_taken_over,
+                          jitter=m.jitter)
 
     # ----- start / stop ----------------------------------------------------------------------
 
@@ -179,6 +205,8 @@ class Service:
         """Stop workers (an interrupted flash resumes at the next start), then MQTT."""
         systemd.notify("STOPPING=1")
         self._stop.set()
+        for timer in list(self._spread.values()):
+            timer.cancel()
         self.updater.stop()
         self.inbox.put(None)
         self.client.stop()
@@ -202,7 +230,7 @@ class Service:
             if item is None:
                 return
             try:
-                self.handle(*item)
+                item() if callable(item) else self.handle(*item)
             except Exception:  # a bug in one message must not stop the next ones
                 log.exception("error handling a message on %s", item[0])
 
@@ -222,6 +250,10 @@ class Service:
         else:
             return
         names = [n for n in names if n in self.targets]
+        for name in names:  # a new command for a target replaces its spread-out install
+            pending = self._spread.pop(name, None)
+            if pending is not None:
+                pending.cancel()
         if retained:
             log.warning("ignoring a retained command on %s: commands must not be retained", topic)
             return
@@ -241,7 +273,22 @@ class Service:
                 else:
                     self.publish_state(name, None)
             return
+        if cmd["op"] == "install" and not direct and cmd.get("spread"):
+            self._spread_out(names, cmd)
+            return
         self.updater.handle_command(names, cmd, direct=direct)
+
+    def _spread_out(self, names: list[str], cmd: dict) -> None:
+        """A group/fleet install with a spread: each target starts at its own fixed offset in
+        the window, so 100,000 gateways do not download in the same second."""
+        for name in names:
+            delay = spread_offset(self.agent_id, name, cmd["spread"])
+            log.info("%s: install starts in %.0f s (spread %g s)", name, delay, cmd["spread"])
+            start = functools.partial(self.updater.handle_command, [name], cmd, direct=False)
+            timer = threading.Timer(delay, self.inbox.put, (start,))  # run by the dispatcher
+            timer.daemon = True
+            self._spread[name] = timer
+            timer.start()
 
     def _release(self, product: str, payload: bytes) -> None:
         if not payload:  # a cleared retained release

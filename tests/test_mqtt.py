@@ -319,7 +319,7 @@ def test_topic_matches_agrees_with_paho_on_every_wildcard_case() -> None:
 
 
 def test_young_dropped_connections_in_a_row_are_named_as_a_duplicate_client_id(caplog: Any) -> None:
-    from agent.mqtt.takeover import SHORT_LIVED, TAKEOVER_STREAK, Lifetimes
+    from agent.mqtt.health import SHORT_LIVED, TAKEOVER_STREAK, Lifetimes
     now = [0.0]
     lives = Lifetimes("'stm32ota-gw' on h:1", clock=lambda: now[0])
     for _ in range(TAKEOVER_STREAK - 1):
@@ -377,3 +377,26 @@ def test_a_kept_session_re_sends_only_the_birth_and_what_changed_while_away(
     assert set(seen[1:]) == {(AVAIL, b"online"), ("t/gw/pump/job", b'{"j":2}')}
     with pytest.raises(queue.Empty):
         obs.messages.get(timeout=1.0)  # state was not sent again
+
+
+def test_reconnect_and_the_answer_to_home_assistant_wait_for_their_jitter(
+    broker: Mosquitto, make_client, observers
+) -> None:
+    """jitter 2 s with a fixed random source of 0.5: the first retry after a lost connection
+    waits reconnect_min + 1 s, and the re-send after HA's `online` 1 s."""
+    import socket
+    c = make_client(jitter=2.0, rng=lambda: 0.5)
+    c.on_ha_birth("ha")
+    c.publish_sticky("t/gw/pump/state", {"v": 1})
+    c.start()
+    assert c.wait_connected(WAIT)
+    obs = observers(broker.port, "t/gw/pump/state")
+    assert obs.next()[1] == b'{"v":1}'
+    lost = time.monotonic()
+    c._client.socket().shutdown(socket.SHUT_RDWR)
+    assert _wait_cleared(c) and c.wait_connected(WAIT)
+    assert time.monotonic() - lost >= 0.1 + 1.0
+    obs.publish("ha/status", "online")
+    asked = time.monotonic()
+    assert obs.next("t/gw/pump/state")[1] == b'{"v":1}'
+    assert time.monotonic() - asked >= 1.0

@@ -18,6 +18,8 @@ _.on_message
 _.userdata
 # an MQTT 5 CONNECT property: paho's Properties.pack() reads it
 _.SessionExpiryInterval
+# an MQTT 5 PUBLISH property (publish_wait's expiry): packed the same way
+_.MessageExpiryInterval
 # http.server calls log_message on the handler and socketserver reads daemon_threads
 _.log_message
 _.daemon_threads

@@ -7,10 +7,12 @@ import argparse
 import logging
 import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Callable, Optional
 
 from agent.config import load
 from agent.config.targets import flasher_target
+from agent.config.values import INVALID, Context, Duration
 from agent.errors import UsageError
 from agent.flasher.target import I2cSettings, LinkSettings, PinsSettings, Target, UartSettings
 from agent.mqtt.tls import TlsOptions
@@ -48,6 +50,15 @@ def int_auto(text: str) -> int:
         return int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number (use 0x08000000 or 134217728)")
+
+
+def duration_arg(text: str) -> float:
+    """A duration as config.yaml writes them (30s, 10m, 1h30m) in seconds, 0 or more."""
+    ctx = Context(base=Path("."))
+    seconds = Duration(lo=0)(text, "duration", ctx)
+    if seconds is INVALID:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 10m or 1h)")
+    return float(seconds)
 
 
 def baud_arg(text: str) -> int | str:

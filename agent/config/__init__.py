@@ -98,7 +98,8 @@ def _build_mqtt(m: dict[str, Any], agent_id: str) -> MqttConfig:
         password=_secret(m, "password", "mqtt.password"), tls=tls,
         base_topic=m["base_topic"], discovery_prefix=m["discovery_prefix"],
         keepalive=m["keepalive"], client_id=m["client_id"] or f"stm32ota-{agent_id}",
-        reconnect_max=m["reconnect_max"], progress_interval=m["progress_interval"])
+        reconnect_max=m["reconnect_max"], progress_interval=m["progress_interval"],
+        jitter=m["jitter"])
 
 
 def _build_pins(p: dict[str, Any]) -> PinsConfig:

@@ -92,6 +92,7 @@ class MqttConfig:
     client_id: str
     reconnect_max: float  # seconds
     progress_interval: float = 5.0  # seconds between progress messages inside a phase, at least
+    jitter: float = 5.0  # seconds: bound of the random delay before a reconnect / HA re-send
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,9 @@ MQTT = Table(
     Key("progress_interval", Duration(lo=0), "progress inside a phase, not retained, at most "
         "this often and only after another 10% of the job (phase changes and the result are "
         "retained at once)", "5s"),
+    Key("jitter", Duration(lo=0, hi=3600), "wait a random time up to this before reconnecting "
+        "after a lost connection and before answering Home Assistant's `online`, so a fleet "
+        "does not come back in one second (raise it for large fleets)", "5s"),
 )
 
 DOWNLOAD = Table(

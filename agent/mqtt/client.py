@@ -10,16 +10,14 @@ survive broker outages needs, all at QoS 1:
   forgotten all subscriptions), re-publish the latest "sticky" retained message of each topic
   (availability, discovery, state, job) -- only the birth and those changed while away when
   the broker kept the session -- and then the other messages published while offline;
-- a bounded offline queue: paho keeps QoS 1 messages published while disconnected
-  (`max_queued_messages_set`); on reconnect we take them back with `drop_out_messages()` and
-  re-send them ourselves *after* the sticky ones, discarding stale copies of sticky topics, so
-  an old retained state can never overwrite a newer one;
+- a bounded offline queue (paho's); on reconnect we take it back (`drop_out_messages()`) and
+  re-send it *after* the sticky ones, minus stale copies of sticky topics;
 - `subscribe_qos=0` for a viewer that keeps no session (the fleet view); `on_taken_over(why)`
   when the broker says another client took the session over (0x8E: final, no reconnect);
+  `jitter`: a random delay up to that bound before reconnecting and answering HA's birth;
 - inbound payloads over `max_payload` are dropped with a log line before any handler sees them;
-- a failed attempt says why (a CONNACK refusal such as a wrong password, a TLS certificate
-  that does not verify, a refused TCP connection) at WARNING when the reason is new, and at
-  DEBUG while the same reason repeats; paho keeps retrying with its back-off in both cases.
+- a failed attempt says why (wrong password, TLS certificate, refused TCP connection) at
+  WARNING when the reason is new, DEBUG while it repeats; paho keeps retrying either way.
 
 Threading: message handlers and the birth callback run on paho's network thread. They must
 only parse and enqueue (never download, flash, sleep or wait for a publish there); calling
@@ -31,6 +29,7 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
+import random
 import threading
 from typing import Any, Callable
 
@@ -42,8 +41,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.mqtt.contract import Payload, encode
-from agent.mqtt.takeover import SESSION_TAKEN_OVER, Lifetimes
-from agent.mqtt.timing import idle_wait
+from agent.mqtt.health import SESSION_TAKEN_OVER, Lifetimes, not_connected_noise
+from agent.mqtt.timing import idle_wait, jitter
 from agent.mqtt.tls import TlsOptions, configure_tls, connect_failure
 from agent.mqtt.topics import topic_matches
 
@@ -52,15 +51,6 @@ log = logging.getLogger(__name__)
 QOS = 1  # DESIGN.md: QoS 1 throughout
 Handler = Callable[[str, bytes, bool], None]
 RejectHandler = Callable[[str, int], None]
-
-
-def _not_connected_noise(record: logging.LogRecord) -> bool:
-    """paho 2.2's loop thread logs "Client is not connected" at ERROR when the socket closes
-    under it (a clean stop, or a broker that drops the connection before the reconnect): it is
-    what the disconnect callback already reports, so keep it for debug logs only."""
-    if "Client is not connected" in record.getMessage():
-        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-    return True
 
 
 class _Paho(paho.Client):
@@ -116,6 +106,8 @@ class MqttClient:
         on_reject: RejectHandler | None = None,
         subscribe_qos: int = QOS,
         on_taken_over: Callable[[str], None] | None = None,
+        jitter: float = 0.0,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         if not client_id:
             raise ValueError("client_id is required: a persistent session is keyed by it")
@@ -131,9 +123,9 @@ class MqttClient:
         self._sticky: dict[str, tuple[bytes, bool]] = {}
         self._unsent: set[str] = set()  # sticky topics changed while disconnected
         self._will = will
-        self._offline = encode(offline)
-        self._started = False
+        self._offline, self._started = encode(offline), False
         self._last_failure: str | None = None  # logged at WARNING once per distinct reason
+        self.jitter, self._rng = jitter, rng  # bound of the random delays, see timing.jitter
         self._lives = Lifetimes(f"{client_id!r} on {host}:{port}")
         self._client = self._new_paho(max_queued, reconnect_min, reconnect_max)
         if username is not None:
@@ -141,10 +133,12 @@ class MqttClient:
         if tls is not None:
             configure_tls(self._client, tls)
         if will is not None:
-            topic, _, retain = will
-            self._client.will_set(topic, self._offline, qos=QOS, retain=retain)
-            # the birth is the first sticky message, so it is re-sent first on every connect
-            self._sticky[topic] = (encode(birth), retain)
+            self._set_will(will[0], will[2], birth)
+
+    def _set_will(self, topic: str, retain: bool, birth: Payload) -> None:
+        """The will, and the birth as the first sticky message (re-sent first on connect)."""
+        self._client.will_set(topic, self._offline, qos=QOS, retain=retain)
+        self._sticky[topic] = (encode(birth), retain)
 
     def _new_paho(self, max_queued: int, reconnect_min: float, reconnect_max: float) -> paho.Client:
         """paho's client with our logging, offline queue, back-off and callbacks."""
@@ -158,18 +152,17 @@ class MqttClient:
                       "wakes every second", paho_version)
             client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, **kwargs)
         paho_log = logging.getLogger(__name__ + ".paho")
-        if _not_connected_noise not in paho_log.filters:
-            paho_log.addFilter(_not_connected_noise)
+        if not_connected_noise not in paho_log.filters:
+            paho_log.addFilter(not_connected_noise)
         client.enable_logger(paho_log)
         client.max_queued_messages_set(max_queued)
         client.reconnect_delay_set(reconnect_min, reconnect_max)  # type: ignore[arg-type]
+        self._backoff = (reconnect_min, reconnect_max)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
-
-    # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
         """Connect in the background and keep reconnecting until stop()."""
@@ -207,22 +200,19 @@ class MqttClient:
     def publish(self, topic: str, payload: Payload, retain: bool = False) -> bool:
         """Queue a QoS 1 message; never blocks. Returns False if the offline queue is full
         and the message was dropped. While disconnected the message waits for the reconnect."""
-        data = encode(payload)
         with self._lock:
-            rc = self._client.publish(topic, data, qos=QOS, retain=retain).rc
-        if rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            log.warning("MQTT offline queue full: dropped %d bytes for %s", len(data), topic)
-            return False
-        if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            log.warning("MQTT publish to %s failed: %s", topic, paho.error_string(rc))
-            return False
-        return True
+            return self._send(topic, encode(payload), retain)
 
     def publish_wait(self, topic: str, payload: Payload, retain: bool = False,
-                     timeout: float = 10.0) -> bool:
-        """Publish and wait until the broker acknowledged it (for one-shot tools); True if it did."""
+                     timeout: float = 10.0, expiry: int | None = None) -> bool:
+        """Publish and wait until the broker acknowledged it (for one-shot tools); True if it
+        did. `expiry` s (MQTT 5): the broker drops it from a session still offline by then."""
+        props = Properties(PacketTypes.PUBLISH) if expiry is not None and self.protocol == 5 else None
+        if props is not None:
+            props.MessageExpiryInterval = expiry
         with self._lock:
-            info = self._client.publish(topic, encode(payload), qos=QOS, retain=retain)
+            info = self._client.publish(topic, encode(payload), qos=QOS, retain=retain,
+                                        properties=props)
         try:
             info.wait_for_publish(timeout)
         except (RuntimeError, ValueError) as exc:
@@ -257,10 +247,16 @@ class MqttClient:
                 for topic, (data, retain) in self._sticky.items():
                     self._send(topic, data, retain)
 
-    def _send(self, topic: str, data: bytes, retain: bool) -> None:
+    def _send(self, topic: str, data: bytes, retain: bool) -> bool:
+        """Queue one message with paho; False (and a log line) if it was dropped."""
         rc = self._client.publish(topic, data, qos=QOS, retain=retain).rc
-        if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+        if rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            log.warning("MQTT offline queue full: dropped %d bytes for %s", len(data), topic)
+        elif rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.warning("MQTT publish to %s failed: %s", topic, paho.error_string(rc))
+        else:
+            return True
+        return False
 
     # --- inbound --------------------------------------------------------------------------
 
@@ -287,9 +283,12 @@ class MqttClient:
         action = callback if callback is not None else self.republish_sticky
 
         def birth(topic: str, payload: bytes, retained: bool) -> None:
-            if payload.strip() == b"online":
-                log.info("Home Assistant is online: re-sending discovery and state")
-                action()
+            if payload.strip() == b"online":  # every gateway hears it at once: jitter
+                delay = jitter(self.jitter, self._rng)
+                log.info("Home Assistant is online: re-sending discovery and state in %.1f s", delay)
+                timer = threading.Timer(delay, action)
+                timer.daemon = True
+                timer.start()
 
         self.subscribe(f"{discovery_prefix}/status", birth)
 
@@ -358,14 +357,16 @@ class MqttClient:
             return
         if was_connected and self._started:
             self._lives.dropped()
+            # the first retry waits reconnect_min + jitter: not every gateway in the same second
+            client.reconnect_delay_set(self._backoff[0] + jitter(self.jitter, self._rng),
+                                       self._backoff[1])  # type: ignore[arg-type]
         if not was_connected:  # the end of a refused attempt, already logged with its reason
             log.debug("MQTT connection to %s:%d closed (%s)", self.host, self.port, reason)
         elif self._started:
             log.warning("MQTT disconnected from %s:%d (%s); reconnecting", self.host, self.port, reason)
 
     def _taken_over(self, client: paho.Client) -> None:
-        """Another client connected with our client id. Reconnecting would throw it out in
-        turn, forever, each side logging a bare disconnect: stop here and say why."""
+        """Another client took our client id: reconnecting would throw it out in turn, forever."""
         why = self._lives.duplicate("the broker says the session was taken over (MQTT reason 0x8E)")
         log.error("%s; not reconnecting", why)
         self._started = False

@@ -1,4 +1,5 @@
-"""Two MQTT clients with one client id: tell a person, instead of a bare disconnect forever.
+"""What the MQTT client says about its connection: two clients with one client id (tell a
+person, instead of a bare disconnect forever), and paho's own noise.
 
 A broker that accepts a second connection with a client id closes the first, and an MQTT 5
 broker sends it DISCONNECT reason 0x8E "Session taken over" first (MQTT 5 3.1.4-3, 3.14.2.1),
@@ -47,3 +48,12 @@ class Lifetimes:
         log.error("%s", self.duplicate(f"the broker closed {TAKEOVER_STREAK} connections in a "
                                        f"row within {SHORT_LIVED:g} s of accepting them"))
         return True
+
+
+def not_connected_noise(record: logging.LogRecord) -> bool:
+    """paho 2.2's loop thread logs "Client is not connected" at ERROR when the socket closes
+    under it (a clean stop, or a broker that drops the connection before the reconnect): it is
+    what the disconnect callback already reports, so keep it for debug logs only."""
+    if "Client is not connected" in record.getMessage():
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+    return True
