@@ -144,7 +144,7 @@ class MqttClient:
         """paho's client with our logging, offline queue, back-off and callbacks."""
         kwargs: dict[str, Any] = {"protocol": paho.MQTTv5 if self.protocol == 5 else paho.MQTTv311}
         if self.protocol == 4:
-            kwargs["clean_session"] = False
+            kwargs["clean_session"] = self.session_expiry == 0  # 3.1.1 has no expiry: keep or not
         if tunable_loop():
             client: paho.Client = _Paho(CallbackAPIVersion.VERSION2, client_id=self.client_id, **kwargs)
         else:

@@ -30,9 +30,11 @@ log = logging.getLogger(__name__)
 MAX_PAYLOAD = 64 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass
 class FleetRow:
-    """What is known about one target; None where nothing was published (yet)."""
+    """What is known about one target; None where nothing was published (yet). Fleet changes
+    its own rows in place (a copy per message cost more than the rest of the read); what
+    snapshot() and drain() return are copies."""
 
     agent: str
     target: str
@@ -198,27 +200,29 @@ class Fleet:
         self._dirty_agents.add(agent)
         return True
 
-    def _row(self, agent: str, target: str) -> FleetRow:
-        return self.rows.get((agent, target)) or FleetRow(agent, target)
-
-    def _set(self, row: FleetRow) -> bool:
-        """Store one row; keep the tally and the change list in step. True if it changed."""
-        old = self.rows.get(row.key)
-        if old == row:
+    def _update(self, key: tuple[str, str], values: dict[str, Any]) -> bool:
+        """Set some columns of one row; keep the tally and the change list in step. True if
+        it changed (a new row always does)."""
+        row = self.rows.get(key)
+        if row is None:
+            row = self.rows[key] = FleetRow(*key)
+            self._by_agent.setdefault(key[0], set()).add(key)
+        elif all(getattr(row, k) == v for k, v in values.items()):
             return False
-        self.rows[row.key] = row
-        self._by_agent.setdefault(row.agent, set()).add(row.key)
-        self._dirty.add(row.key)
+        elif self.tally is not None:
+            self.tally.count(row, -1)
+        for k, v in values.items():
+            setattr(row, k, v)
         if self.tally is not None:
-            self.tally.count(old, -1)
             self.tally.count(row, 1)
+        self._dirty.add(key)
         return True
 
     def _discovery(self, topic: str, payload: bytes) -> bool:
         known = self.discovered
         if not payload:  # discovery cleared: the target was removed from its agent's config
             key = known.pop(topic, None)
-            return key in self.rows and self._set(replace(self.rows[key], product=None))
+            return key in self.rows and self._update(key, {"product": None})
         doc = _json(payload)
         comps = (doc or {}).get("components") or {}
         states = [c.get("state_topic") for c in comps.values()
@@ -230,7 +234,7 @@ class Fleet:
         device = doc.get("device") if isinstance(doc.get("device"), dict) else {}
         key = (where["agent"], where["target"])
         known[topic] = key
-        return self._set(replace(self._row(*key), product=_str(device.get("model_id"))))
+        return self._update(key, {"product": _str(device.get("model_id"))})
 
     def _state(self, agent: str, target: str, payload: bytes) -> bool:
         doc = _json(payload)
@@ -238,21 +242,21 @@ class Fleet:
             if payload:
                 log.warning("state of %s/%s is not a JSON object", agent, target)
             return False
-        return self._set(replace(
-            self._row(agent, target), installed=_str(doc.get("installed_version")),
-            latest=_str(doc.get("latest_version")),
-            in_progress=doc.get("in_progress") if isinstance(doc.get("in_progress"), bool) else None))
+        progress = doc.get("in_progress")
+        return self._update((agent, target), {
+            "installed": _str(doc.get("installed_version")), "latest": _str(doc.get("latest_version")),
+            "in_progress": progress if isinstance(progress, bool) else None})
 
     def _job(self, agent: str, target: str, payload: bytes) -> bool:
         doc = _json(payload)
         if doc is None:
             return False
         err = doc.get("error") if isinstance(doc.get("error"), dict) else {}
-        return self._set(replace(
-            self._row(agent, target), job_id=_str(doc.get("job_id")), status=_str(doc.get("status")),
-            phase=_str(doc.get("phase")), percent=_num(doc.get("percent")),
-            error_code=_str(err.get("code")), error_message=_str(err.get("message")),
-            updated_at=_str(doc.get("updated_at"))))
+        return self._update((agent, target), {
+            "job_id": _str(doc.get("job_id")), "status": _str(doc.get("status")),
+            "phase": _str(doc.get("phase")), "percent": _num(doc.get("percent")),
+            "error_code": _str(err.get("code")), "error_message": _str(err.get("message")),
+            "updated_at": _str(doc.get("updated_at"))})
 
 
 def changes(before: Iterable[FleetRow], after: Iterable[FleetRow]) -> list[str]:

@@ -32,11 +32,11 @@ class Watcher:
         self._cond = threading.Condition()
         self._last = time.monotonic()
         self._changes = 0
-        self._synced = False
+        self._synced = threading.Event()  # apart from _cond: settle() must not wake per message
         client_id = f"stm32ota-fleet-{os.getpid()}-{id(self):x}"
         self.marker = f"{fleet.base}/viewer/{client_id}/sync"
         self.client = client_factory(client_id=client_id, session_expiry=0,
-                                     max_payload=MAX_PAYLOAD, subscribe_qos=0)
+                                     max_payload=MAX_PAYLOAD, subscribe_qos=0, protocol=4)
 
     def start(self, connect_timeout: float = 10.0) -> bool:
         """Subscribe and connect; False if the broker did not answer in time."""
@@ -64,23 +64,21 @@ class Watcher:
                 self._cond.notify_all()
 
     def _marked(self, topic: str, payload: bytes, retained: bool) -> None:
-        with self._cond:
-            self._synced = True
-            self._cond.notify_all()
+        self._synced.set()
 
     def settle(self, quiet: float, longest: float) -> bool:
         """Wait until every retained message has arrived: True once the marker is back.
         Without it, False after `quiet` s without a message or `longest` s in all: the view
         may then be partial."""
         deadline = time.monotonic() + longest
-        with self._cond:
-            while not self._synced:
-                now = time.monotonic()
+        while not self._synced.is_set():
+            with self._cond:
                 wake = min(self._last + quiet, deadline)
-                if now >= wake:
-                    return False
-                self._cond.wait(wake - now)
-            return True
+            now = time.monotonic()
+            if now >= wake:
+                return False
+            self._synced.wait(wake - now)
+        return True
 
     @property
     def changes(self) -> int:
