@@ -118,14 +118,24 @@ class Counter:
 # ----- 1. the fleet view alone ---------------------------------------------------------------
 
 
-def synthetic(port: int, targets: int, version: str) -> None:
-    """Retained discovery, availability and state of `targets` targets, two per agent."""
-    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="synthetic", protocol=paho.MQTTv5)
+def publisher(port: int, name: str) -> paho.Client:
+    """A plain paho client for the synthetic fleet."""
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=paho.MQTTv5)
     pub.connect("127.0.0.1", port)
     pub.loop_start()
-    state = json.dumps(ha.state_payload(installed_version=version, latest_version=version,
-                                        title="t", release_summary="", release_url=None,
-                                        in_progress=False, update_percentage=None))
+    return pub
+
+
+def state_of(version: str) -> str:
+    """A target's state payload, installed and latest `version`."""
+    return json.dumps(ha.state_payload(installed_version=version, latest_version=version,
+                                       title="t", release_summary="", release_url=None,
+                                       in_progress=False, update_percentage=None))
+
+
+def synthetic(port: int, targets: int, version: str) -> None:
+    """Retained discovery, availability and state of `targets` targets, two per agent."""
+    pub, state = publisher(port, "synthetic"), state_of(version)
     for i in range(0, targets, 2):
         agent = f"gw{i // 2:05d}"
         t = Topics(BASE, agent)
@@ -141,12 +151,7 @@ def synthetic(port: int, targets: int, version: str) -> None:
 
 def paced_updates(port: int, targets: int, version: str, rate: float) -> float:
     """Every target reports `version`, at `rate` messages/s; returns when the last one left."""
-    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="updates", protocol=paho.MQTTv5)
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    state = json.dumps(ha.state_payload(installed_version=version, latest_version=version,
-                                        title="t", release_summary="", release_url=None,
-                                        in_progress=False, update_percentage=None))
+    pub, state = publisher(port, "updates"), state_of(version)
     start = time.monotonic()
     for i in range(targets):
         pub.publish(Topics(BASE, f"gw{i // 2:05d}").state(f"t{i % 2}"), state, qos=0, retain=True)
