@@ -315,3 +315,20 @@ def test_run_loads_neither_the_flash_commands_nor_the_fleet_view_nor_the_simulat
                   "agent.sim", "agent.demo", "agent.cli.release"):
         assert f"'{heavy}'" not in loaded, heavy
     assert "'agent.cli.agent'" in loaded
+
+
+def test_every_handler_module_is_in_the_lazy_registry() -> None:
+    """A subcommand whose module is missing from options.MODULES would never be loaded."""
+    import importlib
+    import pkgutil
+
+    import agent.cli
+    from agent.cli.options import MODULES, PARSERS
+    for info in pkgutil.iter_modules(agent.cli.__path__):
+        if info.name == "options":
+            continue
+        module = importlib.import_module(f"agent.cli.{info.name}")
+        for name, (_, setup) in PARSERS.items():
+            if setup.__module__ == module.__name__:
+                assert MODULES.get(name) == info.name, f"add {name!r}: {info.name!r} to MODULES"
+    assert set(PARSERS) == set(MODULES)
