@@ -44,7 +44,7 @@ from agent.mqtt.contract import Payload, encode
 from agent.mqtt.health import SESSION_TAKEN_OVER, Lifetimes, not_connected_noise
 from agent.mqtt.timing import idle_wait, jitter
 from agent.mqtt.tls import TlsOptions, configure_tls, connect_failure
-from agent.mqtt.topics import topic_matches
+from agent.mqtt.topics import levels_match
 
 log = logging.getLogger(__name__)
 
@@ -383,8 +383,9 @@ class MqttClient:
                 self._call(self.on_reject, msg.topic, size)
             return
         with self._lock:
+            parts = msg.topic.split("/")
             handlers = [h for f, hs in self._handlers.items()
-                        if topic_matches(self._levels[f], msg.topic) for h in hs]
+                        if levels_match(self._levels[f], parts) for h in hs]
         if not handlers:
             log.debug("MQTT message on %s matches no handler", msg.topic)
         for handler in handlers:

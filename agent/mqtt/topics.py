@@ -151,11 +151,11 @@ def route_topic(base: str, topic: str) -> tuple[str, dict[str, str]]:
     return "unknown", {}
 
 
-def topic_matches(levels: Sequence[str], topic: str) -> bool:
-    """True if `topic` matches a filter given as its levels (MQTT 5 4.7: `+` one level, `#`
-    the rest including the parent; a `$` topic is not matched by a leading wildcard). paho's
-    topic_matches_sub builds a matcher per call: half of a 20,000-target retained read."""
-    parts = topic.split("/")
+def levels_match(levels: Sequence[str], parts: Sequence[str]) -> bool:
+    """True if a topic, given as its levels (split once per message), matches a filter given
+    as its levels (MQTT 5 4.7: `+` one level, `#` the rest including the parent; a `$` topic
+    is not matched by a leading wildcard). paho's topic_matches_sub builds a matcher per
+    call: half of a 20,000-target retained read."""
     if parts[0].startswith("$") and levels[0] in ("+", "#"):
         return False
     for i, level in enumerate(levels):
