@@ -9,12 +9,12 @@ STAMP := $(VENV)/.installed
 LOWEST_VENV ?= .venv-lowest
 LOWEST_STAMP := $(LOWEST_VENV)/.installed
 
-.PHONY: demo test test-lowest bench reliability venv sysdeps clean
+.PHONY: demo test test-lowest dist dist-check bench reliability venv sysdeps clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,demo,gpiod]'
+	$(BIN)/python -m pip install -q -e '.[test,demo,gpiod,dist]'
 	touch $@
 
 $(LOWEST_STAMP): setup.cfg pyproject.toml constraints-lowest.txt
@@ -38,6 +38,17 @@ test: $(STAMP) sysdeps
 test-lowest: $(LOWEST_STAMP) sysdeps
 	$(LOWEST_VENV)/bin/python -m pytest -q $(ARGS)
 
+# The sdist and the wheel in dist/, built as pip would (an isolated PEP 517 build).
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+
+# What CI checks after the tests: both archives hold what they should and nothing else, and
+# the wheel, installed into a fresh venv away from this checkout, runs `--version` and
+# `demo --fast` (scripts/dist-check says what it looks at).
+dist-check: dist sysdeps
+	$(BIN)/python scripts/dist-check dist
+
 bench: $(STAMP) sysdeps
 	$(BIN)/python bench/flash.py $(ARGS)
 
@@ -46,4 +57,4 @@ reliability: $(STAMP)
 	$(BIN)/python bench/reliability.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(LOWEST_VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LOWEST_VENV) build dist *.egg-info .pytest_cache

@@ -10,102 +10,33 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
 import threading
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Optional
 
 from agent.mqtt import contract as ha
 from agent.mqtt.client import MqttClient
+from agent.mqtt.commands import MAX_COMMAND_BYTES, Dropped, parse_command
+from agent.mqtt.inbox import Inbox
 from agent.mqtt.timing import spread_offset
 from agent.mqtt.tls import TlsOptions
 from agent.mqtt.topics import Topics
 from agent import systemd
 from agent.ota.checks import compare_versions
-from agent.ota.manifest import strict_json
 from agent.config import Config
-from agent.errors import ImageRejected, SessionTakenOver, Stm32OtaError
+from agent.errors import SessionTakenOver, Stm32OtaError
 from agent.flasher.target import Devices
 from agent.ota.jobs import IN_PROGRESS, QUEUED, TERMINAL, Job, JobStore, StateStore
 from agent.ota.keys import load_public_key
 from agent.ota.pipeline import FlashTarget, Policy
+from agent.ota.ratelimit import RateLimit
 from agent.ota.updater import Updater
 
 log = logging.getLogger(__name__)
 
-COMMAND_OPS = ("install", "abort", "check")
-MAX_COMMAND_BYTES = 32 * 1024
-INBOX_SIZE = 256
+INBOX_SIZE = 256  # messages on shared topics; as many again are kept for own commands
+COMMAND_KINDS = ("cmd", "group_cmd", "fleet_cmd")
 UNKNOWN_VERSION = "unknown"
-
-
-def parse_command(payload: bytes) -> dict:
-    """`install` / `abort` / `check`, or JSON {"op": ..., "manifest": {...}}; strict."""
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise ImageRejected(f"command of {len(payload)} bytes is larger than "
-                            f"{MAX_COMMAND_BYTES}", code="too_large")
-    try:
-        text = payload.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ImageRejected("command is not UTF-8 text", code="bad_command") from None
-    if text in COMMAND_OPS:
-        return {"op": text}
-    try:
-        obj = strict_json(text, "command")
-    except ValueError as err:
-        if isinstance(err, ImageRejected):
-            raise
-        raise ImageRejected(f"command is neither one of {', '.join(COMMAND_OPS)} nor JSON: "
-                            f"{err}", code="bad_command") from None
-    if not isinstance(obj, dict):
-        raise ImageRejected("a JSON command must be an object like {\"op\": \"install\"}",
-                            code="bad_command")
-    unknown = sorted(set(obj) - {"op", "manifest", "not_after", "spread"})
-    if unknown:
-        raise ImageRejected(f"unknown field(s) {', '.join(unknown)} in the command; "
-                            "allowed: op, manifest, not_after, spread", code="unknown_field")
-    if obj.get("op") not in COMMAND_OPS:
-        raise ImageRejected(f"op must be one of {', '.join(COMMAND_OPS)}, not {obj.get('op')!r}",
-                            code="bad_command")
-    if "manifest" in obj and (obj["op"] != "install" or not isinstance(obj["manifest"], dict)):
-        raise ImageRejected("manifest goes with op install and must be a JSON object",
-                            code="bad_command")
-    _check_timing(obj)
-    return obj
-
-
-def _check_timing(obj: dict) -> None:
-    """`not_after` (RFC 3339 UTC, e.g. 2026-03-01T12:00:00Z): refuse the command after it;
-    `spread` (seconds, 0-86400): start a group/fleet install at a per-target offset within it."""
-    if "not_after" in obj:
-        try:
-            obj["not_after"] = datetime.fromisoformat(obj["not_after"].replace("Z", "+00:00"))
-            if obj["not_after"].utcoffset() is None:  # cannot be compared with the clock
-                raise ValueError("no time zone")
-        except (AttributeError, TypeError, ValueError):
-            raise ImageRejected(f"not_after must be a UTC time like 2026-03-01T12:00:00Z, not "
-                                f"{obj['not_after']!r}", code="bad_command") from None
-        if obj["not_after"] < datetime.now(timezone.utc):
-            raise ImageRejected(f"the command expired at {ha.rfc3339(obj['not_after'])} (its "
-                                "not_after; a gateway that was offline, or a clock that is "
-                                "ahead); send it again", code="command_expired")
-    spread = obj.get("spread", 0)
-    if isinstance(spread, bool) or not isinstance(spread, (int, float)) or not 0 <= spread <= 86400:
-        raise ImageRejected(f"spread must be a number of seconds from 0 to 86400, not {spread!r}",
-                            code="bad_command")
-
-
-@dataclass(frozen=True)
-class Dropped:
-    """Stands in for a payload the MQTT client dropped unread because it was too large."""
-
-    size: int
-
-    def check(self) -> None:
-        """Raise the rejection the sender should see."""
-        raise ImageRejected(f"message of {self.size} bytes is larger than the limit of "
-                            f"{MAX_COMMAND_BYTES}; it was dropped unread", code="too_large")
 
 
 def _when(text: Optional[str]) -> Optional[datetime]:
@@ -125,7 +56,8 @@ class Service:
         self.topics = Topics(cfg.mqtt.base_topic, self.agent_id, cfg.mqtt.discovery_prefix)
         self.targets = {t.name: t for t in targets}
         self.store = StateStore(cfg.agent.state_dir)  # the service only reads it
-        self.jobs = JobStore(self.store, self._on_job, self._on_progress)
+        self.limit = RateLimit()  # refusals reported per source topic: a flood costs nothing
+        self.jobs = JobStore(self.store, self._on_job, self._on_progress, limit=self.limit)
         keys = tuple(load_public_key(p) for p in cfg.trust.keys)
         d = cfg.trust.download
         policy = Policy(trusted_keys=keys, allow_unsigned=cfg.trust.allow_unsigned,
@@ -137,7 +69,7 @@ class Service:
                         progress_interval=cfg.mqtt.progress_interval)
         self.updater = Updater(self.agent_id, targets, self.jobs, policy, devices=devices)
         self.client = (client_factory or self._make_client)()
-        self.inbox: queue.Queue = queue.Queue(INBOX_SIZE)
+        self.inbox = Inbox(INBOX_SIZE)
         self._stop = threading.Event()
         self._dispatcher = threading.Thread(target=self._dispatch, name="mqtt inbox", daemon=True)
         self._last_status: dict[str, tuple[str, str]] = {}
@@ -172,7 +104,11 @@ class Service:
                 # retained copy
                 c.on_ha_birth(self.cfg.mqtt.discovery_prefix)
             else:
-                c.subscribe(topic_filter, self._enqueue)
+                # Retain As Published: a command published retained is recognised (and
+                # ignored) also when it arrives live, not only when we subscribe
+                kind = t.parse_topic(topic_filter)[0]
+                c.subscribe(topic_filter, self._enqueue,
+                            retain_as_published=kind in COMMAND_KINDS)
         self.publish_discovery()
         for name in self.targets:
             job = self.jobs.load(name)
@@ -208,17 +144,23 @@ class Service:
         for timer in list(self._spread.values()):
             timer.cancel()
         self.updater.stop()
-        self.inbox.put(None)
+        self.inbox.close()
+        for name in self.targets:  # nothing progresses while the agent is away: say so
+            job = self.jobs.load(name)
+            if job is not None and not job.terminal:
+                self.publish_state(name, job)
         self.client.stop()
 
     # ----- inbound ---------------------------------------------------------------------------
 
     def _enqueue(self, topic: str, payload: bytes, retained: bool) -> None:
-        """paho's thread: never block, never parse much."""
-        try:
-            self.inbox.put_nowait((topic, payload, retained))
-        except queue.Full:
-            log.error("inbox full: dropped a message on %s", topic)
+        """paho's thread: never block, never parse much; own targets' commands have room kept."""
+        urgent = self.topics.parse_topic(topic)[0] == "cmd"
+        if not self.inbox.put((topic, payload, retained), urgent):
+            earlier = self.limit.take(f"inbox {topic}")
+            if earlier is not None:
+                log.error("inbox full: dropped a message on %s (and %d earlier ones)", topic,
+                          earlier)
 
     def _on_oversize(self, topic: str, size: int) -> None:
         """paho's thread: a too-large payload was dropped unread; still tell its sender."""
@@ -255,7 +197,9 @@ class Service:
             if pending is not None:
                 pending.cancel()
         if retained:
-            log.warning("ignoring a retained command on %s: commands must not be retained", topic)
+            if self.limit.take(f"retained {topic}") is not None:
+                log.warning("ignoring a retained command on %s: commands must not be "
+                            "retained", topic)
             return
         try:
             if isinstance(payload, Dropped):
@@ -263,7 +207,7 @@ class Service:
             cmd = parse_command(payload)
         except Stm32OtaError as err:
             for name in names:
-                self.jobs.reject(name, err, to_version=None)
+                self.jobs.reject(name, err, to_version=None, origin=topic)
             return
         if cmd["op"] == "check":  # re-announce what we know, job or not
             for name in names:
@@ -274,18 +218,19 @@ class Service:
                     self.publish_state(name, None)
             return
         if cmd["op"] == "install" and not direct and cmd.get("spread"):
-            self._spread_out(names, cmd)
+            self._spread_out(names, cmd, topic)
             return
-        self.updater.handle_command(names, cmd, direct=direct)
+        self.updater.handle_command(names, cmd, direct=direct, origin=topic)
 
-    def _spread_out(self, names: list[str], cmd: dict) -> None:
+    def _spread_out(self, names: list[str], cmd: dict, origin: str) -> None:
         """A group/fleet install with a spread: each target starts at its own fixed offset in
         the window, so 100,000 gateways do not download in the same second."""
         for name in names:
             delay = spread_offset(self.agent_id, name, cmd["spread"])
             log.info("%s: install starts in %.0f s (spread %g s)", name, delay, cmd["spread"])
-            start = functools.partial(self.updater.handle_command, [name], cmd, direct=False)
-            timer = threading.Timer(delay, self.inbox.put, (start,))  # run by the dispatcher
+            start = functools.partial(self.updater.handle_command, [name], cmd, direct=False,
+                                      origin=origin)
+            timer = threading.Timer(delay, self.inbox.put, (start, True))  # run by the dispatcher
             timer.daemon = True
             self._spread[name] = timer
             timer.start()
@@ -296,8 +241,10 @@ class Service:
         try:
             if isinstance(payload, Dropped):
                 payload.check()
-            changed = self.updater.handle_release(product, payload)
+            changed = self.updater.handle_release(product, payload, self.topics.release(product))
         except Stm32OtaError as err:
+            if self.limit.take(self.topics.release(product)) is None:
+                return  # a flood of bad releases: counted, not reported one by one
             log.warning("rejected release on %s: [%s] %s", self.topics.release(product), err.code, err)
             for name, t in self.targets.items():
                 if t.product == product:
@@ -332,6 +279,7 @@ class Service:
             latest = known  # a direct install went past the announced release: nothing newer
         if running and job.to_version:
             latest = job.to_version
+        running = running and not self._stop.is_set()  # a stopped agent's jobs wait for it
         return ha.state_payload(
             installed_version=installed, latest_version=latest,
             title=rel.get("title") or t.product,

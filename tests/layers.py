@@ -41,7 +41,7 @@ OWNERS = {
     "RPi": "agent/pins/rpigpio.py",
     "cryptography": "agent/ota/keys.py",
     "bincopy": "agent/flasher/image.py",
-    "yaml": "agent/config/values.py",
+    "yaml": "agent/config/yamlfile.py",
     "amqtt": "agent/demo/*.py",
 }
 # (importers, what they may not import, why); BOUNDARY_DOORS are the allowed ways through

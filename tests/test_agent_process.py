@@ -125,6 +125,10 @@ def test_sigterm_during_a_flash_leaves_the_job_open_for_the_next_start(kit: Agen
     job = _wait_phase(kit, "pump", "write")
     assert kit.stop_process() == 0, kit.agent_log()[-3000:]
     assert not any(d["status"] in TERMINAL for d in kit.jobs("pump")), "stop is not an abort"
+    # while the agent is offline nothing progresses, and the chip holds no verified version
+    state = kit.retained(kit.topics.state("pump")).json()
+    assert state["in_progress"] is False and state["update_percentage"] is None
+    assert state["installed_version"] == "unknown" and state["latest_version"] == "1.1.0"
 
     _fast(pump)
     kit.start_process()

@@ -183,6 +183,10 @@ BAD_COMMANDS = [
     ("not_after not a time", b'{"op": "install", "not_after": 5}', "bad_command"),
     ("negative spread", b'{"op": "install", "spread": -1}', "bad_command"),
     ("not utf-8", b"\xff\xfeinstall", "bad_command"),
+    # issue 9 defect 4: ~1000 levels in 2 KB raised RecursionError (no reply at all)
+    ("deep nesting", b"[" * 1000 + b"]" * 1000, "bad_command"),
+    ("deep manifest", b'{"op": "install", "manifest": ' + b'{"a": ' * 1000 + b"1" + b"}" * 1001,
+     "bad_command"),
     ("huge", b'{"op": "install", "pad": "' + b"x" * 40000 + b'"}', "too_large"),
     ("manifest wrong types", json.dumps({"op": "install", "manifest": {
         "product": "pump-ctrl", "version": 1, "url": "http://h/x", "size": "5",

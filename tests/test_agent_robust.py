@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,7 +25,7 @@ from agent.flasher.target import Devices, I2cSettings, PinsSettings, Target
 from agent.pins import PinSpec
 from agent.pins.mock import MockBackend
 from agent.stm32.chips import CHIPS
-from agent.sim import SimChip, SimI2CBus
+from agent.sim import Faults, SimChip, SimI2CBus
 from agent.ota.pipeline import FlashTarget, Policy
 from agent.ota.updater import MAX_ATTEMPTS, Updater
 
@@ -34,9 +34,9 @@ IMAGE = bytes((i * 7 + 3) & 0xFF for i in range(6000))
 VECTORS = bytes.fromhex("0030002009000008")  # a plausible SP and reset handler
 
 
-def running_sim() -> SimChip:
+def running_sim(faults: Optional[Faults] = None) -> SimChip:
     """A non-realtime L432 running its application (flash not empty, BOOT0 low)."""
-    sim = SimChip(CHIPS[0x435], realtime=False, boot0=False)
+    sim = SimChip(CHIPS[0x435], realtime=False, boot0=False, faults=faults)
     sim.flash[:8] = VECTORS
     sim.power_cycle()  # the L4 empty check is latched at power-on
     assert sim.mode == "application"
@@ -59,9 +59,10 @@ class Rig:
     hook: Optional[Callable[[str, Job], None]] = None
     updaters: list[Updater] = field(default_factory=list)
 
-    def add_target(self, name: str, bus: SimI2CBus, address: int = 0x48) -> SimChip:
+    def add_target(self, name: str, bus: SimI2CBus, address: int = 0x48,
+                   faults: Optional[Faults] = None, **target: Any) -> SimChip:
         """A target `name` whose mock NRST/BOOT0 lines drive a fresh running simulator."""
-        sim = running_sim()
+        sim = running_sim(faults)
         bus.attach(address, sim)
         self.sims[name] = sim
         self.lines[name] = []
@@ -74,7 +75,8 @@ class Rig:
             self.buses.append(bus)
         pins = PinsSettings(backend="mock", nrst=PinSpec(1), boot0=PinSpec(2))
         link = I2cSettings(bus=self.buses.index(bus), address=address)
-        self.targets.append(FlashTarget(name=name, product="fw", target=Target(link, pins)))
+        self.targets.append(FlashTarget(name=name, product="fw",
+                                        target=Target(link, pins, **target)))
         self.devices[name] = Devices(i2c_bus=bus, pins=lambda: MockBackend(listener))
         return sim
 
@@ -93,7 +95,7 @@ class Rig:
         """The persistent state, shared by every updater of this rig (as across restarts)."""
         return StateStore(self.tmp / "state")
 
-    def updater(self) -> Updater:
+    def updater(self, sleep: Callable[[float], None] = time.sleep) -> Updater:
         """A fresh updater on the same state dir (a restarted agent)."""
         def notify(name: str, job: Job, retain: bool) -> None:
             self.seen.append((time.monotonic(), name, job, retain))
@@ -101,7 +103,7 @@ class Rig:
                 self.hook(name, job)
 
         u = Updater("gw", list(self.targets), JobStore(self.store(), notify), self.policy(),
-                    devices=self.devices)
+                    devices=self.devices, sleep=sleep)
         self.updaters.append(u)
         return u
 
@@ -240,6 +242,7 @@ def test_a_stopped_agent_leaves_the_job_open_and_the_next_start_finishes_it(rig:
     left = rig.store().load_job("a")
     assert left.status == IN_PROGRESS and left.phase == "write", left
     assert not rig.flashed("a")
+    assert rig.store().installed("a") == {**rig.store().installed("a"), "version": None}
 
     rig.updater().start()
     job = rig.wait_terminal("a")
@@ -267,6 +270,7 @@ def test_abort_of_a_queued_job_cancels_it_at_once_without_touching_the_target(ri
 
 def test_abort_during_write_cancels_and_the_next_install_repairs_the_target(rig: Rig) -> None:
     rig.add_target("a", SimI2CBus())
+    rig.store().set_installed("a", "0.9.0", "0" * 64)  # what the chip held before
     u = rig.updater()
     rig.hook = lambda name, job: u.abort(name) if job.phase == "write" else None
     u.start()
@@ -277,7 +281,9 @@ def test_abort_during_write_cancels_and_the_next_install_repairs_the_target(rig:
     assert job.error["code"] == "aborted"
     assert "stays in the bootloader" in job.error["message"]
     assert not rig.flashed("a") and rig.sims["a"].mode == "bootloader"
-    assert rig.store().installed("a") is None
+    # the chip holds neither 0.9.0 nor 1.0.0 now: the state must not claim 0.9.0 (issue 11)
+    assert rig.store().installed_version("a") is None
+    assert rig.store().installed("a")["interrupted_to"] == "1.0.0"
 
     rig.install(u, "a")
     repaired = rig.wait_terminal("a")
@@ -403,3 +409,65 @@ def test_abort_racing_the_worker_that_claimed_the_job_gives_one_terminal_status(
     assert job.status == CANCELED
     assert [j.status for j in rig.terminal_reports("a", job.job_id)] == [CANCELED]
     assert rig.store().load_job("a").status == CANCELED and rig.resets("a") == 0
+
+
+# ----- link failures under load (issue 9 defect 10) -------------------------------------------
+
+
+class Pauses:
+    """A deterministic sleep: records every pause, waits for none."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def _notes(rig: Rig, name: str) -> list[str]:
+    return sorted({job.note for _, n, job, _ in rig.seen if n == name and job.note})
+
+
+def test_a_nack_to_a_read_after_connect_is_noise_not_read_protection(rig: Rig) -> None:
+    """Every 3rd READ_MEMORY is NACKed (the read-back of verify and of write recovery): only
+    the check at connect may say read_protected; the retry loop cures the rest."""
+    job, _ = _one_job(rig, faults=Faults(nack_every_read=3))
+    assert (job.status, job.error) == (SUCCEEDED, None)
+    assert rig.flashed("a")
+
+
+def _one_job(rig: Rig, **target: Any) -> tuple[Job, Pauses]:
+    """Install on a new target `a` (add_target's options) with a recording sleep."""
+    rig.add_target("a", SimI2CBus(), **target)
+    pauses = Pauses()
+    u = rig.updater(sleep=pauses)
+    u.start()
+    rig.install(u, "a")
+    return rig.wait_terminal("a"), pauses
+
+
+def test_a_failed_link_is_flashed_again_after_a_pause_from_the_cached_image(rig: Rig) -> None:
+    """Silent resets use up the first flash's connect attempts (no_bootloader): the job is
+    flashed again after the first pause of the back-off, without a second download."""
+    job, pauses = _one_job(rig, faults=Faults(silent_resets=3))
+    assert job.status == SUCCEEDED and rig.flashed("a")
+    assert job.note == "link retry 1 of 2 after [no_bootloader] in enter_bootloader"
+    assert sum(pauses.calls) >= rig.policy().link_backoff[0]
+    assert _gets(rig) == 1
+
+
+def test_link_retries_are_bounded_then_the_job_fails_once(rig: Rig) -> None:
+    job, pauses = _one_job(rig, faults=Faults(silent_resets=1000))
+    assert (job.status, job.error["code"]) == (FAILED, "no_bootloader")
+    assert _notes(rig, "a") == ["link retry 1 of 2 after [no_bootloader] in enter_bootloader",
+                                "link retry 2 of 2 after [no_bootloader] in enter_bootloader"]
+    assert sum(pauses.calls) >= sum(rig.policy().link_backoff)
+    assert [j.status for j in rig.terminal_reports("a", job.job_id)] == [FAILED]
+
+
+@pytest.mark.parametrize("case", ["wrong_chip", "read_protected"])
+def test_what_a_retry_cannot_cure_is_never_retried(rig: Rig, case: str) -> None:
+    job, _ = _one_job(rig, **({"expect_chip": 0x415} if case == "wrong_chip"
+                              else {"faults": Faults(read_protected=True)}))
+    assert (job.status, job.error["code"]) == (FAILED, case)
+    assert _notes(rig, "a") == [] and rig.resets("a") == 1

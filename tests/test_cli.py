@@ -226,7 +226,7 @@ def test_i2c_info_and_read(sim_chip: SimChip, i2c: tuple[Target, SimI2CBus]) -> 
     sim_chip.flash[:600] = blob(600, 9)
     d = describe(ops.info(target, i2c_bus=bus))
     assert (d["pid"], d["flash_size"]) == ("0x435", 256 * 1024)
-    assert ops.read(target, BASE + 1, 599, i2c_bus=bus) == blob(600, 9)[1:]
+    assert ops.read(target, BASE + 1, 599, i2c_bus=bus) == (BASE + 1, blob(600, 9)[1:])
 
 
 # ---- --config --target: the target's mock pins, handed the simulator's lines, reset it -------

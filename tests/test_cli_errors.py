@@ -43,8 +43,10 @@ def fw(tmp_path: Path) -> Path:
     (["info", "--port", "/dev/null", "--nrst", "17"], "--nrst/--boot0 need --pins BACKEND"),
     (["read", "x.bin", "--port", "/dev/null", "--address", "0x08000000", "--length", "0"],
      "--length must be positive"),
-    (["erase", "--port", "/dev/null"], "give --all, or --address A --length N"),
-    (["erase", "--port", "/dev/null", "--all", "--address", "0x08000000"], "give --all, or"),
+    (["erase", "--port", "/dev/null"], "give one of --all, --bank 1|2, or --address A --length N"),
+    (["erase", "--port", "/dev/null", "--all", "--address", "0x08000000"], "give one of --all"),
+    (["erase", "--port", "/dev/null", "--all", "--bank", "1"], "give one of --all"),
+    (["protect", "--write", "--port", "/dev/null"], "--write needs --sectors"),
     (["erase", "--port", "/dev/null", "--address", "0x08000000"], "--address needs --length"),
 ])
 def test_usage_errors_exit_2_before_touching_anything(capsys, argv: list, message: str) -> None:
@@ -120,7 +122,7 @@ def running() -> SimChip:
 
 FAST_GIVE_UP = """\
     timeouts: {sync: 50ms, byte: 50ms}
-    retries: {connect: 2}
+    retries: {connect: 1}
 """
 
 
@@ -132,6 +134,15 @@ def test_a_chip_running_its_application_does_not_answer(tmp_path: Path, running:
     assert code == 3 and "[no_bootloader]" in err
     assert "after 2 attempts" in err and "check the wiring" in err and "BOOT0" in err
     assert erased_pages(running) == [] and running.mode == "application"
+
+
+def test_retries_connect_counts_further_tries_so_zero_is_one_attempt(
+        tmp_path: Path, running: SimChip, fw: Path, capsys) -> None:
+    with PtySim(running) as pty:
+        cfg = write_config(tmp_path, pty.path, chip="unwired",
+                           extra=FAST_GIVE_UP.replace("connect: 1", "connect: 0"))
+        code, _, err = cli(capsys, "flash", str(fw), "--config", str(cfg))
+    assert code == 3 and "after 1 attempt:" in err
 
 
 def test_a_chip_that_stays_silent_after_every_reset(tmp_path: Path, fw: Path) -> None:
@@ -247,3 +258,12 @@ def test_reading_unmapped_memory_names_the_flash_range(tmp_path: Path, port: lis
                        "--length", "0x200")
     assert code == 8 and "[nack]" in err and "0x08000000-0x0803FFFF" in err
     assert "check --address and --length" in err and not out_file.exists()
+
+
+@pytest.mark.parametrize("argv,code", [
+    (["flash", "fw.bin", "--port", "/dev/null", "--address", "0x08000001"], "unaligned_address"),
+    (["unprotect", "--read", "--port", "/dev/null"], "confirm_needed"),
+])
+def test_mistakes_refused_before_touching_anything(argv: list, code: str, capsys) -> None:
+    code_, _, err = cli(capsys, *argv)
+    assert code_ == 2 and f"[{code}]" in err

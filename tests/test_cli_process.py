@@ -71,6 +71,9 @@ def test_flash_a_running_simulator_reset_it_by_signal_and_read_back(
     assert "application started (go)" in flashed.stdout
     assert "write: 100%" in flashed.stderr and "\r" not in flashed.stderr  # a pipe: plain lines
 
+    silent = stm32ota("info", *port, "--baud", "115200")  # the application runs now
+    assert silent.returncode == 3 and "kill -USR1" in silent.stderr
+
     proc.send_signal(signal.SIGUSR1)  # back into the bootloader, as a reset with BOOT0 high
     backup = tmp_path / "backup.bin"
     read = stm32ota("read", str(backup), *port, "--address", f"0x{BASE + PAGE:08X}",
@@ -81,6 +84,9 @@ def test_flash_a_running_simulator_reset_it_by_signal_and_read_back(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
     assert not os.path.lexists(link)  # the simulator cleans up its symlink
+    banner = proc.stderr.read()  # says how to talk to it, and what to do after GO
+    assert f"stm32ota flash FIRMWARE --port {link} --parity none" in banner
+    assert f"application started: the bootloader is silent until kill -USR1 {proc.pid}" in banner
 
 
 def test_the_simulator_refuses_to_replace_a_real_file(tmp_path: Path) -> None:
@@ -89,3 +95,27 @@ def test_the_simulator_refuses_to_replace_a_real_file(tmp_path: Path) -> None:
     done = stm32ota("sim", "--pty", str(path), "--fast", timeout=15)
     assert done.returncode == 2 and "is not a symlink" in done.stderr
     assert path.read_text() == "keep me"
+
+
+def test_ctrl_c_mid_flash_says_what_state_the_chip_is_in(tmp_path: Path) -> None:
+    link = tmp_path / "stm32"
+    sim = subprocess.Popen([sys.executable, "-m", "agent", "sim", "--pty", str(link),
+                            "--chip", "L432"], cwd=ROOT, stderr=subprocess.DEVNULL)  # real time
+    try:
+        wait_for(lambda: os.path.islink(link), "the pty symlink")
+        image = write_image(tmp_path, "fw.bin", [(BASE, blob(64 * PAGE, 2))])
+        flash = subprocess.Popen([sys.executable, "-m", "agent", "flash", str(image), "--port",
+                                  str(link), "--parity", "none", "--baud", "115200"], cwd=ROOT,
+                                 stderr=subprocess.PIPE, text=True)
+        lines = []
+        while not any(line.startswith("write:") for line in lines):
+            line = flash.stderr.readline()
+            assert line, f"the flash ended before writing: {lines}"
+            lines.append(line)
+        flash.send_signal(signal.SIGINT)
+        rest = flash.stderr.read()
+        assert flash.wait(15) == 130
+        assert "the flash may be half-written" in rest and "run the same command again" in rest
+    finally:
+        sim.kill()
+        sim.wait(5)

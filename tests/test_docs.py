@@ -207,7 +207,7 @@ def test_job_and_event_examples_have_the_agents_shape() -> None:
 
 def test_readme_lists_the_commands_and_phases_the_agent_knows() -> None:
     from agent.ota.jobs import PHASES
-    from agent.service import COMMAND_OPS
+    from agent.mqtt.commands import COMMAND_OPS
 
     section = README.split("## MQTT topics and payloads", 1)[1].split("\n## ", 1)[0]
     for op in COMMAND_OPS:
@@ -231,6 +231,12 @@ def test_entity_table_matches_the_discovery_payload() -> None:
     entities = {c["default_entity_id"] for c in discovery()["components"].values()}
     listed = {ticked(r[0])[0] for r in table_rows(block("entities"))}
     assert listed == entities
+
+
+def test_the_blueprints_need_the_oldest_home_assistant_the_readme_supports() -> None:
+    oldest = re.search(r"Home Assistant (\d{4}\.\d+) or later", README).group(1)
+    for path in (ROOT / "homeassistant").rglob("*.yaml"):
+        assert f'min_version: "{oldest}.0"' in path.read_text(encoding="utf-8"), path
 
 
 def test_automation_example_uses_real_entities_and_event_types() -> None:
@@ -381,7 +387,8 @@ def _requirement_floors() -> dict[str, str]:
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     extras = re.search(r"-c constraints-lowest\.txt -e '\.\[([\w,]+)\]'", makefile).group(1)
     lines = cfg["options"]["install_requires"].splitlines()
-    lines += [cfg["options.extras_require"][e] for e in extras.split(",")]
+    for extra in extras.split(","):
+        lines += cfg["options.extras_require"][extra].splitlines()
     floors = {}
     for line in (x.split("#")[0].strip() for x in lines):
         if line:

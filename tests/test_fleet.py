@@ -380,3 +380,39 @@ def test_once_without_a_format_prints_the_table(two_agents: Any, capsys: Any) ->
                                 "status", "phase", "progress", "error"]
     assert [line.split()[:4] for line in lines[1:]] == [["gw-a", "pump", "pump-ctrl", "yes"],
                                                         ["gw-a", "sensor", "sensor-node", "yes"]]
+
+
+def _fleet_json(broker: str, capsys) -> dict:
+    assert main(["fleet", "--json", "--broker", broker, "--quiet-for", "0.3"]) == 0
+    out, err = capsys.readouterr()
+    assert out, err
+    return json.loads(out)
+
+
+def test_retire_clears_a_target_then_a_stopped_agent_from_fleet_and_home_assistant(
+        two_agents: tuple[AgentKit, AgentKit], capsys) -> None:
+    a, b = two_agents
+    broker = f"{a.broker.host}:{a.broker.port}"
+    a.wait_state("sensor", lambda s: True)
+    b.wait_state("pump", lambda s: True)
+    rows = {(r["agent"], r["target"]) for r in _fleet_json(broker, capsys)["targets"]}
+    assert {("gw-a", "sensor"), ("gw-b", "pump")} <= rows
+
+    # a running agent must be stopped first: it would re-publish everything on reconnect
+    assert main(["retire", "--agent", "gw-b", "--broker", broker, "--quiet-for", "0.3"]) == 2
+    assert "[agent_online]" in capsys.readouterr().err
+    b.stop_service()
+    assert main(["retire", "--agent", "gw-b", "--broker", broker, "--quiet-for", "0.3"]) == 0
+    assert "retired gw-b: cleared 4 retained topics (pump, availability)" in capsys.readouterr().out
+    # one target of a running agent (gone from its config): only that target's topics
+    a.stop_service()  # the sensor would be re-announced by this agent, whose config still has it
+    assert main(["retire", "--agent", "gw-a", "--target", "sensor", "--broker", broker,
+                 "--quiet-for", "0.3"]) == 0
+    assert "retired gw-a/sensor: cleared 3 retained topics" in capsys.readouterr().out
+    doc = _fleet_json(broker, capsys)
+    assert {(r["agent"], r["target"]) for r in doc["targets"]} == {("gw-a", "pump")}
+    assert [x["agent"] for x in doc["agents"]] == ["gw-a"]
+    for topic in (b.topics.discovery("pump"), b.topics.availability, a.topics.state("sensor"),
+                  a.topics.discovery("sensor")):
+        with pytest.raises(TimeoutError):
+            a.retained(topic, timeout=0.5)  # nothing retained any more

@@ -86,7 +86,7 @@ CLEAN = {
     "agent/cli/sim.py": "from agent.sim import chip\n",
     "agent/demo/world.py": "import amqtt\n\nfrom agent import service\nfrom agent.sim import chip\n",
     "agent/service.py": "from agent.config import values\nfrom agent.mqtt import client\n",
-    "agent/config/values.py": "import yaml\n\nfrom agent.ota import jobs\n",
+    "agent/config/yamlfile.py": "import yaml\n\nfrom agent.ota import jobs\n",
     "agent/mqtt/client.py": "import paho.mqtt.client as paho\n\nfrom agent.ota import jobs\n",
     "agent/ota/jobs.py": "import json\n\nfrom agent.flasher import ops\n",
     "agent/flasher/ops.py": "from agent.stm32 import bootloader\n",

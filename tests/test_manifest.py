@@ -125,6 +125,8 @@ def test_explicit_null_for_an_optional_field_is_refused():
 @pytest.mark.parametrize("url", [
     "file:///etc/passwd", "ftp://h/x", "javascript:alert(1)", "http://user:pw@h/x", "http://user@h/x",
     "http:///nohost", "https://h:99999/x", "http://h/a b", "http://h/\nx", "", "//h/x",
+    # found by the live fuzz: http.client cannot send these (UnicodeEncodeError, internal_error)
+    "http://127.0.0.1/\u202egnp.bin", "http://h/\ud800", "http://bücher.example/x",
 ])
 def test_only_plain_http_urls_are_accepted(url):
     rejected(fields(url=url), "bad_url")

@@ -18,7 +18,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.mqtt.client import MqttClient, encode
+from agent.mqtt.client import MqttClient
+from agent.mqtt.payload import encode
 from mosquitto import Mosquitto, free_port
 
 WAIT = 10.0  # generous: every wait ends as soon as its condition holds
@@ -276,20 +277,6 @@ def test_ha_birth_resends_discovery_and_state(broker: Mosquitto, make_client, ob
     topic, payload, _ = obs.next()
     assert (topic, payload) == ("homeassistant/device/gw_pump/config", b'{"d":1}')
     assert obs.messages.empty()  # "offline" triggered nothing
-
-
-def test_forget_sticky_can_clear_the_retained_message(broker: Mosquitto, make_client, observers) -> None:
-    c = make_client()
-    c.publish_sticky("t/cfg", "x")
-    c.start()
-    assert c.wait_connected(WAIT)
-    obs = observers(broker.port, "t/cfg")
-    assert obs.next()[1] == b"x"
-    c.forget_sticky("t/cfg", clear=True)
-    assert obs.next()[1] == b""
-    c.republish_sticky()
-    c.publish("t/cfg", "marker")
-    assert obs.next()[1] == b"marker"  # the forgotten payload was not re-sent
 
 
 def test_constructor_refuses_bad_arguments() -> None:

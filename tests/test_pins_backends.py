@@ -20,6 +20,7 @@ import serial
 
 from agent.errors import ConfigError, PinError
 from agent.pins import PinSpec, open_pins
+from agent.pins import libgpiod as libgpiod_module
 
 # ---------------------------------------------------------------- fake gpiod (v2 API surface)
 
@@ -278,8 +279,19 @@ def test_auto_falls_back_to_rpigpio_visibly(gpiod: FakeGpiod, rpigpio: FakeRpiGp
 def test_auto_without_any_library_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "gpiod", None)  # import raises ImportError
     monkeypatch.setitem(sys.modules, "RPi", None)
+    monkeypatch.setattr(libgpiod_module, "chip_available", lambda chip: True)  # a Pi without gpiod
     with pytest.raises(PinError, match=r"stm32ota\[gpiod\]"):
         open_pins("auto", PinSpec(17), None)
+
+
+def test_auto_without_a_gpio_chip_blames_the_device_not_gpiod(tmp_path, monkeypatch) -> None:
+    """No /dev/gpiochip*: installing gpiod would not help, so the error must not say so."""
+    monkeypatch.setitem(sys.modules, "RPi", None)
+    with pytest.raises(PinError) as err:
+        open_pins("auto", PinSpec(17), None, chip=str(tmp_path / "gpiochip0"))
+    text = str(err.value)
+    assert text.startswith("no GPIO here:") and "does not exist" in text
+    assert "libgpiod:" not in text and "ls /dev/gpiochip*" in text
 
 
 # ---------------------------------------------------------------- modem (RTS/DTR) on a real pty

@@ -20,6 +20,10 @@ _.userdata
 _.SessionExpiryInterval
 # an MQTT 5 PUBLISH property (publish_wait's expiry): packed the same way
 _.MessageExpiryInterval
+# paho builds each CONNECT from these (agent/mqtt/client.py switches MQTT versions with them,
+# as paho's own 3.1.1 -> 3.1 downgrade does)
+_._protocol
+_._clean_session
 # http.server calls log_message on the handler and socketserver reads daemon_threads
 _.log_message
 _.daemon_threads

@@ -9,8 +9,8 @@ import sys
 import threading
 
 from agent.cli.options import command, parser
-from agent.config import check, load
-from agent.errors import EXIT_OK, EXIT_USAGE
+from agent.config import check, load_for_run
+from agent.errors import EXIT_OK, EXIT_USAGE, UsageError
 from agent.service import Service
 from agent.config.targets import flash_target
 
@@ -24,8 +24,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 @command("run")
 def cmd_run(args: argparse.Namespace) -> int:
-    """Load the config, start the service, run until SIGTERM/SIGINT."""
-    cfg = load(args.config)
+    """Load and check the config (as check-config does), start the service, run until
+    SIGTERM/SIGINT."""
+    cfg = load_for_run(args.config)
     if not args.verbose and not args.quiet:  # -v / -q on the command line win over the config
         logging.getLogger().setLevel(cfg.agent.log_level.upper())
     svc = Service(cfg, [flash_target(t) for t in cfg.targets])
@@ -45,12 +46,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 @parser("check-config", "validate a config file and say exactly what is wrong and where")
 def _check_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="config.yaml")
+    p.add_argument("path", nargs="?", help="config.yaml (or give it with --config, as `run` does)")
+    p.add_argument("--config", help="config.yaml")
 
 
 @command("check-config")
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Print every problem with its location; exit 2 when there are errors."""
+    if (args.path is None) == (args.config is None):
+        raise UsageError("give the config file once: check-config --config PATH (or PATH)")
+    args.path = args.path or args.config
     problems = check(args.path)
     for p in problems:
         print(f"{args.path}: {p}")

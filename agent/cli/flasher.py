@@ -9,11 +9,12 @@ import os
 import sys
 import tempfile
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Optional
 
 from agent.cli.optionbytes import options_text
-from agent.cli.options import add_link_options, command, int_auto, parser, target_from_args
-from agent.errors import UsageError
+from agent.cli.options import (add_link_options, address_arg, command, int_auto, parser,
+                               target_from_args)
+from agent.errors import EXIT_INTERRUPTED, ChipMismatch, Nack, Stm32OtaError, UsageError
 from agent.flasher import image as firmware
 from agent.flasher import ops
 from agent.flasher.session import Identity
@@ -100,7 +101,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _flash_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="firmware: .hex, .srec/.s19/.s28/.s37, or .bin")
     add_link_options(p)
-    p.add_argument("--address", type=int_auto, help="load address of a .bin (default: flash start)")
+    p.add_argument("--address", type=address_arg,
+                   help="load address of a .bin, word aligned (default: flash start)")
     p.add_argument("--format", choices=["hex", "srec", "bin"], help="override detection by extension")
     p.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
     p.add_argument("--verify", choices=["auto", "crc", "readback"],
@@ -109,9 +111,15 @@ def _flash_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-skip", action="store_true",
                    help="erase and write every page the image covers, also those that already "
                         "hold it (default: leave those alone)")
-    p.add_argument("--go", nargs="?", const=-1, type=_go_address, metavar="ADDR",
-                   help="start the application afterwards: reset through the pins, or GO to ADDR")
-    p.add_argument("--retries", type=int, help="attempts per block (default 3 or the target's)")
+    go = p.add_mutually_exclusive_group()
+    go.add_argument("--go", nargs="?", const=-1, type=_go_address, metavar="ADDR",
+                    help="start the application afterwards: reset through the pins, or GO to "
+                         "ADDR (default when reset pins are configured)")
+    go.add_argument("--no-go", action="store_true",
+                    help="leave the chip in its bootloader afterwards, even with reset pins")
+    p.add_argument("--retries", type=int, metavar="N",
+                   help="further tries of a failed block: 0 is one attempt (default 3, or the "
+                        "target's retries.write)")
 
 
 def _go_address(text: str) -> int:
@@ -127,21 +135,62 @@ def _go_address(text: str) -> int:
 def cmd_flash(args: argparse.Namespace) -> int:
     """Erase the pages the image covers, write, verify, optionally start it."""
     target = _flash_settings(target_from_args(args), args)
+    if args.address is not None and args.address % 4:  # AN3155 3.6: writes start word aligned
+        raise UsageError(f"--address 0x{args.address:08X} is not word aligned: a .bin starts a "
+                         "vector table or a page; did you mean "
+                         f"0x{args.address & ~3:08X}?", code="unaligned_address")
     image = firmware.load(args.file, fmt=args.format, address=args.address,  # bad files: before
                           bin_default=firmware.DEFAULT_BIN_ADDRESS)       # touching the chip
     out = _out(args)
-    printer = None if args.quiet else ProgressPrinter(sys.stderr)
+    # esptool resets into the application by default: so do we, when pins can reset the chip
+    start_app = args.go is not None or (not args.no_go and target.pins.backend != "none")
+    tracker = _Phases(None if args.quiet else ProgressPrinter(sys.stderr))
     try:
-        result, how = ops.flash(target, image, start_app=args.go is not None,
+        result, how = ops.flash(target, image, start_app=start_app,
                                 start_address=None if args.go in (None, -1) else args.go,
-                                progress=printer)
+                                progress=tracker)
+    except KeyboardInterrupt:
+        tracker.close()
+        if not tracker.touched:
+            raise
+        print("stm32ota: interrupted while flashing: the flash may be half-written, and the "
+              "chip waits in its bootloader (it may run neither the old nor the new firmware); "
+              "run the same command again to repair it", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ChipMismatch, Nack) as err:
+        raise _decimal_hint(err, args.address) from err
     finally:
-        if printer is not None:
-            printer.close()
+        tracker.close()
     out(f"{args.file}: {result.summary()}")
     if how is not None:
         out(f"application started ({how})")
     return 0
+
+
+class _Phases:
+    """A progress callback that remembers whether the flash was touched (erase or write began)."""
+
+    def __init__(self, printer: Optional[ProgressPrinter]) -> None:
+        self.printer, self.touched = printer, False
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        self.touched = self.touched or phase in ("erase", "write")
+        if self.printer is not None:
+            self.printer(phase, done, total)
+
+    def close(self) -> None:
+        """End the progress line (once)."""
+        if self.printer is not None:
+            self.printer.close()
+            self.printer = None
+
+
+def _decimal_hint(err: Stm32OtaError, address: Optional[int]) -> Stm32OtaError:
+    """`--address 8000000` is decimal: outside the chip, the hex reading is likely meant."""
+    if not getattr(address, "decimal", False):
+        return err
+    return type(err)(f"{err}; --address {address} is decimal: did you mean 0x{address}?",
+                     code=err.code)
 
 
 def _flash_settings(target: Target, args: argparse.Namespace) -> Target:
@@ -160,14 +209,16 @@ def _flash_settings(target: Target, args: argparse.Namespace) -> Target:
 def _read_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output file (raw binary)")
     add_link_options(p)
-    p.add_argument("--address", type=int_auto, required=True, help="start address, e.g. 0x08000000")
-    p.add_argument("--length", type=int_auto, required=True, help="number of bytes")
+    p.add_argument("--address", type=address_arg,
+                   help="start address, e.g. 0x08000000 (default: the flash start)")
+    p.add_argument("--length", type=int_auto,
+                   help="number of bytes (default: the whole flash, or to its end from --address)")
 
 
 @command("read")
 def cmd_read(args: argparse.Namespace) -> int:
     """Read memory in chunks into a file written atomically."""
-    if args.length <= 0:
+    if args.length is not None and args.length <= 0:
         raise UsageError("--length must be positive")
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):  # know before reading for minutes
@@ -175,12 +226,14 @@ def cmd_read(args: argparse.Namespace) -> int:
     target = target_from_args(args)
     printer = None if args.quiet else ProgressPrinter(sys.stderr)
     try:
-        data = ops.read(target, args.address, args.length, progress=printer)
+        address, data = ops.read(target, args.address, args.length, progress=printer)
+    except Nack as err:
+        raise _decimal_hint(err, args.address) from err
     finally:
         if printer is not None:
             printer.close()
     _write_atomically(args.out, data)
-    _out(args)(f"read {len(data)} bytes from 0x{args.address:08X} into {args.out}")
+    _out(args)(f"read {len(data)} bytes from 0x{address:08X} into {args.out}")
     return 0
 
 
@@ -196,10 +249,12 @@ def _write_atomically(path: str, data: bytes) -> None:
         raise
 
 
-@parser("erase", "erase the whole flash (--all) or whole pages of a range")
+@parser("erase", "erase the whole flash (--all), one bank (--bank) or whole pages of a range")
 def _erase_args(p: argparse.ArgumentParser) -> None:
     add_link_options(p)
     p.add_argument("--all", action="store_true", help="erase all of the flash")
+    p.add_argument("--bank", type=int, choices=[1, 2],
+                   help="erase one bank of a dual-bank chip (the bootloader's bank erase)")
     p.add_argument("--address", type=int_auto, help="first byte of the range (page aligned)")
     p.add_argument("--length", type=int_auto, help="bytes in the range (ends on a page boundary)")
 
@@ -207,10 +262,13 @@ def _erase_args(p: argparse.ArgumentParser) -> None:
 @command("erase")
 def cmd_erase(args: argparse.Namespace) -> int:
     """Erase everything or whole pages."""
-    if args.all == (args.address is not None):
-        raise UsageError("give --all, or --address A --length N")
+    if [args.all, args.bank is not None, args.address is not None].count(True) != 1:
+        raise UsageError("give one of --all, --bank 1|2, or --address A --length N")
     if args.address is not None and args.length is None:
         raise UsageError("--address needs --length")
-    message = ops.erase(target_from_args(args), None if args.all else args.address, args.length)
+    try:
+        message = ops.erase(target_from_args(args), args.address, args.length, bank=args.bank)
+    except UsageError as err:
+        raise _decimal_hint(err, args.address) from err
     _out(args)(message)
     return 0

@@ -11,8 +11,9 @@ import sys
 import time
 from typing import Any, Callable, TextIO
 
-from agent.cli.options import add_broker_args, broker_options, command, parse_broker, parser
-from agent.errors import EXIT_OK, ConfigError, UsageError
+from agent.cli.options import (add_broker_args, broker_options, command, not_connected,
+                               parse_broker, parser)
+from agent.errors import EXIT_OK, UsageError
 from agent.mqtt.client import MqttClient
 from agent.mqtt.fleet import COLUMNS, Fleet, FleetRow, changes
 from agent.mqtt.watcher import Watcher, wait_for
@@ -28,11 +29,7 @@ HEADERS = ("agent", "target", "product", "online", "installed", "latest", "statu
 
 @parser("fleet", "show every agent and target on the broker: live table, JSON/CSV, or wait for a version")
 def _fleet_args(p: argparse.ArgumentParser) -> None:
-    add_broker_args(p)
-    p.add_argument("--base-topic", default="stm32ota", help="(default stm32ota)")
-    p.add_argument("--discovery-prefix", default="homeassistant",
-                   help="where agents publish discovery, which names each target's product "
-                        "(default homeassistant)")
+    add_watch_args(p)
     p.add_argument("--agent", help="only this agent's targets")
     p.add_argument("--product", help="only targets of this product (required with --wait-for)")
     p.add_argument("--once", action="store_true",
@@ -40,16 +37,25 @@ def _fleet_args(p: argparse.ArgumentParser) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON (implies --once)")
     fmt.add_argument("--csv", action="store_true", help="print CSV (implies --once)")
-    p.add_argument("--quiet-for", type=float, default=1.0, metavar="SECONDS",
-                   help="the retained messages are all in after this long without one (default 1)")
     p.add_argument("--settle", type=float, default=5.0, metavar="SECONDS",
                    help="collect retained messages for at most this long (default 5)")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="give up when the broker does not answer within this long (default 10)")
     p.add_argument("--wait-for", metavar="VERSION",
                    help="exit 0 once every target of --product reports VERSION installed")
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                    help="give up --wait-for after this long, naming the stragglers (default 300)")
+
+
+def add_watch_args(p: argparse.ArgumentParser) -> None:
+    """The broker options, and where and how long to read the agents' retained messages."""
+    add_broker_args(p)
+    p.add_argument("--base-topic", default="stm32ota", help="(default stm32ota)")
+    p.add_argument("--discovery-prefix", default="homeassistant",
+                   help="where agents publish discovery, which names each target's product "
+                        "(default homeassistant)")
+    p.add_argument("--quiet-for", type=float, default=1.0, metavar="SECONDS",
+                   help="the retained messages are all in after this long without one (default 1)")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="give up when the broker does not answer within this long (default 10)")
 
 
 @command("fleet")
@@ -61,13 +67,10 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must not be negative")
     fleet = Fleet(args.base_topic, args.discovery_prefix)
-    watcher = Watcher(fleet, _client_factory(args))
+    watcher = Watcher(fleet, client_factory(args))
     if not watcher.start(args.connect_timeout):
         watcher.stop()
-        raise ConfigError(f"cannot connect to the MQTT broker at {args.broker} within "
-                          f"{args.connect_timeout:g} s; check --broker, --username, "
-                          "--password-file and the TLS options (the log line above says why)",
-                          code="broker_unreachable")
+        raise not_connected(watcher.client, args.broker, args.connect_timeout)
     try:
         if args.wait_for:
             return _wait(args, watcher)
@@ -86,7 +89,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _client_factory(args: argparse.Namespace) -> Callable[..., Any]:
+def client_factory(args: argparse.Namespace) -> Callable[..., Any]:
     host, port = parse_broker(args.broker)
     options = broker_options(args)
 

@@ -8,12 +8,12 @@ import logging
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from agent.config import load
 from agent.config.targets import flasher_target
 from agent.config.values import INVALID, Context, Duration
-from agent.errors import UsageError
+from agent.errors import ConfigError, UsageError
 from agent.flasher.target import I2cSettings, LinkSettings, PinsSettings, Target, UartSettings
 from agent.mqtt.tls import TlsOptions
 from agent.pins import PinSpec
@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 # nor the fleet view nor the simulator.
 MODULES: dict[str, str] = {
     "info": "flasher", "flash": "flasher", "read": "flasher", "erase": "flasher",
-    "option-bytes": "optionbytes", "sim": "sim", "run": "agent", "check-config": "agent",
-    "keygen": "release", "sign": "release", "publish": "release", "demo": "demo", "fleet": "fleet",
+    "doctor": "doctor", "option-bytes": "optionbytes", "protect": "protection",
+    "unprotect": "protection", "chips": "chips", "sim": "sim", "run": "agent",
+    "check-config": "agent", "keygen": "release", "sign": "release", "publish": "release",
+    "demo": "demo", "fleet": "fleet", "retire": "retire",
 }
 
 PARSERS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
@@ -42,6 +44,19 @@ def command(name: str) -> Callable:
         return fn
 
     return register
+
+
+class Address(int):
+    """An address from the command line that remembers it was written in decimal."""
+
+    decimal = False
+
+
+def address_arg(text: str) -> int:
+    """An address like int_auto's, warned about when it is not word aligned."""
+    value = Address(int_auto(text))
+    value.decimal = text.strip().isdigit() and value > 9
+    return value
 
 
 def int_auto(text: str) -> int:
@@ -74,11 +89,15 @@ def baud_arg(text: str) -> int | str:
     return rate
 
 
+PORT_ENV = "STM32OTA_PORT"  # like esptool's ESPTOOL_PORT: the port when --port is not given
+
+
 def add_link_options(p: argparse.ArgumentParser) -> None:
     """--port/--baud/--parity, --i2c-bus/--i2c-address, pins, or --config/--target."""
     g = p.add_argument_group("link (one of --port, --i2c-bus, or --config with --target)")
-    g.add_argument("--port", help="serial port or pyserial URL, e.g. /dev/ttyAMA0")
-    g.add_argument("--baud", type=baud_arg, default="auto",
+    g.add_argument("-p", "--port", help="serial port or pyserial URL, e.g. /dev/ttyAMA0 "
+                   f"(default: the environment variable {PORT_ENV}, if set)")
+    g.add_argument("-b", "--baud", type=baud_arg, default="auto",
                    help="UART baud rate, or auto: 115200 stepping down to 19200 until the "
                         "bootloader answers (default auto)")
     g.add_argument("--parity", choices=["even", "none"], default="even",
@@ -111,6 +130,8 @@ def add_link_options(p: argparse.ArgumentParser) -> None:
 
 def target_from_args(args: argparse.Namespace) -> Target:
     """The Target the link options (or --config/--target) describe; UsageError if unclear."""
+    if args.port is None and args.i2c_bus is None and not args.config:
+        args.port = os.environ.get(PORT_ENV) or None
     if args.config:
         return _configured(args)
     if args.target:
@@ -208,6 +229,18 @@ def broker_options(args: argparse.Namespace) -> dict:
         tls = TlsOptions(ca=args.ca, cert=args.cert, key=args.key, insecure=args.insecure,
                          key_password=os.environ.get("STM32OTA_KEY_PASSWORD") if args.key else None)
     return {"username": args.username, "password": password, "tls": tls}
+
+
+def not_connected(client: Any, broker: str, timeout: float) -> ConfigError:
+    """The error of a one-shot tool whose MqttClient did not connect: broker_auth for a
+    refused login (at once; retrying cannot fix it), broker_unreachable after the timeout."""
+    if client.refused:
+        return ConfigError(f"the MQTT broker at {broker} {client.refused.replace('the broker ', '')}; "
+                           "check --username and --password-file", code="broker_auth")
+    why = f": {client.last_failure}" if client.last_failure else " (no answer)"
+    return ConfigError(f"cannot connect to the MQTT broker at {broker} within {timeout:g} s{why}; "
+                       "check --broker, --username, --password-file and the TLS options",
+                       code="broker_unreachable")
 
 
 def parse_broker(text: str) -> tuple[str, int]:

@@ -10,7 +10,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 from agent.cli.options import (add_broker_args, broker_options, command, duration_arg, int_auto,
-                               parse_broker, parser)
+                               not_connected, parse_broker, parser)
 from agent.errors import EXIT_OK, ConfigError, UsageError
 from agent.flasher import image as firmware
 from agent.mqtt.client import MqttClient
@@ -67,6 +67,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text)
+        if not args.quiet:
+            print(f"wrote the signed manifest of {args.product} {args.version} to {args.output}")
     else:
         sys.stdout.write(text)
     return EXIT_OK
@@ -121,16 +123,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
     client.start()
     try:
         if not client.wait_connected(args.connect_timeout):
-            raise ConfigError(f"cannot connect to the MQTT broker at {host}:{port}; check "
-                              "--broker, --username, --password-file and the TLS options "
-                              "(the log line above says why)", code="broker_unreachable")
+            raise not_connected(client, f"{host}:{port}", args.connect_timeout)
         if not client.publish_wait(topic, payload, retain=retain, timeout=10,
                                    expiry=None if retain else max(1, int(args.expire))):
             raise ConfigError(f"the broker at {host}:{port} did not acknowledge the message",
                               code="broker_unreachable")
     finally:
         client.stop()
-    print(f"published {m.product} {m.version} to {topic}" + (" (retained)" if retain else ""))
+    if not args.quiet:
+        print(f"published {m.product} {m.version} to {topic}" + (" (retained)" if retain else ""))
     return EXIT_OK
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 
@@ -35,10 +36,18 @@ def cmd_sim(args: argparse.Namespace) -> int:
     """Serve the simulator on a pty until SIGTERM/SIGINT."""
     chip = find(args.chip)
     faults = parse_faults(args.fault)
-    print(f"simulating {chip.name} (PID 0x{chip.pid:03X}) on {args.pty}; "
-          f"SIGUSR1 resets it into the bootloader; Ctrl-C stops", file=sys.stderr)
+    pid = os.getpid()
+    print(f"simulating {chip.name} (PID 0x{chip.pid:03X}) on {args.pty}; Ctrl-C stops.\n"
+          f"  talk to it: stm32ota info --port {args.pty} --parity none\n"
+          f"  flash:      stm32ota flash FIRMWARE --port {args.pty} --parity none\n"
+          f"  firmware:   any .bin or .hex, e.g. head -c 4096 /dev/urandom > fw.bin, or the "
+          f"images `stm32ota demo --workdir DIR` leaves in DIR/firmware\n"
+          f"  after --go: the application runs and the bootloader is silent; "
+          f"kill -USR1 {pid} resets it into the bootloader", file=sys.stderr)
     stats = serve_pty(args.pty, chip, baud=args.baud, realtime=not args.fast, faults=faults,
-                      latency=args.latency)
+                      latency=args.latency, on_start=lambda: print(
+                          f"application started: the bootloader is silent until "
+                          f"kill -USR1 {pid}", file=sys.stderr, flush=True))
     print(f"served: {stats.summary()}", file=sys.stderr)
     return 0
 

@@ -2,15 +2,18 @@
 
     cfg = load("/etc/stm32ota/config.yaml")     # Config, or ConfigInvalid (a ConfigError)
     problems = check(path)                      # errors and warnings, for `stm32ota check-config`
+    cfg = load_for_run(path)                    # load + everything `run` needs at start
     cfg.target("pump").link                     # UartLinkConfig | I2cLinkConfig
     reference_markdown()                        # the README's config reference
 
 Keys, kinds and defaults live in one table (`agent.config.schema`); this module turns the
 checked values into the dataclasses of `agent.config.model` and runs the checks that span keys
 (`agent.config.checks`: ports and GPIO lines used twice, sequences that drive pins that are
-not wired, ...). Reading a config never touches
-hardware, files other than the config itself (and /etc/machine-id for the default agent id),
-or the environment: secrets are resolved by `Secret.resolve()` when they are needed.
+not wired, ...). `load` and `loads` never touch hardware, files other than the config
+itself (and /etc/machine-id for the default agent id), or the environment. `check` and
+`load_for_run` add the startup checks (`agent.config.startup`: trust keys load, secrets
+resolve, TLS files load, state and cache folders are usable), so `check-config` refuses
+exactly what `run` would refuse at start.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from agent.config.checks import cross_check, file_warnings
+from agent.config.checks import cross_check
 from agent.config.model import (
     AgentConfig, Config, DownloadConfig, I2cLinkConfig, LinkConfig, MqttConfig, PinLine,
     PinsConfig, QuirksConfig, RetriesConfig, Secret, TargetConfig, TlsConfig, TrustConfig,
     UartLinkConfig,
 )
 from agent.config.schema import ROOT, reference_markdown
-from agent.config.values import INVALID, Context, Problem, parse_yaml
+from agent.config.startup import startup_checks
+from agent.config.values import INVALID, Context, Problem
+from agent.config.yamlfile import parse_yaml
 from agent.errors import ConfigError, ConfigInvalid
 from agent.pins.sequence import DEFAULT_ENTER, DEFAULT_EXIT, parse_sequence
 from agent.stm32.bootloader import Timeouts
@@ -41,6 +46,7 @@ __all__ = [
     "Config", "AgentConfig", "MqttConfig", "TlsConfig", "TrustConfig", "DownloadConfig",
     "TargetConfig", "UartLinkConfig", "I2cLinkConfig", "PinsConfig", "PinLine", "Secret",
     "RetriesConfig", "QuirksConfig", "Problem", "ConfigInvalid", "load", "loads", "check",
+    "load_for_run",
     "reference_markdown", "target_link_options", "default_agent_id",
     "host_name",
 ]
@@ -163,40 +169,58 @@ def _read(text: str, source: Path) -> tuple[Config | None, Context]:
     return _build(data, source), ctx
 
 
-def loads(text: str, source: Path | str = "config.yaml") -> Config:
-    """Validate config text; `source` names it in messages and anchors relative paths."""
-    cfg, ctx = _read(text, Path(source).absolute())
+def _raise_or_return(cfg: Config | None, ctx: Context, source: Path | str) -> Config:
     for p in ctx.problems:
         if p.level == "warning":
             log.warning("%s: %s", source, p)
-    if cfg is None:
+    if cfg is None or ctx.errors:
         raise ConfigInvalid(source, _in_file_order(ctx.errors))
     return cfg
+
+
+def loads(text: str, source: Path | str = "config.yaml") -> Config:
+    """Validate config text; `source` names it in messages and anchors relative paths."""
+    cfg, ctx = _read(text, Path(source).absolute())
+    return _raise_or_return(cfg, ctx, source)
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise ConfigError(f"cannot read config {path}: {reason}", code="config_unreadable") \
+            from err
 
 
 def load(path: Path | str) -> Config:
     """Read and validate a config file; ConfigInvalid lists every problem in it."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = getattr(err, "strerror", None) or str(err)
-        raise ConfigError(f"cannot read config {path}: {reason}", code="config_unreadable") \
-            from err
-    return loads(text, path)
+    return loads(_text(path), path)
+
+
+def _checked(path: Path) -> tuple[Config | None, Context]:
+    """The config and its problems, the startup checks included (what check-config shows)."""
+    cfg, ctx = _read(_text(path), path.absolute())
+    if cfg is not None:
+        startup_checks(cfg, ctx)
+    return cfg, ctx
+
+
+def load_for_run(path: Path | str) -> Config:
+    """`load` plus every check `run` needs at start; ConfigInvalid names each key and line."""
+    path = Path(path)
+    cfg, ctx = _checked(path)
+    return _raise_or_return(cfg, ctx, path)
 
 
 def check(path: Path | str) -> list[Problem]:
-    """Every error and warning in a config file (for `stm32ota check-config`); never raises."""
+    """Every error and warning `load_for_run` would give (for `stm32ota check-config`)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = getattr(err, "strerror", None) or str(err)
-        return [Problem("", f"cannot read {path}: {reason}", "check the path and permissions")]
-    cfg, ctx = _read(text, path.absolute())
-    if cfg is not None:
-        file_warnings(cfg, ctx)
+        _cfg, ctx = _checked(path)
+    except ConfigError as err:
+        return [Problem("", str(err), "check the path and permissions")]
     return _in_file_order(ctx.problems)
 
 

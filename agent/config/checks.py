@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from agent.config.model import Config
 from agent.config.values import INVALID, Context, join
 from agent.errors import ConfigError
 from agent.pins.modem import MODEM_LINES
@@ -202,20 +201,3 @@ def cross_check(data: dict[str, Any], ctx: Context) -> None:
     _check_trust(data, ctx)
     _check_targets(data["targets"], ctx)
 
-
-def file_warnings(cfg: Config, ctx: Context) -> None:
-    """Warn about files and environment variables a valid config names but that are missing."""
-    files = [(f"trust.keys[{i}]", k) for i, k in enumerate(cfg.trust.keys)]
-    secrets = [cfg.mqtt.password]
-    if cfg.mqtt.tls is not None:
-        tls = cfg.mqtt.tls
-        files += [(f"mqtt.tls.{n}", getattr(tls, n)) for n in ("ca", "cert", "key")]
-        secrets.append(tls.key_password)
-    files += [(f"{s.where}_file", s.file) for s in secrets]
-    for where, path in files:
-        if path is not None and not path.is_file():
-            ctx.warn(where, f"{path} does not exist (yet)", "the agent will fail when it needs it")
-    for s in secrets:
-        if s.env is not None and s.env not in os.environ:
-            ctx.warn(f"{s.where}_env", f"environment variable {s.env} is not set here",
-                     "set it where the agent runs (systemd: Environment=)")

@@ -296,7 +296,9 @@ TIMEOUTS = Table(*(
 ))
 
 RETRIES = Table(
-    Key("connect", Integer(0, 100), "further tries to reach the bootloader (reset + sync)", 3),
+    # further tries, as everywhere (write, download): 0 is one attempt; 2 keeps the 3 attempts
+    # a flasher Target makes by default
+    Key("connect", Integer(0, 100), "further tries to reach the bootloader (reset + sync)", 2),
     Key("write", Integer(0, 100), "further tries of one failed block write", 3),
 )
 

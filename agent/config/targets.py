@@ -33,7 +33,7 @@ def _pins(t: TargetConfig) -> PinsSettings:
 def flasher_target(t: TargetConfig) -> Target:
     """Link, pins, expected chip, timeouts, retries and quirks of a configured target."""
     return Target(link=_link(t), pins=_pins(t), expect_chip=t.expect_chip, timeouts=t.timeouts,
-                  connect_attempts=max(1, t.retries.connect), write_retries=t.retries.write,
+                  connect_attempts=1 + t.retries.connect, write_retries=t.retries.write,
                   verify=t.verify, skip_unchanged=t.skip_unchanged,
                   i2c_erase_nack=t.quirks.i2c_erase_nack)
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
 
 log = logging.getLogger(__name__)
 
@@ -112,70 +111,6 @@ def type_name(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return type(value).__name__
-
-
-# --- YAML ----------------------------------------------------------------------------------
-
-
-class StrictLoader(yaml.SafeLoader):
-    """SafeLoader that records every duplicated mapping key and where each node sits."""
-
-    duplicates: list[tuple[str, int, int]]
-    node_lines: dict[str, int]
-
-    def get_single_data(self) -> Any:
-        """Compose, record duplicates and line numbers by location, then construct."""
-        node = self.get_single_node()
-        self.duplicates, self.node_lines = [], {}
-        if node is None:
-            return None
-        self._walk(node, "")
-        return self.construct_document(node)
-
-    def _walk(self, node: yaml.Node, where: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[str, int] = {}
-            for key_node, value_node in node.value:
-                if not isinstance(key_node, yaml.ScalarNode):
-                    continue
-                key = key_node.value
-                path = join(where, key)
-                line = key_node.start_mark.line + 1
-                if key in seen:
-                    self.duplicates.append((path, seen[key], line))
-                else:
-                    seen[key] = line
-                    self.node_lines[path] = line
-                self._walk(value_node, path)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                path = join(where, i)
-                self.node_lines[path] = item.start_mark.line + 1
-                self._walk(item, path)
-
-
-def parse_yaml(text: str, ctx: Context) -> Any:
-    """YAML text -> plain data; syntax errors and duplicate keys become problems."""
-    loader = StrictLoader(text)
-    try:
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark else None
-        ctx.problems.append(Problem("", f"not valid YAML: {err.problem or err}",
-                                    "check indentation, colons and quotes", line=line))
-        return INVALID
-    except yaml.YAMLError as err:
-        ctx.add("", f"not valid YAML: {err}")
-        return INVALID
-    finally:
-        loader.dispose()
-    ctx.lines.update(loader.node_lines)
-    for where, first, again in loader.duplicates:
-        ctx.problems.append(Problem(where, f"given twice (lines {first} and {again}); YAML "
-                                    "would silently keep only the last one",
-                                    "delete one of them", line=again))
-    return data
 
 
 # --- kinds ---------------------------------------------------------------------------------

@@ -27,11 +27,12 @@ from agent.errors import UsageError
 from agent.flasher import image as firmware
 from agent.flasher.target import Devices
 from agent.mqtt.client import MqttClient
+from agent.mqtt.commands import MAX_COMMAND_BYTES
 from agent.mqtt.contract import Topics
 from agent.ota.jobs import StateStore
 from agent.ota.keys import build_manifest, keygen
 from agent.pins.mock import MockBackend
-from agent.service import MAX_COMMAND_BYTES, Service
+from agent.service import Service
 from agent.sim import Faults, PtySim, SimChip, SimI2CBus
 from agent.stm32.chips import CHIPS
 
@@ -194,7 +195,7 @@ class World:
     def _broker(self) -> None:
         if self.o.broker is not None:
             self.host, self.port = self.o.broker
-            self.protocol = 5
+            self.protocol = None  # MQTT 5, or 3.1.1 if that broker speaks only 3.1.1
             who = f" as {self.o.username}" if self.o.username else ""
             self.broker_text = f"{self.host}:{self.port}{who} (given with --broker)"
             return
@@ -269,7 +270,7 @@ class World:
     def _client(self, client_id: str, **kw: Any) -> Any:
         return MqttClient(self.host, self.port, client_id=client_id, protocol=self.protocol,
                           reconnect_min=0.5, reconnect_max=2, keepalive=20,
-                          session_expiry=0 if self.protocol == 5 else 3600,
+                          session_expiry=3600 if self.protocol == 4 else 0,
                           username=self.o.username, password=self.o.password, **kw)
 
     def _viewer(self) -> None:

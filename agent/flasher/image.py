@@ -132,15 +132,21 @@ def detect_format(data: bytes, name: str | None = None) -> str:
         ext = os.path.splitext(name)[1].lower()
         if ext in _EXTENSIONS:
             return _EXTENSIONS[ext]
-    if data.startswith(b"\x7fELF"):
-        raise ImageRejected("ELF files are not flashed directly; convert with "
-                            "`arm-none-eabi-objcopy -O ihex FILE OUT.hex`", code=_CODE)
+    _refuse_elf(data, name or "image")
     head = data.lstrip()[:2]
     if head[:1] == b":":
         return "hex"
     if head[:1] == b"S" and head[1:2].isdigit():
         return "srec"
     return "bin"
+
+
+def _refuse_elf(data: bytes, name: str) -> None:
+    """ELF files (magic 0x7F 'ELF', whatever the name says) are not flashed directly."""
+    if data.startswith(b"\x7fELF"):
+        raise ImageRejected(f"{name} is an ELF file (it starts with 0x7F 'ELF'), not firmware "
+                            "to flash as it is; convert it with `arm-none-eabi-objcopy -O ihex "
+                            "FILE OUT.hex`", code=_CODE)
 
 
 def load(path: str | os.PathLike, fmt: str | None = None, address: int | None = None, *,
@@ -168,6 +174,7 @@ def parse(data: bytes, fmt: str | None, address: int | None = None, *,
     """Build an Image from file content in format 'bin', 'hex' or 'srec' (None: sniff)."""
     fmt = detect_format(data) if fmt is None else _canonical(fmt)
     if fmt == "bin":
+        _refuse_elf(data, name)  # an ELF renamed to .bin would flash its header as code
         if address is None:
             raise ImageRejected(f"{name}: a raw binary has no address; give one (the flash "
                                 f"start is usually 0x{DEFAULT_BIN_ADDRESS:08X})", code=_CODE)

@@ -30,6 +30,9 @@ from agent.stm32 import options as optbytes
 
 log = logging.getLogger(__name__)
 
+UNPROTECT_HINT = ("to erase everything and remove it: stm32ota unprotect --read "
+                  "--yes-erase-everything, with the same link options")
+
 StepCallback = Callable[[str], None]
 """on_step(phase): a step without a measure begins ("enter_bootloader", "start")."""
 
@@ -75,8 +78,7 @@ def flash(target: Target, image: Image, *, built_for: Optional[int] = None,
         if s.read_protected:
             raise ReadProtected(
                 f"{s.chip.name} has read-out protection active: nothing was written. It is never "
-                "removed automatically because that mass-erases the chip; if that is what you "
-                "want, do it explicitly.")
+                f"removed automatically because that mass-erases the chip ({UNPROTECT_HINT})")
         the_plan = plan(image, s.chip, flash_size=s.flash_size, dual_bank=s.dual_bank,
                         max_write=s.link.caps.max_write)  # ChipMismatch before any erase
         refuse_if_boot0_ignored(s)  # before the first erase: the next entry must still work
@@ -89,18 +91,27 @@ def flash(target: Target, image: Image, *, built_for: Optional[int] = None,
         return result, s.start_application(start_address)
 
 
-def read(target: Target, address: int, length: int, *,
+def read(target: Target, address: Optional[int] = None, length: Optional[int] = None, *,
          progress: Optional[ProgressCallback] = None, cancel: Optional[threading.Event] = None,
          i2c_bus: Optional[I2CBus] = None, pin_backend: Optional[Backend] = None,
-         sleep: Sleep = time.sleep) -> bytes:
-    """Read `length` bytes from `address` (flash or any readable memory)."""
+         sleep: Sleep = time.sleep) -> tuple[int, bytes]:
+    """Read `length` bytes from `address` (flash or any readable memory); returns the address
+    and the bytes. Like stm32flash -r, no address means the flash start and no length the
+    rest of the flash from there (the whole flash, as the chip reports its size)."""
     with open_session(target, i2c_bus=i2c_bus, pin_backend=pin_backend, sleep=sleep) as s:
         if s.read_protected:
             raise ReadProtected(f"{s.chip.name} has read-out protection active; memory cannot "
-                                "be read (removing it mass-erases the chip)")
+                                f"be read ({UNPROTECT_HINT})")
+        flash_end = s.chip.flash_start + s.flash_size
+        address = s.chip.flash_start if address is None else address
+        if length is None:
+            if not s.chip.flash_start <= address < flash_end:
+                raise UsageError(f"--address 0x{address:08X} is outside the flash of "
+                                 f"{s.chip.name}: give --length too")
+            length = flash_end - address
         try:
-            return read_memory(s.bl, address, length, progress, retries=target.write_retries,
-                               cancel=cancel)
+            return address, read_memory(s.bl, address, length, progress,
+                                        retries=target.write_retries, cancel=cancel)
         except Nack as err:
             start_, end = s.chip.flash_start, s.chip.flash_start + s.flash_size - 1
             raise Nack(f"{err}; the bootloader reads only mapped memory (flash of "
@@ -109,17 +120,53 @@ def read(target: Target, address: int, length: int, *,
 
 
 def erase(target: Target, address: Optional[int] = None, length: Optional[int] = None, *,
-          i2c_bus: Optional[I2CBus] = None, pin_backend: Optional[Backend] = None,
-          sleep: Sleep = time.sleep) -> str:
-    """Erase all flash (no address) or the whole pages of a range; says what was erased."""
+          bank: Optional[int] = None, i2c_bus: Optional[I2CBus] = None,
+          pin_backend: Optional[Backend] = None, sleep: Sleep = time.sleep) -> str:
+    """Erase all flash (no address), one bank, or the whole pages of a range; says what."""
     with open_session(target, i2c_bus=i2c_bus, pin_backend=pin_backend, sleep=sleep) as s:
         if s.read_protected:
-            raise ReadProtected(f"{s.chip.name} has read-out protection active: nothing erased")
+            raise ReadProtected(f"{s.chip.name} has read-out protection active: nothing "
+                                f"erased ({UNPROTECT_HINT})")
+        if bank is not None:
+            if s.dual_bank is not True:
+                raise UsageError(f"{s.chip.name} on {target.describe()} is not known to be in "
+                                 "dual-bank mode: no bank to erase alone; use --all",
+                                 code="bad_bank")
+            s.bl.bank_erase(bank)
+            return f"erased bank {bank} of {s.chip.name}"
         if address is None:
             return _erase_all(s)
         chosen = pages_of_range(s.chip, s.flash_size, address, length or 0, s.dual_bank)
         s.bl.erase_pages(chosen)
         return f"erased pages {chosen[0]}-{chosen[-1]} ({length} bytes)"
+
+
+PROTECTION = ("read_protect", "read_unprotect", "write_protect", "write_unprotect")
+
+
+def protection(target: Target, change: str, sectors: tuple[int, ...] = (), *,
+               i2c_bus: Optional[I2CBus] = None, pin_backend: Optional[Backend] = None,
+               sleep: Sleep = time.sleep) -> str:
+    """Set or remove read-out or write protection, only ever on explicit request (the chip
+    resets afterwards; removing read-out protection mass-erases it, AN3155 3.12)."""
+    if change not in PROTECTION:
+        raise UsageError(f"protection change must be one of {', '.join(PROTECTION)}")
+    with open_session(target, i2c_bus=i2c_bus, pin_backend=pin_backend, sleep=sleep) as s:
+        name = s.chip.name
+        if change == "read_unprotect":
+            s.bl.readout_unprotect()
+            return f"removed the read-out protection of {name}: its flash is erased; it reset"
+        if s.read_protected:  # the other three are refused by the ROM while RDP is active
+            raise ReadProtected(f"{name} has read-out protection active ({UNPROTECT_HINT})")
+        if change == "read_protect":
+            s.bl.readout_protect()
+            return (f"set read-out protection on {name}; it reset (reading, writing and "
+                    "erasing through the bootloader are refused from now on)")
+        if change == "write_unprotect":
+            s.bl.write_unprotect()
+            return f"removed the write protection of every sector of {name}; it reset"
+        s.bl.write_protect(list(sectors))
+        return f"write-protected sectors {', '.join(map(str, sectors))} of {name}; it reset"
 
 
 def option_bytes(target: Target, *, boot_from_pin: bool = False,

@@ -313,9 +313,11 @@ def _enter(link: Link, pins: Pins, bl: Bootloader, target: Target,
     if len(rates) > 1:
         hint += f"; tried {', '.join(str(r) for r in rates)} baud"
     if not pins.can_reset:
-        hint += "; no reset pins are configured, so put the chip in bootloader mode by hand"
+        hint += ("; no reset pins are configured, so put the chip in bootloader mode by hand "
+                 "(BOOT0 high, then reset; `stm32ota sim`: kill -USR1 its process id)")
     raise NoBootloader(f"no answer from the STM32 bootloader on {target.describe()} after "
-                       f"{target.connect_attempts} attempts: {hint}")
+                       f"{target.connect_attempts} attempt"
+                       f"{'' if target.connect_attempts == 1 else 's'}: {hint}")
 
 
 def _connect(link: Link, pins: Pins, bl: Bootloader, target: Target,

@@ -83,7 +83,7 @@ class Target:
     pins: PinsSettings = field(default_factory=PinsSettings)
     expect_chip: Optional[int] = None  # refuse any other product ID
     timeouts: Timeouts = field(default_factory=Timeouts)
-    connect_attempts: int = 3  # resets + connects before giving up
+    connect_attempts: int = 3  # resets + connects before giving up: 1 + retries.connect
     write_retries: int = 3  # further tries of one failed command
     verify: str = "auto"  # "auto", "crc", "readback" or "none"
     skip_unchanged: bool = True  # leave pages alone that already hold the image (execute.py)

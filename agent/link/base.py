@@ -8,8 +8,18 @@ returns 1 byte to GET_VERSION.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+# `-vv` shows every byte on the wire (README): one DEBUG line per write and per read
+wire_log = logging.getLogger("agent.link.bytes")
+
+
+def trace(where: str, arrow: str, data: bytes) -> None:
+    """Log the bytes of one write (">") or read ("<") at DEBUG; free when DEBUG is off."""
+    if wire_log.isEnabledFor(logging.DEBUG):
+        wire_log.debug("%s %s %s", where, arrow, data.hex(" "))
 
 
 @dataclass(frozen=True)

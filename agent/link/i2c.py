@@ -10,7 +10,7 @@ from typing import Callable
 from smbus2 import I2cFunc, SMBus, i2c_msg
 
 from agent.errors import LinkError, LinkTimeout, UsageError
-from agent.link.base import Capabilities, I2CBus
+from agent.link.base import Capabilities, I2CBus, trace
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class I2cLink:
         if len(data) > self.max_frame:
             raise UsageError(f"{self._where()}: frame of {len(data)} bytes exceeds max_frame "
                              f"{self.max_frame}", code="frame_too_long")
+        trace(self._where(), ">", data)
         try:
             self.bus.i2c_rdwr(i2c_msg.write(self.address, bytes(data)))
         except OSError as exc:
@@ -116,6 +117,7 @@ class I2cLink:
             msg = i2c_msg.read(self.address, n)
             try:
                 self.bus.i2c_rdwr(msg)
+                trace(self._where(), "<", bytes(msg))
                 return bytes(msg)
             except OSError as exc:
                 if exc.errno not in _NO_ANSWER:
@@ -138,3 +140,6 @@ class I2cLink:
 
     def __repr__(self) -> str:
         return f"I2cLink({self.name!r}, address=0x{self.address:02X})"
+
+    def __str__(self) -> str:
+        return self._where()

@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Optional, Union
 import serial
 
 from agent.errors import LinkError, LinkTimeout, UsageError
-from agent.link.base import Capabilities
+from agent.link.base import Capabilities, trace
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,10 @@ def _is_pty(fd: int) -> bool:
         return False
 
 
-def check_parity(attrs: list, port: str, is_pty: bool) -> None:
+def check_parity(attrs: list, port: str, is_pty: bool) -> bool:
     """Fail with `no_parity` unless tcgetattr's `attrs` show even parity, checked (INPCK).
+
+    Returns True when even parity is in effect, False for a pty (which carries none).
 
     Linux's 8250 driver strips PARENB on a mini UART (UART_CAP_MINI, the Pi's ttyS0) without
     an error, and pyserial never reads back: 0x7F and ACK still pass (odd popcount: the
@@ -88,13 +90,14 @@ def check_parity(attrs: list, port: str, is_pty: bool) -> None:
         and not cflag & getattr(termios, "CMSPAR", 0)
     if not even and is_pty:
         log.debug("%s is a pty: it carries no parity, running 8N1 to the simulator", port)
-        return
+        return False
     if not even:
         raise LinkError(f"{port} does not keep even parity (the driver dropped PARENB): "
                         f"{PARITY_HINT}", code="no_parity")
     if not iflag & termios.INPCK:
         raise LinkError(f"{port} does not check parity (INPCK is off after setting it): "
                         f"{PARITY_HINT}", code="no_parity")
+    return True
 
 
 class UartLink:
@@ -164,6 +167,7 @@ class UartLink:
     def _check_line(self, port_obj: serial.SerialBase) -> None:
         """Turn on parity checking and read the settings back: drivers drop what they cannot do."""
         fd = getattr(port_obj, "fd", None)
+        self.parity_kept = False  # even parity read back in effect (`doctor` reports it)
         if self.parity != "even" or not isinstance(fd, int):
             return  # 8N1 asked for, or a pyserial URL (loop://, socket://) without termios
         try:
@@ -173,7 +177,7 @@ class UartLink:
             # a damaged reply comes up short and times out rather than reading as wrong data.
             attrs[0] |= termios.INPCK | termios.IGNPAR
             termios.tcsetattr(fd, termios.TCSANOW, attrs)
-            check_parity(termios.tcgetattr(fd), self.port, _is_pty(fd))
+            self.parity_kept = check_parity(termios.tcgetattr(fd), self.port, _is_pty(fd))
         except termios.error as exc:
             raise LinkError(f"cannot configure serial port {self.port}: "
                             f"{_open_hint(self.port, exc)} ({exc})",
@@ -208,6 +212,7 @@ class UartLink:
 
     def write(self, data: bytes) -> None:
         """Send bytes; with inter_byte_delay, one byte at a time (the seed's ESP32 quirk)."""
+        trace(self.port, ">", data)
         try:
             if self.inter_byte_delay <= 0:
                 self.serial.write(data)
@@ -235,6 +240,7 @@ class UartLink:
             if isinstance(exc, LinkTimeout):
                 raise
             raise LinkError(f"read from {self.port} failed: {exc}") from exc
+        trace(self.port, "<", bytes(buf))
         return bytes(buf)
 
     def flush_input(self) -> None:
@@ -253,3 +259,6 @@ class UartLink:
 
     def __repr__(self) -> str:
         return f"UartLink({self.port!r}, baud={self.baud}, parity={self.parity!r})"
+
+    def __str__(self) -> str:
+        return f"{self.port} ({self.baud} baud, parity {self.parity})"

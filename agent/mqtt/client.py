@@ -4,8 +4,9 @@
 survive broker outages needs, all at QoS 1:
 
 - automatic reconnect with a bounded back-off (paho's own loop thread);
-- a persistent session (MQTT 5: clean_start=False + session expiry; 3.1.1: clean_session=False)
-  so QoS 1 commands sent while the agent was briefly away are still delivered;
+- MQTT 5, or MQTT 3.1.1 when the broker refuses 5 (`protocol=None`, the default; pinned with 5
+  or 4); a persistent session (5: clean_start=False + session expiry; 3.1.1: clean_session=False
+  unless session_expiry is 0) so QoS 1 commands sent while briefly away are still delivered;
 - on every (re)connect: re-subscribe everything (a restarted broker without persistence has
   forgotten all subscriptions), re-publish the latest "sticky" retained message of each topic
   (availability, discovery, state, job) -- only the birth and those changed while away when
@@ -16,17 +17,15 @@ survive broker outages needs, all at QoS 1:
   when the broker says another client took the session over (0x8E: final, no reconnect);
   `jitter`: a random delay up to that bound before reconnecting and answering HA's birth;
 - inbound payloads over `max_payload` are dropped with a log line before any handler sees them;
-- a failed attempt says why (wrong password, TLS certificate, refused TCP connection) at
-  WARNING when the reason is new, DEBUG while it repeats; paho keeps retrying either way.
+- a failed attempt says why at WARNING when new, DEBUG while it repeats; paho keeps retrying,
+  but a refused login ends wait_connected() at once (`refused` says why).
 
-Threading: message handlers and the birth callback run on paho's network thread. They must
-only parse and enqueue (never download, flash, sleep or wait for a publish there); calling
-`publish`/`publish_sticky` from a handler is fine, it only queues bytes.
+Threading: message handlers and the birth callback run on paho's network thread: they only
+parse and enqueue (never download, flash, sleep or wait); publish() there only queues bytes.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import sys
 import random
@@ -40,9 +39,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.mqtt.contract import Payload, encode
 from agent.mqtt.health import SESSION_TAKEN_OVER, Lifetimes, not_connected_noise
-from agent.mqtt.timing import idle_wait, jitter
+from agent.mqtt.payload import Payload, encode, idle_wait, tunable_loop
+from agent.mqtt.timing import jitter
 from agent.mqtt.tls import TlsOptions, configure_tls, connect_failure
 from agent.mqtt.topics import levels_match
 
@@ -66,65 +65,37 @@ class _Paho(paho.Client):
         return super()._loop(idle_wait(self.keepalive))
 
 
-def tunable_loop(client_class: type = paho.Client) -> bool:
-    """True when paho's network loop waits in a private `_loop(timeout)` step, as it does in
-    paho 2.x, so `_Paho` may override it. A paho that renamed or reshaped that step gets
-    the plain public client instead (loop_start(), paho's own 1 s wait): slower to doze, but
-    never a broken network thread."""
-    step = getattr(client_class, "_loop", None)
-    forever = getattr(getattr(client_class, "loop_forever", None), "__code__", None)
-    if not callable(step) or forever is None or "_loop" not in forever.co_names:
-        return False
-    try:
-        return "timeout" in inspect.signature(step).parameters
-    except (TypeError, ValueError):  # a builtin or otherwise unreadable signature
-        return False
-
-
 class MqttClient:
     """A reconnecting QoS 1 MQTT client with sticky retained messages; see the module docstring."""
 
-    def __init__(
-        self,
-        host: str,
-        port: int = 1883,
-        *,
-        client_id: str,
-        username: str | None = None,
-        password: str | None = None,
-        tls: TlsOptions | None = None,
-        keepalive: int = 60,
-        will: tuple[str, Payload, bool] | None = None,
-        birth: Payload = "online",
-        offline: Payload = "offline",
-        reconnect_min: float = 1,
-        reconnect_max: float = 60,
-        max_payload: int = 64 * 1024,
-        max_queued: int = 1000,
-        protocol: int = 5,
-        session_expiry: int = 3600,
-        on_reject: RejectHandler | None = None,
-        subscribe_qos: int = QOS,
-        on_taken_over: Callable[[str], None] | None = None,
-        jitter: float = 0.0,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
+    def __init__(self, host: str, port: int = 1883, *, client_id: str, username: str | None = None,
+                 password: str | None = None, tls: TlsOptions | None = None, keepalive: int = 60,
+                 will: tuple[str, Payload, bool] | None = None, birth: Payload = "online",
+                 offline: Payload = "offline", reconnect_min: float = 1, reconnect_max: float = 60,
+                 max_payload: int = 64 * 1024, max_queued: int = 1000, protocol: int | None = None,
+                 session_expiry: int = 3600, on_reject: RejectHandler | None = None,
+                 subscribe_qos: int = QOS, on_taken_over: Callable[[str], None] | None = None,
+                 jitter: float = 0.0, rng: Callable[[], float] = random.random) -> None:
         if not client_id:
             raise ValueError("client_id is required: a persistent session is keyed by it")
-        if protocol not in (4, 5):
-            raise ValueError("protocol must be 4 (MQTT 3.1.1) or 5 (MQTT 5)")
+        if protocol not in (None, 4, 5):
+            raise ValueError("protocol must be 4 (MQTT 3.1.1), 5 (MQTT 5) or None (negotiate)")
         self.host, self.port, self.keepalive, self.client_id = host, port, keepalive, client_id
-        self.max_payload, self.protocol, self.session_expiry = max_payload, protocol, session_expiry
+        self.max_payload, self.session_expiry = max_payload, session_expiry
         self.on_reject, self.subscribe_qos, self.on_taken_over = on_reject, subscribe_qos, on_taken_over
+        self.negotiate, self.protocol = protocol is None, protocol or 5  # None: 5, else 3.1.1
+        self.refused: str | None = None  # a refused login: retrying cannot help
+        self._settled = threading.Event()  # connected, or refused
+        self._answered = False  # a CONNACK came, whatever it said: the broker speaks this version
         self.connected = threading.Event()
         self._lock = threading.RLock()
         self._handlers: dict[str, list[Handler]] = {}
         self._levels: dict[str, tuple[str, ...]] = {}  # topic filter -> its levels, split once
+        self._as_published: set[str] = set()  # filters subscribed with Retain As Published
         self._sticky: dict[str, tuple[bytes, bool]] = {}
         self._unsent: set[str] = set()  # sticky topics changed while disconnected
-        self._will = will
-        self._offline, self._started = encode(offline), False
-        self._last_failure: str | None = None  # logged at WARNING once per distinct reason
+        self._will, self._offline, self._started = will, encode(offline), False
+        self.last_failure: str | None = None  # logged at WARNING once per distinct reason
         self.jitter, self._rng = jitter, rng  # bound of the random delays, see timing.jitter
         self._lives = Lifetimes(f"{client_id!r} on {host}:{port}")
         self._client = self._new_paho(max_queued, reconnect_min, reconnect_max)
@@ -145,7 +116,7 @@ class MqttClient:
         kwargs: dict[str, Any] = {"protocol": paho.MQTTv5 if self.protocol == 5 else paho.MQTTv311}
         if self.protocol == 4:
             kwargs["clean_session"] = self.session_expiry == 0  # 3.1.1 has no expiry: keep or not
-        if tunable_loop():
+        if tunable_loop(paho.Client):
             client: paho.Client = _Paho(CallbackAPIVersion.VERSION2, client_id=self.client_id, **kwargs)
         else:
             log.debug("paho-mqtt %s has no Client._loop(timeout) step: its network thread "
@@ -168,9 +139,11 @@ class MqttClient:
         """Connect in the background and keep reconnecting until stop()."""
         kwargs: dict[str, Any] = {}
         if self.protocol == 5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.session_expiry
-            kwargs = {"clean_start": False, "properties": props}
+            kwargs = {"clean_start": False}
+            if self.session_expiry:  # absent means 0; a property-less CONNECT is one that even
+                props = Properties(PacketTypes.CONNECT)  # amqtt answers "unsupported version"
+                props.SessionExpiryInterval = self.session_expiry
+                kwargs["properties"] = props
         self._client.connect_async(self.host, self.port, self.keepalive, **kwargs)
         self._client.loop_start()
         self._started = True
@@ -192,8 +165,9 @@ class MqttClient:
         self.connected.clear()
 
     def wait_connected(self, timeout: float | None = None) -> bool:
-        """Wait until connected (and re-subscribed); return False on timeout."""
-        return self.connected.wait(timeout)
+        """Wait until connected (and re-subscribed); False on timeout or a refused login."""
+        self._settled.wait(timeout)
+        return self.connected.is_set()
 
     # --- outbound -------------------------------------------------------------------------
 
@@ -232,14 +206,6 @@ class MqttClient:
             else:  # only the latest value matters; _on_connect sends it
                 self._unsent.add(topic)
 
-    def forget_sticky(self, topic: str, clear: bool = False) -> None:
-        """Stop re-publishing `topic`; with clear=True also delete its retained message
-        (an empty retained payload, e.g. to remove a Home Assistant discovery config)."""
-        with self._lock:
-            self._sticky.pop(topic, None)
-        if clear:
-            self.publish(topic, b"", retain=True)
-
     def republish_sticky(self) -> None:
         """Send every sticky message again (e.g. after Home Assistant's birth message)."""
         with self._lock:
@@ -260,13 +226,21 @@ class MqttClient:
 
     # --- inbound --------------------------------------------------------------------------
 
-    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+    def subscribe(self, topic_filter: str, handler: Handler, *,
+                  retain_as_published: bool = False) -> None:
         """Call handler(topic, payload, retained) for every message matching topic_filter,
-        now and after every reconnect. Runs on the network thread: parse and enqueue only."""
+        now and after every reconnect. Runs on the network thread: parse and enqueue only.
+
+        `retained` is set for a retained message the broker sends because we subscribed. With
+        `retain_as_published` (MQTT 5 only, 3.3.1.2.2) it is also set for a message that
+        arrives live but was published with the retain flag, which MQTT otherwise clears.
+        """
         with self._lock:
             first = topic_filter not in self._handlers
             self._handlers.setdefault(topic_filter, []).append(handler)
             self._levels[topic_filter] = tuple(topic_filter.split("/"))
+            if retain_as_published:
+                self._as_published.add(topic_filter)
             if first and self.connected.is_set():
                 self._subscribe(topic_filter)
 
@@ -295,7 +269,8 @@ class MqttClient:
     def _subscribe(self, topic_filter: str) -> None:
         if self.protocol == 5:
             # retained messages only for a new subscription, not on every session resume
-            opts = SubscribeOptions(qos=self.subscribe_qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+            opts = SubscribeOptions(qos=self.subscribe_qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB,
+                                    retainAsPublished=topic_filter in self._as_published)
             rc, _ = self._client.subscribe(topic_filter, options=opts)
         else:
             rc, _ = self._client.subscribe(topic_filter, qos=self.subscribe_qos)
@@ -306,8 +281,8 @@ class MqttClient:
 
     def _failed(self, why: str) -> None:
         """Log a failed connection attempt: WARNING for a new reason, DEBUG for a repeat."""
-        level = logging.DEBUG if why == self._last_failure else logging.WARNING
-        self._last_failure = why
+        level = logging.DEBUG if why == self.last_failure else logging.WARNING
+        self.last_failure = why
         log.log(level, "MQTT cannot connect to %s:%d: %s; retrying", self.host, self.port, why)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
@@ -316,13 +291,19 @@ class MqttClient:
         self._failed(connect_failure(sys.exc_info()[1]))
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._answered = True
         if reason.is_failure:
+            if reason.value == 0x84 and self.negotiate and self.protocol == 5:  # 3.1.1 rc 1 too
+                self._downgrade(client)
+                return
             hint = ""
             if reason.value in (0x86, 0x87):  # bad user name or password, not authorized (3.1.1 rc 4, 5)
                 hint = "; check the user name and password"
+                self.refused = f"the broker refused the login: {reason}"
+                self._settled.set()
             self._failed(f"the broker refused the connection: {reason}{hint}")
             return
-        self._last_failure = None
+        self.last_failure, self.refused = None, None
         self._lives.connected()
         with self._lock:
             # paho would re-send these after this callback returns, i.e. after our fresh sticky
@@ -345,13 +326,27 @@ class MqttClient:
                     continue
                 self._send(msg.topic, msg.payload, msg.retain)
             self.connected.set()
-        log.info("MQTT connected to %s:%d (session present: %s); %d subscriptions, %d sticky, "
-                 "%d queued re-sent", self.host, self.port, kept, len(self._handlers),
-                 len(self._sticky), len(pending) - stale)
+            self._settled.set()
+        log.info("MQTT connected to %s:%d with MQTT %s (session present: %s); %d subscriptions, "
+                 "%d sticky, %d queued re-sent", self.host, self.port, "5" if self.protocol == 5
+                 else "3.1.1", kept, len(self._handlers), len(self._sticky), len(pending) - stale)
+
+    def _downgrade(self, client: paho.Client) -> None:
+        """A 3.1.1-only broker: the next attempt uses 3.1.1 (as paho itself downgrades to 3.1)."""
+        log.info("MQTT broker at %s:%d does not speak MQTT 5: using MQTT 3.1.1", self.host, self.port)
+        self.protocol = 4
+        client._protocol = paho.MQTTv311
+        client._clean_session = self.session_expiry == 0
+
+    def _upgrade(self, client: paho.Client) -> None:
+        """3.1.1 got no answer either: the broker was not the problem, so MQTT 5 again."""
+        self.protocol, client._protocol = 5, paho.MQTTv5
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
+        if self.refused is None:
+            self._settled.clear()
         if getattr(reason, "value", None) == SESSION_TAKEN_OVER and self._started:
             self._taken_over(client)
             return
@@ -360,7 +355,11 @@ class MqttClient:
             # the first retry waits reconnect_min + jitter: not every gateway in the same second
             client.reconnect_delay_set(self._backoff[0] + jitter(self.jitter, self._rng),
                                        self._backoff[1])  # type: ignore[arg-type]
-        if not was_connected:  # the end of a refused attempt, already logged with its reason
+        if not was_connected and not self._answered and self.negotiate and self._started:
+            # no CONNACK at all (amqtt waits forever on an MQTT 5 CONNECT with properties, until
+            # paho gives up after a keepalive): try the other version next time
+            (self._downgrade if self.protocol == 5 else self._upgrade)(client)
+        elif not was_connected:  # the end of a refused attempt, already logged with its reason
             log.debug("MQTT connection to %s:%d closed (%s)", self.host, self.port, reason)
         elif self._started:
             log.warning("MQTT disconnected from %s:%d (%s); reconnecting", self.host, self.port, reason)

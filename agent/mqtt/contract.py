@@ -9,12 +9,11 @@ silently in HA's log.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from agent import __version__
@@ -23,17 +22,6 @@ from agent.mqtt.topics import Topics, check_id
 from agent.ota.jobs import CANCELED, FAILED, IN_PROGRESS, QUEUED, REJECTED, SUCCEEDED
 
 log = logging.getLogger(__name__)
-
-Payload = Union[bytes, str, Mapping[str, Any], Sequence[Any]]
-
-
-def encode(payload: Payload) -> bytes:
-    """bytes as they are, str as UTF-8, anything else as compact JSON."""
-    if isinstance(payload, (bytes, bytearray)):
-        return bytes(payload)
-    if isinstance(payload, str):
-        return payload.encode("utf-8")
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 # The job store owns the statuses; the contract fixes their order on the wire (HA's enum options)
 JOB_STATUSES = (QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, REJECTED, CANCELED)
@@ -92,13 +80,20 @@ def _device(device_info: Mapping[str, Any], object_id: str, name: str) -> dict[s
     return device
 
 
+def _entity_id(domain: str, object_id: str) -> dict[str, str]:
+    """The entity id Home Assistant should give a component, in both spellings: HA 2025.10 and
+    later read `default_entity_id` (object_id is deprecated there), older ones only `object_id`
+    (entity id = DOMAIN.object_id). Both until the oldest supported HA (2024.11) knows the new one."""
+    return {"object_id": object_id, "default_entity_id": f"{domain}.{object_id}"}
+
+
 def _update_entity(t: Topics, target: str, title: str) -> dict[str, Any]:
     """The update entity: Home Assistant's Install button and progress bar."""
     oid = t.object_id(target)
     return {
         "platform": "update",
         "unique_id": f"{oid}_firmware",
-        "default_entity_id": f"update.{_slug(oid)}_firmware",
+        **_entity_id("update", f"{_slug(oid)}_firmware"),
         "name": "Firmware",
         "device_class": "firmware",
         "entity_category": "config",
@@ -117,7 +112,7 @@ def _status_sensor(t: Topics, target: str) -> dict[str, Any]:
     return {
         "platform": "sensor",
         "unique_id": f"{oid}_job_status",
-        "default_entity_id": f"sensor.{_slug(oid)}_update_status",
+        **_entity_id("sensor", f"{_slug(oid)}_update_status"),
         "name": "Update status",
         "device_class": "enum",
         "options": list(JOB_STATUSES),
@@ -134,7 +129,7 @@ def _abort_button(t: Topics, target: str) -> dict[str, Any]:
     return {
         "platform": "button",
         "unique_id": f"{oid}_abort",
-        "default_entity_id": f"button.{_slug(oid)}_abort_update",
+        **_entity_id("button", f"{_slug(oid)}_abort_update"),
         "name": "Abort update",
         "entity_category": "config",
         "command_topic": t.cmd(target),
@@ -149,7 +144,7 @@ def _event_entity(t: Topics, target: str) -> dict[str, Any]:
     return {
         "platform": "event",
         "unique_id": f"{oid}_job_event",
-        "default_entity_id": f"event.{_slug(oid)}_update_event",
+        **_entity_id("event", f"{_slug(oid)}_update_event"),
         "name": "Update event",
         "state_topic": t.events(target),
         "event_types": list(EVENT_TYPES),
@@ -242,20 +237,17 @@ def state_payload(
             # HA turns in_progress on for any percentage; a stale one would block Install
             raise PayloadError("update_percentage must be None when in_progress is False")
         update_percentage = _percent("update_percentage", update_percentage)
-    state = {
+    values = {
         "installed_version": _need_str("installed_version", installed_version),
         "latest_version": _need_str("latest_version", latest_version),
         "title": _need_str("title", title),
         "release_summary": summary,
-        "release_url": None,
         "in_progress": in_progress,
         "update_percentage": update_percentage,
     }
-    if release_url is None:  # HA treats the key as optional; a null would be rejected
-        del state["release_url"]
-    else:
-        state["release_url"] = _http_url("release_url", release_url)
-    return state
+    if release_url is not None:  # HA treats the key as optional; a null would be rejected
+        values["release_url"] = _http_url("release_url", release_url)
+    return {key: values[key] for key in STATE_KEYS if key in values}  # in the documented order
 
 
 def rfc3339(when: datetime) -> str:

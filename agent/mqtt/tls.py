@@ -29,6 +29,25 @@ class TlsOptions:
     insecure: bool = False
 
 
+def _unusable(tls: TlsOptions, exc: BaseException) -> ConfigError:
+    files = ", ".join(f"{n} {v}" for n, v in (("ca", tls.ca), ("cert", tls.cert),
+                                              ("key", tls.key)) if v) or "system CAs"
+    return ConfigError(f"MQTT TLS files could not be loaded ({files}): {exc}; check that "
+                       "they are PEM files, that the key belongs to the certificate and "
+                       "that its password is right")
+
+
+def check_tls_files(tls: TlsOptions) -> None:
+    """Load the CA, certificate and key into a throwaway context: ConfigError if they do not
+    load (what `configure_tls` would raise at start), without a client or a connection."""
+    try:
+        context = ssl.create_default_context(cafile=tls.ca)
+        if tls.cert:
+            context.load_cert_chain(tls.cert, tls.key, password=tls.key_password)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise _unusable(tls, exc) from exc
+
+
 def configure_tls(client: Any, tls: TlsOptions) -> None:
     """Load the CA, certificate and key into a paho client now, so a bad file is a
     ConfigError at start rather than a failure at the first connect."""
@@ -38,11 +57,7 @@ def configure_tls(client: Any, tls: TlsOptions) -> None:
             keyfile_password=tls.key_password,
         )
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        files = ", ".join(f"{n} {v}" for n, v in (("ca", tls.ca), ("cert", tls.cert),
-                                                  ("key", tls.key)) if v) or "system CAs"
-        raise ConfigError(f"MQTT TLS files could not be loaded ({files}): {exc}; check that "
-                          "they are PEM files, that the key belongs to the certificate and "
-                          "that its password is right") from exc
+        raise _unusable(tls, exc) from exc
     client.tls_insecure_set(tls.insecure)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Optional
 
 from agent.errors import Stm32OtaError
+from agent.ota.ratelimit import RateLimit
 
 log = logging.getLogger(__name__)
 
@@ -100,34 +101,84 @@ class Job:
         return job
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace `path` with `data` so that a crash leaves the old or the new file, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dirfd = os.open(path.parent, os.O_RDONLY)
+class Disk:
+    """The file operations `write_json_atomic` makes, in one place, so a test can hand in a
+    disk that loses power between them (what a kill -9 cannot show: the page cache survives)."""
+
+    def create_temp(self, folder: Path, prefix: str) -> tuple[int, str]:
+        """A new empty file in `folder`: (fd, path)."""
+        return tempfile.mkstemp(dir=folder, prefix=prefix)
+
+    def write(self, fd: int, data: bytes) -> None:
+        """All of `data` at the file's position."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    def fsync(self, fd: int) -> None:
+        """Make the file's data durable."""
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        """Close the file."""
+        os.close(fd)
+
+    def replace(self, src: str, dst: Path) -> None:
+        """Rename over `dst` atomically."""
+        os.replace(src, dst)
+
+    def fsync_dir(self, folder: Path) -> None:
+        """Make the folder's entries (the rename) durable."""
+        dirfd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dirfd)
         finally:
             os.close(dirfd)
+
+    def unlink(self, path: str) -> None:
+        """Remove a file if it is there."""
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+DISK = Disk()
+TEMP_GLOB = ".*.json.*"  # what write_json_atomic's temporary files look like
+
+
+def write_json_atomic(path: Path, data: Any, disk: Disk = DISK) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new file, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = json.dumps(data, indent=1, sort_keys=True).encode("utf-8")
+    fd, tmp = disk.create_temp(path.parent, f".{path.name}.")
+    try:
+        try:
+            disk.write(fd, body)
+            disk.fsync(fd)
+        finally:
+            disk.close(fd)
+        disk.replace(tmp, path)
+        disk.fsync_dir(path.parent)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        disk.unlink(tmp)
         raise
 
 
 class StateStore:
     """The agent's persistent state: jobs, installed versions, latest releases."""
 
-    def __init__(self, state_dir: str | Path) -> None:
+    def __init__(self, state_dir: str | Path, disk: Disk = DISK) -> None:
         self.root = Path(state_dir)
+        self.disk = disk
         for sub in ("jobs", "installed", "releases"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def sweep_temps(self) -> None:
+        """Remove temporary files a kill or power loss inside write_json_atomic left behind
+        (call it at start, before anything writes here)."""
+        for sub in ("jobs", "installed", "releases"):
+            for stale in (self.root / sub).glob(TEMP_GLOB):
+                log.info("removing %s left by an interrupted write", stale)
+                stale.unlink(missing_ok=True)
 
     def _path(self, kind: str, name: str) -> Path:
         if not _NAME.match(name):
@@ -147,7 +198,7 @@ class StateStore:
 
     def save_job(self, job: Job) -> None:
         """Persist the job before the step it describes runs."""
-        write_json_atomic(self._path("jobs", job.target), asdict(job))
+        write_json_atomic(self._path("jobs", job.target), asdict(job), self.disk)
 
     def load_job(self, target: str) -> Optional[Job]:
         """The target's current or last job, if any."""
@@ -171,7 +222,14 @@ class StateStore:
     def set_installed(self, target: str, version: str, sha256: str) -> None:
         """Record a verified install."""
         write_json_atomic(self._path("installed", target),
-                          {"version": version, "sha256": sha256, "installed_at": now_iso()})
+                          {"version": version, "sha256": sha256, "installed_at": now_iso()},
+                          self.disk)
+
+    def set_flash_unknown(self, target: str, to_version: Optional[str]) -> None:
+        """The flash was erased or written but not verified (an abort, a failure, a stop): it
+        no longer holds the last verified version, so report none until an install succeeds."""
+        write_json_atomic(self._path("installed", target),
+                          {"version": None, "interrupted_to": to_version, "installed_at": now_iso()})
 
     def installed_version(self, target: str) -> Optional[str]:
         """What the target last verified, or None."""
@@ -184,22 +242,24 @@ class StateStore:
 
     def set_release(self, product: str, manifest: dict) -> None:
         """Remember the latest accepted manifest of a product."""
-        write_json_atomic(self._path("releases", product), manifest)
+        write_json_atomic(self._path("releases", product), manifest, self.disk)
 
 
 Publish = Callable[[str, Job, bool], None]
-"""publish(target, job, retain): report one job change (retain=False: a notice that must not
-replace the target's retained job record)."""
+"""publish(target, job, retain): report one job change (retain=False: a notice, such as a
+refusal while a job is open, that must not replace the target's retained job record)."""
 
 
 class JobStore:
     """The one owner of job state: every change is saved first, then published."""
 
     def __init__(self, state: StateStore, publish: Publish,
-                 progress: Optional[Callable[[str, Job], None]] = None) -> None:
+                 progress: Optional[Callable[[str, Job], None]] = None,
+                 limit: Optional[RateLimit] = None) -> None:
         self.state = state
         self._publish = publish
         self._progress = progress  # how progress inside a phase goes out (default: as publish)
+        self.limit = limit  # rejections per origin topic; None: report every one
 
     def load(self, target: str) -> Optional[Job]:
         """The target's current or last job, if any."""
@@ -224,8 +284,16 @@ class JobStore:
         """Give the job its one terminal status (phase done at 100% when it SUCCEEDED)."""
         percent = 100 if status == SUCCEEDED else job.percent
         phase = "done" if status == SUCCEEDED else job.phase
+        if status != SUCCEEDED:
+            self.flash_touched(job)
         return self.save(job.advance(status=status, error=error, percent=percent, phase=phase,
                                      note=note or job.note))
+
+    def flash_touched(self, job: Job) -> None:
+        """An unfinished job that got as far as erasing leaves the old version gone (the chip
+        waits in its bootloader): installed becomes unknown, so the state says no more."""
+        if job.phase in TOUCHES_FLASH:
+            self.state.set_flash_unknown(job.target, job.to_version)
 
     def succeed(self, job: Job, version: str, sha256: str) -> Job:
         """Record the verified install first, then end the job SUCCEEDED."""
@@ -233,15 +301,30 @@ class JobStore:
         return self.finish(job, SUCCEEDED, None)
 
     def reject(self, target: str, err: Stm32OtaError, *, to_version: Optional[str],
-               retain: bool = True) -> Job:
-        """Report a refused request as a REJECTED job (not retained while another job runs)."""
+               origin: Optional[str] = None) -> Optional[Job]:
+        """Report a refused command: an event about it, never a change of the job record.
+
+        Nothing is written to disk. While no job is open the REJECTED document is also the
+        retained job message (until the next job, or a restart shows the last job again);
+        while one is queued or running it goes out unretained, so that job's record stays.
+        Reports from one `origin` (the topic the command came on) are rate-limited: a
+        suppressed one is only logged at debug level and returns None.
+        """
+        if origin is not None and self.limit is not None:
+            earlier = self.limit.take(origin)
+            if earlier is None:
+                log.debug("%s: rejected (not reported: too many from %s): [%s] %s", target,
+                          origin, err.code, err)
+                return None
+            if earlier:
+                log.warning("%s: %d more rejections from %s were not reported", target,
+                            earlier, origin)
         log.warning("%s: rejected: [%s] %s", target, err.code, err)
         job = Job(target=target, status=REJECTED, phase="queued", error=err.as_dict(),
                   from_version=self.state.installed_version(target), to_version=to_version)
         job = job.advance()
-        if retain:
-            return self.save(job)
-        self._publish(target, job, False)  # another job is open: keep its retained record
+        current = self.load(target)
+        self._publish(target, job, current is None or current.terminal)
         return job
 
     def open_images(self) -> set[str]:

@@ -173,13 +173,13 @@ def _decode(raw: bytes | bytearray | str) -> Any:
         return strict_json(text, "manifest")
     except ImageRejected:
         raise
-    except (ValueError, RecursionError) as e:
+    except ValueError as e:
         raise ImageRejected(f"manifest is not valid JSON: {e}", code="bad_json") from None
 
 
 def strict_json(text: str, what: str) -> Any:
     """json.loads that refuses duplicate keys and NaN/Infinity (ImageRejected naming `what`);
-    other syntax errors stay ValueError for the caller to word."""
+    other syntax errors, and nesting too deep to parse, stay ValueError for the caller to word."""
 
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -193,7 +193,10 @@ def strict_json(text: str, what: str) -> Any:
         raise ImageRejected(f"{name} is not allowed in a {what} (numbers must be integers)",
                             code="bad_json")
 
-    return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constant)
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constant)
+    except RecursionError:  # ~1000 nested brackets exhaust the parser's stack: say so plainly
+        raise ValueError(f"the {what} is nested too deeply") from None
 
 
 def _check_keys(fields: Mapping[str, Any]) -> None:
@@ -266,8 +269,10 @@ def check_url(url: str, field: str = "url") -> str:
     """Refuse anything but a plain http(s) URL with a host and no credentials."""
     if not isinstance(url, str) or not url:
         raise ImageRejected(f"{field} must be a non-empty string", code="bad_url")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in url):
-        raise ImageRejected(f"{field} contains an unpaired UTF-16 surrogate", code="bad_url")
+    if not url.isascii():  # http.client sends ASCII only; RFC 3986 URLs are ASCII
+        raise ImageRejected(f"{field} has characters outside ASCII (an unpaired surrogate, a "
+                            "direction mark, ...): percent-encode them, and use the punycode "
+                            "form of an international host name", code="bad_url")
     if len(url) > _MAX_URL or _CONTROL_RE.search(url) or " " in url:
         raise ImageRejected(f"{field} is too long or contains spaces/control characters",
                             code="bad_url")

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from agent.errors import Aborted, Stm32OtaError
+from agent.errors import (Aborted, LinkError, PinError, ProtocolError, Stm32OtaError,
+                          Unsupported)
 from agent.flasher import image as firmware
 from agent.flasher import ops
 from agent.flasher.target import Devices, Target
@@ -32,6 +33,12 @@ log = logging.getLogger(__name__)
 # status are retained at once (README "Progress"). 100,000 targets at once a second would be
 # 100,000 retained writes a second on the broker.
 PROGRESS_STEP = 10
+# A link that failed (no answer, a timeout, a garbled or NACKed exchange after the bootloader
+# answered) is worth another try from the verified image; a refused image, a wrong chip, read
+# protection, an ignored BOOT0, a pin that cannot be driven or a missing command are not.
+LINK_FAILURES = (LinkError, ProtocolError)
+NOT_CURED_BY_RETRY = (PinError, Unsupported)
+PAUSE_STEP = 0.2  # s; a pause between link retries notices an abort this quickly
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,8 @@ class Policy:
     download_min_rate: int = 1024
     download_redirects: str = transfer.SAME_HOST
     progress_interval: float = 5.0  # seconds between progress messages inside a phase, at least
+    link_retries: int = 2  # a job whose link failed is flashed again this many times ...
+    link_backoff: tuple[float, ...] = (2.0, 8.0)  # ... after these pauses (the last repeats)
 
     def limits(self) -> download.Limits:
         """The download settings as download.fetch() takes them."""
@@ -176,8 +185,39 @@ class Pipeline:
                               cancel=self.cancel)
         self._step("verify_image")
         image = firmware.load(str(path), fmt=m.format, address=m.address)
-        self._step("enter_bootloader")
-        ops.flash(self.t.target, image, built_for=m.chip, start_app=True,
-                  progress=self.progress, on_step=self._step, cancel=self.cancel,
-                  sleep=self.sleep, i2c_bus=self.devices.i2c_bus,
-                  pin_backend=self.devices.pin_backend())
+        self._flash(m, image)
+
+    def _flash(self, m: Manifest, image: firmware.Image) -> None:
+        """Flash the verified image; a failed link is tried again (bounded, with pauses)."""
+        p = self.policy
+        pauses = [p.link_backoff[min(i, len(p.link_backoff) - 1)]
+                  for i in range(p.link_retries)] if p.link_backoff else []
+        for retry, pause in enumerate([*pauses, None], start=1):
+            self._step("enter_bootloader")
+            try:
+                ops.flash(self.t.target, image, built_for=m.chip, start_app=True,
+                          progress=self.progress, on_step=self._step, cancel=self.cancel,
+                          sleep=self.sleep, i2c_bus=self.devices.i2c_bus,
+                          pin_backend=self.devices.pin_backend())
+                return
+            except LINK_FAILURES as err:
+                if pause is None or isinstance(err, NOT_CURED_BY_RETRY):
+                    raise
+                log.warning("%s: job %s: the link failed in %s ([%s] %s); flashing again from "
+                            "the verified image in %g s (retry %d of %d)", self.t.name,
+                            self.job.job_id, self.job.phase, err.code, err, pause, retry,
+                            len(pauses))
+                self.job = self.jobs.save(self.job.advance(
+                    note=f"link retry {retry} of {len(pauses)} after [{err.code}] in "
+                         f"{self.job.phase}"))
+                self._pause(pause)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait between link retries, ending early (Aborted) on abort or agent stop."""
+        left = seconds
+        while not (self.cancel.is_set() or self.stopping.is_set()):
+            if left <= 0:
+                return
+            self.sleep(min(PAUSE_STEP, left))
+            left -= PAUSE_STEP
+        raise Aborted("aborted while waiting to retry the link")

@@ -83,9 +83,14 @@ class Updater:
             q.put(None)
         for w in self._workers:
             w.join(timeout)
+        for name in self.targets:  # jobs left open to resume at the next start
+            job = self.jobs.load(name)
+            if job is not None and not job.terminal:
+                self.jobs.flash_touched(job)
 
     def recover(self) -> None:
         """Safety rule 5/6: every unfinished job is repeated (bounded) or ends FAILED."""
+        self.jobs.state.sweep_temps()
         self.jobs.close_orphans(self.targets)
         for name in self.targets:
             job = self.jobs.load(name)
@@ -124,7 +129,7 @@ class Updater:
         verify_manifest(m, self.policy.trusted_keys, allow_unsigned=self.policy.allow_unsigned)
         return m
 
-    def handle_release(self, product: str, raw: bytes) -> list[str]:
+    def handle_release(self, product: str, raw: bytes, origin: Optional[str] = None) -> list[str]:
         """A release announcement: validate, remember, auto-install where allowed.
 
         Returns the names of targets whose view changed; raises ImageRejected when refused.
@@ -145,19 +150,23 @@ class Updater:
             if t.product != product or not t.auto_install:
                 continue
             if rollout_selected(m, self.agent_id, t.name):
-                self._try_install(t.name, m, source="auto_install", quiet=True)
+                self._try_install(t.name, m, source="auto_install", quiet=True, origin=origin)
         return affected
 
-    def handle_command(self, names: list[str], payload: dict, *, direct: bool) -> None:
-        """An already-parsed command for these targets (see service.parse_command)."""
+    def handle_command(self, names: list[str], payload: dict, *, direct: bool,
+                       origin: Optional[str] = None) -> None:
+        """An already-parsed command for these targets (see mqtt.commands.parse_command); `origin`
+        is the topic it came on (refusals are rate-limited per topic)."""
         op = payload["op"]
         for name in names:
             if op == "abort":
                 self.abort(name)
             elif op == "install":
-                self._install_command(name, payload.get("manifest"), direct=direct)
+                self._install_command(name, payload.get("manifest"), direct=direct,
+                                      origin=origin)
 
-    def _install_command(self, name: str, raw_manifest: Optional[dict], *, direct: bool) -> None:
+    def _install_command(self, name: str, raw_manifest: Optional[dict], *, direct: bool,
+                         origin: Optional[str]) -> None:
         t = self.targets[name]
         try:
             m = self._verified(parse_manifest(self._requested(t, raw_manifest)))
@@ -171,9 +180,9 @@ class Updater:
                 log.info("%s: not in the %s%% rollout of %s", name, m.rollout, m.version)
                 return
         except Stm32OtaError as err:
-            self.jobs.reject(name, err, to_version=None)
+            self.jobs.reject(name, err, to_version=None, origin=origin)
             return
-        self._try_install(name, m, source="command")
+        self._try_install(name, m, source="command", origin=origin)
 
     def _requested(self, t: FlashTarget, raw_manifest: Optional[dict]) -> dict:
         """The manifest an install command names: its own, or the product's latest release."""
@@ -185,14 +194,15 @@ class Updater:
                                 f"the release topic yet", code="no_release")
         return stored
 
-    def _try_install(self, name: str, m: Manifest, *, source: str, quiet: bool = False) -> None:
+    def _try_install(self, name: str, m: Manifest, *, source: str, quiet: bool = False,
+                     origin: Optional[str] = None) -> None:
         t = self.targets[name]
         installed = self.jobs.state.installed_version(name)
         try:
             check_install(m, installed, allow_downgrade=t.allow_downgrade)
         except Stm32OtaError as err:
             if not quiet:
-                self.jobs.reject(name, err, to_version=m.version)
+                self.jobs.reject(name, err, to_version=m.version, origin=origin)
             else:
                 log.info("%s: not auto-installing %s: %s", name, m.version, err)
             return
@@ -204,11 +214,12 @@ class Updater:
                     return
                 self.jobs.reject(name, Stm32OtaError(
                     f"target {name} is busy with job {current.job_id} ({current.to_version}); "
-                    "abort it first", code="busy"), to_version=m.version, retain=False)
+                    "abort it first", code="busy"), to_version=m.version, origin=origin)
                 return
             job = self.jobs.save(Job(target=name, from_version=installed, to_version=m.version,
                                      manifest=m.to_dict()))
-        log.info("%s: queued %s -> %s (%s)", name, installed, m.version, source)
+        log.info("%s: queued %s -> %s (%s)", name, installed or "(nothing installed)", m.version,
+                 source)
         self._queue_for(name).put(Work(name, job.job_id, m))
 
     def abort(self, name: str) -> None:

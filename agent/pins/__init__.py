@@ -36,17 +36,24 @@ __all__ = [
 
 def _auto(chip: str) -> Backend:
     """libgpiod when usable, else RPi.GPIO; log the choice and why."""
-    try:
-        libgpiod.import_gpiod()
-        gpiod_problem = None if libgpiod.chip_available(chip) else f"{chip} does not exist"
-    except PinError as exc:
-        gpiod_problem = str(exc)
+    gpiod_problem: Optional[str] = f"{chip} does not exist"  # the cause, whether gpiod imports
+    if libgpiod.chip_available(chip):
+        try:
+            libgpiod.import_gpiod()
+            gpiod_problem = None
+        except PinError as exc:
+            gpiod_problem = str(exc)
     if gpiod_problem is None:
         log.info("pins backend auto: using libgpiod on %s", chip)
         return libgpiod.GpiodBackend(chip)
     try:
         backend = rpigpio.RpiGpioBackend()
     except PinError as exc:
+        if not libgpiod.chip_available(chip):
+            raise PinError(f"no GPIO here: {chip} does not exist (ls /dev/gpiochip*: a machine "
+                           "without GPIO lines, or a container they were not passed into); "
+                           f"RPi.GPIO: {exc}. Check --gpiochip / pins.gpiochip, or drive the "
+                           "pins through the adapter's RTS/DTR (--pins modem)") from exc
         raise PinError(f"no GPIO backend works here: libgpiod: {gpiod_problem}; RPi.GPIO: "
                        f"{exc}. Install gpiod>=2.0 (pip install 'stm32ota[gpiod]') and check "
                        f"that {chip} exists, or set pins.backend") from exc

@@ -64,6 +64,8 @@ class Bootrom(Framing):
 
     def _read(self, op: int) -> Gen:
         self._unprotected()
+        if self.chip.fault_read_nack():
+            raise NackReason("fault: nack-read")
         self.emit(bytes([ACK]))
         addr = yield from self._word("address")
         self.mem.region_at(addr)

@@ -84,7 +84,7 @@ class SimChip(I2cSide):
         self._nrst, self._boot0 = True, boot0
         self._silent_left = self.faults.silent_resets
         self._reset_listeners: list[Callable[[], None]] = []
-        self._rx_count = self._tx_count = self._write_count = 0
+        self._rx_count = self._tx_count = self._write_count = self._read_count = 0
         self.generation = 0
         self._clear_io()
         self.empty_flag = self.mem.is_empty()
@@ -248,6 +248,12 @@ class SimChip(I2cSide):
         self._write_count += 1
         n = self.faults.nack_every_write
         return bool(n) and self._write_count % n == 0
+
+    def fault_read_nack(self) -> bool:
+        """Count a READ_MEMORY command; True if the fault says to NACK this one."""
+        self._read_count += 1
+        n = self.faults.nack_every_read
+        return bool(n) and self._read_count % n == 0
 
     def i2c_swallow_answer(self) -> None:
         """The L432 quirk: no final ACK; later reads return NACK until the next write."""

@@ -20,6 +20,7 @@ class Faults:
     """Faults to inject; all off by default."""
 
     nack_every_write: int = 0  # NACK every N-th WRITE_MEMORY data packet without programming
+    nack_every_read: int = 0  # NACK every N-th READ_MEMORY command (a byte garbled on the way)
     drop_every: int = 0  # lose every N-th byte the chip receives
     corrupt_every: int = 0  # flip bit 0 of every N-th byte the chip sends
     silent_resets: int = 0  # the first N NRST-triggered boots stay silent until the next reset
@@ -33,7 +34,8 @@ class Faults:
 
 
 _FAULT_SPECS: dict[str, tuple[str, type]] = {
-    "nack-write": ("nack_every_write", int), "drop": ("drop_every", int),
+    "nack-write": ("nack_every_write", int), "nack-read": ("nack_every_read", int),
+    "drop": ("drop_every", int),
     "corrupt": ("corrupt_every", int), "silent-resets": ("silent_resets", int),
     "slow-erase": ("erase_factor", float), "rdp": ("read_protected", bool),
     "i2c-erase-no-ack": ("i2c_erase_no_ack", bool),

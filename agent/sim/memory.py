@@ -35,6 +35,7 @@ RDP_LEVEL1 = 0xBB  # any value other than 0xAA/0xCC is level 1
 _OPTION_WORD = {"G0": 0xDFFFE1AA, "C0": 0xDFFFE1AA, "L4": 0xFFEFF8AA, "G4": 0xFFEFF8AA,
                 "WL": 0xFFEFF8AA}
 _F0_WORD = 0x00FF55AA
+_WRP_OFF = 0x000000FF  # WRPxA_STRT all ones, WRPxA_END 0: no write protection
 _NO_SWBOOT0 = frozenset({0x415})  # L47x/48x: no nSWBOOT0/nBOOT0 in OPTR (CMSIS stm32l476xx.h)
 
 
@@ -106,6 +107,12 @@ class SimMemory:
                 data[off:off + 8] = b"\xff" * 4 + bytes(4)
             word = _OPTION_WORD[family]
             data[0:8] = word.to_bytes(4, "little") + (word ^ 0xFFFFFFFF).to_bytes(4, "little")
+            # WRP1AR/WRP1BR (slots 3 and 4): area off, start page above end page (factory
+            # state as STM32CubeProgrammer shows it, second-hand; RM "WRP area" rules)
+            for off in (0x18, 0x20):
+                if len(data) >= off + 8:
+                    data[off:off + 8] = _WRP_OFF.to_bytes(4, "little") + \
+                        (_WRP_OFF ^ 0xFFFFFFFF).to_bytes(4, "little")
         elif family == "F0" and len(data) >= 4:
             data[:] = (0x00FF00FF).to_bytes(4, "little") * (len(data) // 4)
             data[0:4] = _F0_WORD.to_bytes(4, "little")

@@ -28,7 +28,7 @@ import termios
 import threading
 import tty
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from agent.errors import UsageError
 from agent.sim.core import SimChip
@@ -236,12 +236,14 @@ class PtySim:
 
 def serve_pty(path: str, chip: Chip, *, baud: int = 115200, realtime: bool = True,
               faults: Faults | None = None, stop_event: threading.Event | None = None,
-              latency: float = 0.0) -> LineStats:
+              latency: float = 0.0,
+              on_start: Callable[[], None] | None = None) -> LineStats:
     """Serve a simulated chip on a pty linked at `path` until stopped; return the line stats.
 
     Blocks until `stop_event` is set or (in the main thread) SIGTERM/SIGINT arrives. The
     standalone chip has no NRST wire: SIGUSR1 pulses NRST with BOOT0 high (a fresh bootloader
-    that wants a new 0x7F). It starts in bootloader mode.
+    that wants a new 0x7F). It starts in bootloader mode. `on_start` is called each time the
+    application starts (GO, or a reset with BOOT0 low): the bootloader is silent from then on.
     """
     sim = SimChip(chip, baud=baud, realtime=realtime, faults=faults, boot0=True)
     stop = stop_event or threading.Event()
@@ -252,8 +254,13 @@ def serve_pty(path: str, chip: Chip, *, baud: int = 115200, realtime: bool = Tru
             old[sig] = signal.signal(sig, lambda *_: stop.set())
         old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: sim.reset(boot0=True))
     pty.start()
+    running = False
     try:
-        stop.wait()  # signal handlers run in the main thread and end the wait
+        while not stop.wait(0.25):  # signal handlers run in the main thread and end the wait
+            started = sim.mode == "application"
+            if started and not running and on_start is not None:
+                on_start()
+            running = started
     finally:
         pty.stop()
         for sig, handler in old.items():

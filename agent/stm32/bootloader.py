@@ -80,6 +80,10 @@ class Bootloader(Wire):
         super().__init__(link, timeouts, clock, sleep)
         self.i2c_erase_nack = i2c_erase_nack
         self.last_erase_unconfirmed = False
+        # A READ_MEMORY succeeded since connect(): RDP is off until the next reset, because
+        # the bootloader changes RDP only through the option bytes, whose reload resets the
+        # chip (AN3155 3.9, 3.10). A later NACK is noise on the line, never read protection.
+        self.read_granted = False
         self._erase_ms: Optional[Callable[[int], float]] = None  # typical ms per page number
         self._mass_erase_s = 0.0  # deadline of a mass erase (typical x ERASE_MARGIN_MASS)
 
@@ -89,6 +93,7 @@ class Bootloader(Wire):
         """Sync (if the link needs it), GET_VERSION, GET, GET_ID -> BootloaderInfo."""
         self.info = None
         self._ops = {}
+        self.read_granted = False
         if self.caps.needs_sync:
             self.sync()
         version, options = self._get_version()
@@ -154,7 +159,8 @@ class Bootloader(Wire):
     # ---- memory ---------------------------------------------------------------------------
 
     def read_memory(self, addr: int, n: int) -> bytes:
-        """READ_MEMORY (0x11): n bytes from addr; ReadProtected if RDP refuses the command."""
+        """READ_MEMORY (0x11): n bytes from addr; ReadProtected if RDP refuses the command
+        (only before the first read of the connection succeeded; a NACK after that is Nack)."""
         what = f"READ_MEMORY at 0x{addr:08X}"
         limit = min(256, self.caps.max_read)
         if not 1 <= n <= limit:
@@ -162,7 +168,7 @@ class Bootloader(Wire):
         try:
             self._command(self._op("read"), what)
         except Nack as exc:
-            if self.info is not None and self.info.pid:
+            if self.info is not None and self.info.pid and not self.read_granted:
                 # AN3155 3.4: with RDP active the command itself is NACKed (some parts NACK twice)
                 self._sleep(self.timeouts.byte / 10)
                 self.link.flush_input()
@@ -173,7 +179,9 @@ class Bootloader(Wire):
             raise
         self._address(addr, what)
         self._send(bytes([n - 1, (n - 1) ^ 0xFF]), f"{what}: length {n}")
-        return self._read(n, self.timeouts.byte + self._line_time(n), f"{what}: {n} data bytes")
+        data = self._read(n, self.timeouts.byte + self._line_time(n), f"{what}: {n} data bytes")
+        self.read_granted = True
+        return data
 
     def write_memory(self, addr: int, data: bytes) -> None:
         """WRITE_MEMORY (0x31/0x32): data (padded with 0xFF to 4 bytes) at a 4-aligned addr."""
@@ -333,6 +341,7 @@ class Bootloader(Wire):
         self._wait_ack(f"{what}: completion", timeout)
         # AN3155 3.9-3.12, OpenBL: the last ACK, then the option reload resets the chip
         self.info = None
+        self.read_granted = False
         wait = self.timeouts.reset_settle
         erase_s = self._mass_erase_s / ERASE_MARGIN_MASS
         if erases and self._clock() - started < erase_s / 2:

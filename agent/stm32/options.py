@@ -110,3 +110,40 @@ def boot_from_pin(chip: Chip, area: bytes) -> bytes:
     value = opts.value & ~(1 << 24) if chip.family in _PIN_IGNORED_WHEN_SET else opts.value | 1 << 26
     out[0:8] = value.to_bytes(4, "little") + (value ^ 0xFFFFFFFF).to_bytes(4, "little")
     return bytes(out)
+
+
+# Write protection (WRP) as the option area holds it, for `doctor`:
+#   G0, L4, G4, WL  after OPTR come PCROP1(A)SR, PCROP1(A)ER, then WRP1AR and WRP1BR in 64-bit
+#                   slots at +0x18 and +0x20 (CMSIS FLASH_TypeDef register order; OpenBL
+#                   OPENBL_OB_Write writes the value words in that order). Each holds
+#                   WRPxA_STRT (bits 7:0) and WRPxA_END (bits 23:16), page numbers; the area
+#                   is off when STRT > END (HAL users disable it with STRT 0xFF, END 0x00;
+#                   field widths per CMSIS: 8 bits on L4, 7 or fewer elsewhere [unverified]).
+#   F0              WRP0..WRP3 bytes, each followed by its complement, at +8..+15; a 0 bit
+#                   protects its group of pages (RM0091 4.1 Table 11, second-hand copy).
+_WRP_AREAS = {"G0": 0x7F, "L4": 0xFF, "G4": 0x7F, "WL": 0x7F}  # family -> STRT/END mask
+_WRP_OFFSET = 0x18
+
+
+def wrp_span(chip: Chip) -> Optional[tuple[int, int]]:
+    """(address, length) of the chip's write-protection option words; None: layout unknown."""
+    if chip.family in _WRP_AREAS and chip.pid not in _NO_BOOT_SELECT:
+        return chip.option_start + _WRP_OFFSET, 16
+    if chip.family == "F0":
+        return chip.option_start + 8, 8
+    return None
+
+
+def write_protected(chip: Chip, raw: bytes) -> list[str]:
+    """The write-protected areas the WRP option words (from wrp_span) name; [] for none."""
+    if chip.family == "F0":
+        groups = [i * 8 + bit for i, byte in enumerate(raw[0:8:2]) for bit in range(8)
+                  if not byte >> bit & 1]
+        return [f"page group {g}" for g in groups]
+    mask, found = _WRP_AREAS[chip.family], []
+    for name, off in (("WRP1A", 0), ("WRP1B", 8)):
+        word = int.from_bytes(raw[off:off + 4], "little")
+        start, end = word & mask, word >> 16 & mask
+        if start <= end:
+            found.append(f"{name}: pages {start}-{end}")
+    return found

@@ -65,6 +65,9 @@ class Wire:
         self.info: BootloaderInfo | None = None
         self._ops: dict[str, int] = {}
         self._listen_s = 0.0  # after a long command timed out: how long resync listens first
+        # the last sync's answer: True ACK (a fresh bootloader), False NACK (one that was
+        # already synced, so no reset happened in between: how `doctor` tests NRST)
+        self.fresh_sync: bool | None = None
 
     @property
     def caps(self) -> Capabilities:
@@ -119,7 +122,7 @@ class Wire:
 
     def _command(self, opcode: int, what: str) -> None:
         """The choke point: send opcode + complement, wait for ACK, raise Nack/LinkTimeout."""
-        log.debug("command 0x%02X %s", opcode, what)
+        log.debug("command 0x%02X %s", opcode, what.replace(f" (0x{opcode:02X})", ""))
         self._send(bytes([opcode, opcode ^ 0xFF]), what)
 
     def _address(self, addr: int, what: str) -> None:
@@ -146,8 +149,9 @@ class Wire:
                 answer = self._sync_answer()
             except LinkTimeout as exc:
                 raise NoBootloader(
-                    f"no answer to 0x7F sync on {self.link!r}: check BOOT0/NRST wiring, TX/RX "
+                    f"no answer to 0x7F sync on {self.link}: check BOOT0/NRST wiring, TX/RX "
                     f"crossing, baud rate and that the chip is in its bootloader") from exc
+        self.fresh_sync = answer == ACK
         if answer == NACK:
             log.info("sync answered NACK: the bootloader was already synced")
         elif answer != ACK:
@@ -175,7 +179,7 @@ class Wire:
         short = self.timeouts.byte / 5
         while not self._answered(b"\xff" * 16 if self.caps.byte_stream else b"\xff\x00", short):
             if self._clock() >= deadline:
-                raise NoBootloader(f"bootloader on {self.link!r} did not come back after a "
+                raise NoBootloader(f"bootloader on {self.link} did not come back after a "
                                    f"timeout: reset the chip into its bootloader")
         if not self.caps.byte_stream:
             return  # a frame that is not a command earns a NACK and leaves nothing pending
@@ -185,7 +189,7 @@ class Wire:
         self._sleep(short)
         self.link.flush_input()
         if not self._answered(b"\xff", short) and not self._answered(b"\xff", self.timeouts.byte):
-            raise NoBootloader(f"bootloader on {self.link!r} stopped answering during resync")
+            raise NoBootloader(f"bootloader on {self.link} stopped answering during resync")
         self.link.flush_input()
 
     def _listen_first(self) -> None:
