@@ -174,7 +174,7 @@ class Service:
             try:
                 item() if callable(item) else self.handle(*item)
             except Exception:  # a bug in one message must not stop the next ones
-                log.exception("error handling a message on %s", item[0])
+                log.exception("error handling %s", item if callable(item) else f"a message on {item[0]}")
 
     def handle(self, topic: str, payload: bytes, retained: bool = False) -> None:
         """Route one inbound message (called on the dispatcher thread)."""
