@@ -58,6 +58,12 @@ class KeyFileError(UsageError):
     code = "bad_key"
 
 
+class SessionTakenOver(ConfigError):
+    """Another MQTT client connected with this agent's client id: two gateways share an id."""
+
+    code = "duplicate_agent_id"
+
+
 class ConfigInvalid(ConfigError):
     """config.yaml has problems; `.problems` lists every one (location, message, hint)."""
 

@@ -8,22 +8,23 @@ event per status change.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Optional
 
 from agent.mqtt import contract as ha
 from agent.mqtt.client import MqttClient
+from agent.mqtt.commands import MAX_COMMAND_BYTES, Dropped, parse_command
 from agent.mqtt.inbox import Inbox
+from agent.mqtt.timing import spread_offset
 from agent.mqtt.tls import TlsOptions
 from agent.mqtt.topics import Topics
 from agent import systemd
 from agent.ota.checks import compare_versions
-from agent.ota.manifest import strict_json
 from agent.config import Config
-from agent.errors import ImageRejected, Stm32OtaError
+from agent.errors import SessionTakenOver, Stm32OtaError
 from agent.flasher.target import Devices
 from agent.ota.jobs import IN_PROGRESS, QUEUED, TERMINAL, Job, JobStore, StateStore
 from agent.ota.keys import load_public_key
@@ -33,57 +34,9 @@ from agent.ota.updater import Updater
 
 log = logging.getLogger(__name__)
 
-COMMAND_OPS = ("install", "abort", "check")
-MAX_COMMAND_BYTES = 32 * 1024
 INBOX_SIZE = 256  # messages on shared topics; as many again are kept for own commands
 COMMAND_KINDS = ("cmd", "group_cmd", "fleet_cmd")
 UNKNOWN_VERSION = "unknown"
-
-
-def parse_command(payload: bytes) -> dict:
-    """`install` / `abort` / `check`, or JSON {"op": ..., "manifest": {...}}; strict."""
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise ImageRejected(f"command of {len(payload)} bytes is larger than "
-                            f"{MAX_COMMAND_BYTES}", code="too_large")
-    try:
-        text = payload.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ImageRejected("command is not UTF-8 text", code="bad_command") from None
-    if text in COMMAND_OPS:
-        return {"op": text}
-    try:
-        obj = strict_json(text, "command")
-    except ValueError as err:
-        if isinstance(err, ImageRejected):
-            raise
-        raise ImageRejected(f"command is neither one of {', '.join(COMMAND_OPS)} nor JSON: "
-                            f"{err}", code="bad_command") from None
-    if not isinstance(obj, dict):
-        raise ImageRejected("a JSON command must be an object like {\"op\": \"install\"}",
-                            code="bad_command")
-    unknown = sorted(set(obj) - {"op", "manifest"})
-    if unknown:
-        raise ImageRejected(f"unknown field(s) {', '.join(unknown)} in the command; "
-                            "allowed: op, manifest", code="unknown_field")
-    if obj.get("op") not in COMMAND_OPS:
-        raise ImageRejected(f"op must be one of {', '.join(COMMAND_OPS)}, not {obj.get('op')!r}",
-                            code="bad_command")
-    if "manifest" in obj and (obj["op"] != "install" or not isinstance(obj["manifest"], dict)):
-        raise ImageRejected("manifest goes with op install and must be a JSON object",
-                            code="bad_command")
-    return obj
-
-
-@dataclass(frozen=True)
-class Dropped:
-    """Stands in for a payload the MQTT client dropped unread because it was too large."""
-
-    size: int
-
-    def check(self) -> None:
-        """Raise the rejection the sender should see."""
-        raise ImageRejected(f"message of {self.size} bytes is larger than the limit of "
-                            f"{MAX_COMMAND_BYTES}; it was dropped unread", code="too_large")
 
 
 def _when(text: Optional[str]) -> Optional[datetime]:
@@ -104,7 +57,7 @@ class Service:
         self.targets = {t.name: t for t in targets}
         self.store = StateStore(cfg.agent.state_dir)  # the service only reads it
         self.limit = RateLimit()  # refusals reported per source topic: a flood costs nothing
-        self.jobs = JobStore(self.store, self._on_job, limit=self.limit)
+        self.jobs = JobStore(self.store, self._on_job, self._on_progress, limit=self.limit)
         keys = tuple(load_public_key(p) for p in cfg.trust.keys)
         d = cfg.trust.download
         policy = Policy(trusted_keys=keys, allow_unsigned=cfg.trust.allow_unsigned,
@@ -112,7 +65,8 @@ class Service:
                         cache_max=cfg.agent.cache_max, download_timeout=d.timeout,
                         download_retries=d.retries, download_backoff=d.backoff,
                         download_deadline=d.deadline, download_min_rate=d.min_rate,
-                        download_redirects=d.allow_redirects)
+                        download_redirects=d.allow_redirects,
+                        progress_interval=cfg.mqtt.progress_interval)
         self.updater = Updater(self.agent_id, targets, self.jobs, policy, devices=devices)
         self.client = (client_factory or self._make_client)()
         self.inbox = Inbox(INBOX_SIZE)
@@ -120,6 +74,8 @@ class Service:
         self._dispatcher = threading.Thread(target=self._dispatch, name="mqtt inbox", daemon=True)
         self._last_status: dict[str, tuple[str, str]] = {}
         self._publish_lock = threading.Lock()
+        self._fault: Optional[Stm32OtaError] = None  # why run_forever() must end
+        self._spread: dict[str, threading.Timer] = {}  # target -> its spread-out install
 
     def _make_client(self) -> MqttClient:
         m = self.cfg.mqtt
@@ -131,7 +87,8 @@ class Service:
                           password=m.password.resolve(), tls=tls, keepalive=m.keepalive,
                           will=(self.topics.availability, "offline", True),
                           reconnect_max=m.reconnect_max, max_payload=MAX_COMMAND_BYTES,
-                          on_reject=self._on_oversize)
+                          on_reject=self._on_oversize, on_taken_over=self._on_taken_over,
+                          jitter=m.jitter)
 
     # ----- start / stop ----------------------------------------------------------------------
 
@@ -171,11 +128,21 @@ class Service:
         while not self._stop.wait(interval if interval else 3600):
             if self._dispatcher.is_alive():
                 systemd.notify("WATCHDOG=1")
+        if self._fault is not None:
+            self.stop()
+            raise self._fault
+
+    def _on_taken_over(self, why: str) -> None:
+        """paho's thread: a second agent uses our id; end run_forever() with that error."""
+        self._fault = SessionTakenOver(why)
+        self._stop.set()
 
     def stop(self) -> None:
         """Stop workers (an interrupted flash resumes at the next start), then MQTT."""
         systemd.notify("STOPPING=1")
         self._stop.set()
+        for timer in list(self._spread.values()):
+            timer.cancel()
         self.updater.stop()
         self.inbox.close()
         for name in self.targets:  # nothing progresses while the agent is away: say so
@@ -205,9 +172,9 @@ class Service:
             if item is None:
                 return
             try:
-                self.handle(*item)
+                item() if callable(item) else self.handle(*item)
             except Exception:  # a bug in one message must not stop the next ones
-                log.exception("error handling a message on %s", item[0])
+                log.exception("error handling %s", item if callable(item) else f"a message on {item[0]}")
 
     def handle(self, topic: str, payload: bytes, retained: bool = False) -> None:
         """Route one inbound message (called on the dispatcher thread)."""
@@ -225,6 +192,10 @@ class Service:
         else:
             return
         names = [n for n in names if n in self.targets]
+        for name in names:  # a new command for a target replaces its spread-out install
+            pending = self._spread.pop(name, None)
+            if pending is not None:
+                pending.cancel()
         if retained:
             if self.limit.take(f"retained {topic}") is not None:
                 log.warning("ignoring a retained command on %s: commands must not be "
@@ -246,7 +217,23 @@ class Service:
                 else:
                     self.publish_state(name, None)
             return
+        if cmd["op"] == "install" and not direct and cmd.get("spread"):
+            self._spread_out(names, cmd, topic)
+            return
         self.updater.handle_command(names, cmd, direct=direct, origin=topic)
+
+    def _spread_out(self, names: list[str], cmd: dict, origin: str) -> None:
+        """A group/fleet install with a spread: each target starts at its own fixed offset in
+        the window, so 100,000 gateways do not download in the same second."""
+        for name in names:
+            delay = spread_offset(self.agent_id, name, cmd["spread"])
+            log.info("%s: install starts in %.0f s (spread %g s)", name, delay, cmd["spread"])
+            start = functools.partial(self.updater.handle_command, [name], cmd, direct=False,
+                                      origin=origin)
+            timer = threading.Timer(delay, self.inbox.put, (start, True))  # run by the dispatcher
+            timer.daemon = True
+            self._spread[name] = timer
+            timer.start()
 
     def _release(self, product: str, payload: bytes) -> None:
         if not payload:  # a cleared retained release
@@ -276,7 +263,8 @@ class Service:
         device = {"manufacturer": "STMicroelectronics", "model": "STM32"}
         for name, t in self.targets.items():
             payload = ha.discovery_payload(self.agent_id, name, base_topic=self.cfg.mqtt.base_topic,
-                                           device_info=device, product=t.product)
+                                           device_info=device, product=t.product,
+                                           agent_name=self.cfg.agent.name or None)
             self.client.publish_sticky(self.topics.discovery(name), payload)
 
     def state_of(self, name: str, job: Optional[Job]) -> dict:
@@ -317,6 +305,15 @@ class Service:
             self.client.publish(self.topics.job(name), doc)
         if event:
             self.client.publish(self.topics.events(name), ha.event_payload(doc))
+
+    def _on_progress(self, name: str, job: Job) -> None:
+        """Progress inside a phase (a worker thread): job and state, neither retained nor an
+        event; the retained copies keep the phase's start until the next phase or the end."""
+        with self._publish_lock:
+            if self._last_status.get(name) != (job.job_id, job.status):
+                return  # the job moved on (or was never announced): this percent is stale
+            self._publish_job(name, job, retain=False, event=False)
+            self.client.publish(self.topics.state(name), self.state_of(name, job))
 
     def _on_job(self, name: str, job: Job, retain: bool) -> None:
         """Job store callback (any thread): job, state, and an event on status changes.

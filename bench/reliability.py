@@ -51,7 +51,7 @@ from agent.mqtt.tls import TlsOptions  # noqa: E402
 from agent.ota.download import Limits, fetch, prune_cache  # noqa: E402
 from agent.ota.keys import key_id, load_private_key, verify_manifest  # noqa: E402
 from agent.ota.manifest import canonical_bytes, parse_manifest  # noqa: E402
-from agent.service import COMMAND_OPS, parse_command  # noqa: E402
+from agent.mqtt.commands import COMMAND_OPS, parse_command  # noqa: E402
 
 SECRET = "s3cr3t-token"  # put in every download URL: it must appear in no message or log line
 

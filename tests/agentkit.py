@@ -278,7 +278,7 @@ class AgentKit:
             "agent": {"id": self.agent_id, "state_dir": str(self.state_dir),
                       "cache_dir": str(self.cache_dir), **agent},
             "mqtt": {"host": self.broker.host, "port": self.broker.port, "keepalive": "5s",
-                     "reconnect_max": "1s", "client_id": f"stm32ota-{self.agent_id}"},
+                     "reconnect_max": "1s", "jitter": "0s", "client_id": f"stm32ota-{self.agent_id}"},
             "trust": {**self.trust, "download": {"timeout": "5s", "retries": 1, "backoff": "10ms"}},
             "targets": [t.config for t in self.targets.values()],
         }

@@ -8,6 +8,7 @@ the simulated chip's flash.
 from __future__ import annotations
 
 import json
+import time
 import logging
 import signal
 import subprocess
@@ -242,6 +243,33 @@ def test_keygen_sign_publish_commands_into_the_running_agent(kit: AgentKit, tmp_
     assert main(["publish", str(out), "--broker", broker, "--target", f"{kit.agent_id}/pump"]) == 0
     assert kit.wait_job("pump", after=mark)["status"] == "SUCCEEDED"
     assert pump.flash_bytes(FLASH_START, len(fw)) == fw
+
+
+def test_publish_fleet_with_a_spread_starts_each_target_at_its_own_offset(
+        kit: AgentKit, tmp_path) -> None:
+    """`publish --fleet --spread 3s`: each target queues its job no earlier than its fixed
+    offset in the window; an abort sent meanwhile cancels the start it replaces."""
+    from agent.cli import main
+    from agent.mqtt.timing import spread_offset
+
+    a, b = kit.uart_target("a"), kit.i2c_target("b", product="pump-ctrl")
+    c = kit.uart_target("c")
+    kit.start_service()
+    fw = kit.image(1500, seed=9)
+    (tmp_path / "m.json").write_text(json.dumps(kit.release("pump-ctrl", "3.0.0", fw)))
+    mark = kit.obs.mark()
+    sent = time.monotonic()
+    assert main(["publish", str(tmp_path / "m.json"), "--broker", f"127.0.0.1:{kit.broker.port}",
+                 "--fleet", "--spread", "3s"]) == 0
+    kit.command("c", "abort")  # before c's offset, most likely; then c never starts
+    for name, sim in (("a", a), ("b", b)):
+        job = kit.wait_job(name, "SUCCEEDED", after=mark)
+        assert job["to_version"] == "3.0.0" and sim.flash_bytes(FLASH_START, len(fw)) == fw
+        queued = [m for m in kit.obs.messages[mark:] if m.topic == kit.topics.job(name)
+                  and m.payload and m.json().get("status") == "QUEUED"]
+        assert queued and queued[0].at - sent >= spread_offset(kit.agent_id, name, 3.0) - 0.05
+    if spread_offset(kit.agent_id, "c", 3.0) > 0.5:  # the abort surely came first
+        assert not c.touched()
 
 
 def test_subprocess_agent_installs_and_leaves_a_last_will(kit: AgentKit) -> None:

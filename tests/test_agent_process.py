@@ -197,3 +197,31 @@ def test_starting_the_service_never_resets_a_running_mcu(kit: AgentKit) -> None:
     kit.start_service()  # and a restart
     time.sleep(0.2)
     assert pump.sim.mode == "application" and pump.sim.events == before
+
+
+def test_two_agents_with_one_id_get_a_clear_error_naming_it(tmp_path: Path) -> None:
+    """A cloned gateway: each agent's connect throws the other's out. mosquitto 2.0.11 sends
+    no DISCONNECT 0x8E, so the error comes from the pattern of young dropped connections."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with AgentKit(tmp_path / "a", agent_id="raspberrypi") as first:
+        clone = AgentKit(tmp_path / "b", agent_id="raspberrypi")
+        clone.broker.close()
+        clone.broker = first.broker  # one broker: start() on a running broker does nothing
+        clone.start()
+        try:
+            first.uart_target("pump")
+            clone.uart_target("pump")
+            first.start_process()
+            clone.start_service(wait_online=False)
+            deadline = time.monotonic() + 30
+            while "share one agent.id" not in first.agent_log() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            log = first.agent_log()
+            assert "another MQTT client uses the client id 'stm32ota-raspberrypi'" in log, log[-3000:]
+            assert "give each gateway its own agent.id" in log
+        finally:
+            clone.stop_service()
+            first.stop_process()
+            clone.broker = type("NoBroker", (), {"close": lambda self: None})()
+            clone.close()

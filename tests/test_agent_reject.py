@@ -177,6 +177,11 @@ BAD_COMMANDS = [
     ("wrong type manifest", b'{"op": "install", "manifest": "x"}', "bad_command"),
     ("unknown field", b'{"op": "install", "force": true}', "unknown_field"),
     ("array", b'["install"]', "bad_command"),
+    ("expired", b'{"op": "install", "not_after": "2001-01-01T00:00:00Z"}', "command_expired"),
+    ("not_after without a zone", b'{"op": "install", "not_after": "2099-01-01T00:00:00"}',
+     "bad_command"),
+    ("not_after not a time", b'{"op": "install", "not_after": 5}', "bad_command"),
+    ("negative spread", b'{"op": "install", "spread": -1}', "bad_command"),
     ("not utf-8", b"\xff\xfeinstall", "bad_command"),
     # issue 9 defect 4: ~1000 levels in 2 KB raised RecursionError (no reply at all)
     ("deep nesting", b"[" * 1000 + b"]" * 1000, "bad_command"),

@@ -301,3 +301,34 @@ def test_read_recovers_from_bytes_lost_on_the_line(tmp_path: Path, capsys) -> No
     assert code == 0, err
     assert out_file.read_bytes() == blob(2 * PAGE, 9)
     assert ("fault", "drop") in sim.events
+
+
+def test_run_loads_neither_the_flash_commands_nor_the_fleet_view_nor_the_simulator() -> None:
+    """A lean agent: `run` imports only its own handler module (agent.cli.options.MODULES)."""
+    import subprocess
+    import sys
+    code = ("import sys; from agent.cli import main; rc = main(['run', '--help']); "
+            "print(sorted(m for m in sys.modules if m.startswith('agent.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = out.strip().splitlines()[-1]
+    for heavy in ("agent.cli.flasher", "agent.cli.fleet", "agent.mqtt.fleet", "agent.cli.sim",
+                  "agent.sim", "agent.demo", "agent.cli.release"):
+        assert f"'{heavy}'" not in loaded, heavy
+    assert "'agent.cli.agent'" in loaded
+
+
+def test_every_handler_module_is_in_the_lazy_registry() -> None:
+    """A subcommand whose module is missing from options.MODULES would never be loaded."""
+    import importlib
+    import pkgutil
+
+    import agent.cli
+    from agent.cli.options import MODULES, PARSERS
+    for info in pkgutil.iter_modules(agent.cli.__path__):
+        if info.name == "options":
+            continue
+        module = importlib.import_module(f"agent.cli.{info.name}")
+        for name, (_, setup) in PARSERS.items():
+            if setup.__module__ == module.__name__:
+                assert MODULES.get(name) == info.name, f"add {name!r}: {info.name!r} to MODULES"
+    assert set(PARSERS) == set(MODULES)

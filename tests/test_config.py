@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,8 @@ def test_repository_example_is_refused_only_for_the_files_this_machine_lacks() -
 def test_design_minimal_example_loads_with_documented_defaults() -> None:
     cfg = config.loads(DESIGN_MINIMAL)
     assert cfg.agent == config.AgentConfig("gw-01", Path("/var/lib/stm32ota"),
-                                           Path("/var/cache/stm32ota"), 64 * 2**20, "info")
+                                           Path("/var/cache/stm32ota"), 64 * 2**20, "info",
+                                           name=config.host_name())
     m = cfg.mqtt
     assert (m.host, m.port, m.username, m.tls) == ("homeassistant.local", 1883, "stm32ota", None)
     assert m.password == config.Secret(file=Path("/etc/stm32ota/mqtt-password"),
@@ -151,11 +153,21 @@ def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None
     assert config.load(tmp_path / "c.yaml").trust.keys == (tmp_path / "keys/a.pub",)
 
 
-def test_default_agent_id_is_the_sanitised_host_name() -> None:
-    assert config.default_agent_id("pi 4.local") == "pi-4"
-    assert config.default_agent_id("...") == "stm32ota"
+def test_default_agent_id_is_a_hash_of_the_machine_id_and_the_name_is_the_host_name(
+        tmp_path: Path) -> None:
+    one, two = "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
+    a, b = config.default_agent_id(one), config.default_agent_id(two)
+    assert a != b and a == config.default_agent_id(one.upper().lower())  # stable, one per machine
+    assert re.fullmatch(r"[0-9a-f]{12}", a) and one[:12] not in a  # never the id itself
+    assert config.default_agent_id(None, "pi 4.local") in (config.default_agent_id(), "pi-4")
+    assert config.host_name("pi 4.local") == "pi-4" and config.host_name("...") == "stm32ota"
+    (tmp_path / "machine-id").write_text(one + "\n")
+    (tmp_path / "empty").write_text("")  # a cloned image whose id is made at first boot
+    paths = (str(tmp_path / "missing"), str(tmp_path / "empty"), str(tmp_path / "machine-id"))
+    assert config.machine_id(paths) == one
+    assert config.machine_id((str(tmp_path / "empty"),)) is None
     cfg = config.loads(yaml.safe_dump(variant(**{"agent": {}})))
-    assert cfg.agent.id == config.default_agent_id()
+    assert cfg.agent.id == config.default_agent_id() and cfg.agent.name == config.host_name()
     assert cfg.mqtt.client_id == f"stm32ota-{cfg.agent.id}"
 
 

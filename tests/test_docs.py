@@ -207,7 +207,7 @@ def test_job_and_event_examples_have_the_agents_shape() -> None:
 
 def test_readme_lists_the_commands_and_phases_the_agent_knows() -> None:
     from agent.ota.jobs import PHASES
-    from agent.service import COMMAND_OPS
+    from agent.mqtt.commands import COMMAND_OPS
 
     section = README.split("## MQTT topics and payloads", 1)[1].split("\n## ", 1)[0]
     for op in COMMAND_OPS:

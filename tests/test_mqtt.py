@@ -11,7 +11,8 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
-from typing import Iterator
+import time
+from typing import Any, Iterator
 
 import paho.mqtt.client as paho
 import pytest
@@ -278,20 +279,6 @@ def test_ha_birth_resends_discovery_and_state(broker: Mosquitto, make_client, ob
     assert obs.messages.empty()  # "offline" triggered nothing
 
 
-def test_forget_sticky_can_clear_the_retained_message(broker: Mosquitto, make_client, observers) -> None:
-    c = make_client()
-    c.publish_sticky("t/cfg", "x")
-    c.start()
-    assert c.wait_connected(WAIT)
-    obs = observers(broker.port, "t/cfg")
-    assert obs.next()[1] == b"x"
-    c.forget_sticky("t/cfg", clear=True)
-    assert obs.next()[1] == b""
-    c.republish_sticky()
-    c.publish("t/cfg", "marker")
-    assert obs.next()[1] == b"marker"  # the forgotten payload was not re-sent
-
-
 def test_constructor_refuses_bad_arguments() -> None:
     with pytest.raises(ValueError):
         MqttClient("127.0.0.1", 1, client_id="")
@@ -305,3 +292,98 @@ def test_tls_client_without_a_tls_broker_never_connects(broker: Mosquitto, make_
     c = make_client(tls=TlsOptions())  # system CAs, verification on; the broker speaks plain MQTT
     c.start()
     assert not c.wait_connected(1.0)  # bounded wait for something that must not happen
+
+
+def test_levels_match_agrees_with_paho_on_every_wildcard_case() -> None:
+    """Our per-message matcher against paho's own (an independent implementation of MQTT 4.7)."""
+    import itertools
+    import paho.mqtt.client as paho
+    from agent.mqtt.topics import levels_match
+    filters = ["a/b", "a/+", "+/b", "a/#", "#", "+", "+/+", "a/+/c", "a/b/#", "$SYS/#", "+/x/#"]
+    topics = ["a", "a/b", "a/c", "b/b", "a/b/c", "a/x/c", "$SYS/x", "$SYS", "x/x", "a/", "/b", ""]
+    for f, t in itertools.product(filters, topics):
+        assert levels_match(f.split("/"), t.split("/")) == paho.topic_matches_sub(f, t), (f, t)
+
+
+def test_young_dropped_connections_in_a_row_are_named_as_a_duplicate_client_id(caplog: Any) -> None:
+    from agent.mqtt.health import SHORT_LIVED, TAKEOVER_STREAK, Lifetimes
+    now = [0.0]
+    lives = Lifetimes("'stm32ota-gw' on h:1", clock=lambda: now[0])
+    for _ in range(TAKEOVER_STREAK - 1):
+        lives.connected()
+        now[0] += 1.0
+        assert not lives.dropped()
+    lives.connected()
+    now[0] += SHORT_LIVED + 1  # a connection that lived long breaks the streak
+    assert not lives.dropped()
+    results = []
+    for _ in range(TAKEOVER_STREAK + 1):
+        lives.connected()
+        now[0] += 1.0
+        results.append(lives.dropped())
+    assert results == [False] * (TAKEOVER_STREAK - 1) + [True, False]  # once per streak
+    assert "client id 'stm32ota-gw' on h:1" in caplog.text and "agent.id" in caplog.text
+
+
+def test_session_taken_over_stops_reconnecting_and_tells_the_owner(broker: Any) -> None:
+    """DISCONNECT 0x8E (what an MQTT 5 broker sends the older of two same-id clients) is final:
+    fed to the client's disconnect handler with paho's own ReasonCode."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+    told: list[str] = []
+    c = MqttClient(broker.host, broker.port, client_id="gw-dup", on_taken_over=told.append)
+    c.start()
+    assert c.wait_connected(10)
+    c._on_disconnect(c._client, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=0x8E), None)
+    assert len(told) == 1 and "'gw-dup'" in told[0] and "0x8E" in told[0]
+    time.sleep(1.5)  # longer than reconnect_min: no reconnect
+    assert not c.connected.is_set()
+    c.stop()
+
+
+def test_a_kept_session_re_sends_only_the_birth_and_what_changed_while_away(
+    broker: Mosquitto, make_client, observers
+) -> None:
+    """The broker kept the session (and so the retained messages): a reconnect re-publishes
+    the birth (the will replaced it) and the sticky topics changed meanwhile, nothing else."""
+    import socket
+    c = make_client()
+    c.publish_sticky("t/gw/pump/state", {"v": 1})
+    c.publish_sticky("t/gw/pump/job", {"j": 1})
+    c.start()
+    assert c.wait_connected(WAIT)
+    obs = observers(broker.port, "t/gw/#")
+    assert {obs.next()[:2] for _ in range(3)} == {
+        (AVAIL, b"online"), ("t/gw/pump/state", b'{"v":1}'), ("t/gw/pump/job", b'{"j":1}')}
+    c._client.socket().shutdown(socket.SHUT_RDWR)  # the network drops; the broker lives on
+    assert _wait_cleared(c)
+    c.publish_sticky("t/gw/pump/job", {"j": 2})
+    assert c.wait_connected(WAIT)
+    seen = [obs.next()[:2] for _ in range(3)]
+    assert seen[0] == (AVAIL, b"offline")  # the will
+    assert set(seen[1:]) == {(AVAIL, b"online"), ("t/gw/pump/job", b'{"j":2}')}
+    with pytest.raises(queue.Empty):
+        obs.messages.get(timeout=1.0)  # state was not sent again
+
+
+def test_reconnect_and_the_answer_to_home_assistant_wait_for_their_jitter(
+    broker: Mosquitto, make_client, observers
+) -> None:
+    """jitter 2 s with a fixed random source of 0.5: the first retry after a lost connection
+    waits reconnect_min + 1 s, and the re-send after HA's `online` 1 s."""
+    import socket
+    c = make_client(jitter=2.0, rng=lambda: 0.5)
+    c.on_ha_birth("ha")
+    c.publish_sticky("t/gw/pump/state", {"v": 1})
+    c.start()
+    assert c.wait_connected(WAIT)
+    obs = observers(broker.port, "t/gw/pump/state")
+    assert obs.next()[1] == b'{"v":1}'
+    lost = time.monotonic()
+    c._client.socket().shutdown(socket.SHUT_RDWR)
+    assert _wait_cleared(c) and c.wait_connected(WAIT)
+    assert time.monotonic() - lost >= 0.1 + 1.0
+    obs.publish("ha/status", "online")
+    asked = time.monotonic()
+    assert obs.next("t/gw/pump/state")[1] == b'{"v":1}'
+    assert time.monotonic() - asked >= 1.0

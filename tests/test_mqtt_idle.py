@@ -14,8 +14,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.mqtt import client as mqtt_client
-from agent.mqtt.client import MqttClient, tunable_loop
-from agent.mqtt.payload import IDLE_WAIT_MAX, idle_wait
+from agent.mqtt.client import MqttClient
+from agent.mqtt.payload import IDLE_WAIT_MAX, idle_wait, tunable_loop
 from mosquitto import Mosquitto
 
 WAIT = 10.0
@@ -126,7 +126,7 @@ class _OtherStep(paho.Client):
 
 
 def test_the_override_is_used_only_where_pahos_private_step_is_what_it_expects() -> None:
-    assert tunable_loop()  # the installed paho (>= 2.2) waits in _loop(timeout)
+    assert tunable_loop(paho.Client)  # the installed paho (>= 2.2) waits in _loop(timeout)
     assert not tunable_loop(_NoStep)
     assert not tunable_loop(_OtherStep)
     assert not tunable_loop(object)

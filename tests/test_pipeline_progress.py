@@ -1,5 +1,5 @@
 """The job's progress figure as the pipeline reports it (DESIGN.md "Progress"): every phase
-change, at most about once a second inside a phase, and the end of each phase always."""
+change at once; inside a phase at most every progress_interval and only after another 10%."""
 
 from __future__ import annotations
 
@@ -23,24 +23,23 @@ def _pipeline(now: list[float], seen: list[tuple[float, str, int]]) -> Pipeline:
                     clock=lambda: now[0])
 
 
-def test_progress_inside_a_phase_is_at_most_once_a_second_after_any_report() -> None:
+def test_progress_inside_a_phase_waits_for_the_interval_and_another_ten_percent() -> None:
     now, seen = [1000.0], []
-    p = _pipeline(now, seen)
+    p = _pipeline(now, seen)  # Policy(): progress_interval 5 s
     calls = [  # (time, phase, done, total)
-        (1000.0, "download", 10, 100),   # 1 s since nothing: reported
-        (1000.5, "download", 20, 100),   # too soon
-        (1001.1, "download", 30, 100),   # a second later: reported
-        (1001.2, "download", 100, 100),  # end of the phase: always
-        (1005.0, "erase", 0, 10),        # phase change (after the bootloader entry): always
-        (1005.1, "erase", 5, 10),        # 0.1 s after the phase change: too soon
-        (1006.0, "erase", 6, 10),        # a second after the phase change: reported
-        (1006.1, "read", 1, 10),         # read-back for verify is not a phase of the job
+        (1000.0, "download", 10, 100),   # 2%: not 10% more than the 0% shown
+        (1002.0, "download", 60, 100),   # within 5 s of the last look: not even looked at
+        (1005.1, "download", 60, 100),   # 12%, 5 s later: published
+        (1010.2, "download", 70, 100),   # 14%: not 10% more than 12%
+        (1010.3, "download", 100, 100),  # end of the phase, 20%: the next phase says it
+        (1011.0, "write", 0, 100),       # phase change: always, at once (retained)
+        (1011.5, "write", 50, 100),      # 0.5 s after the phase change: too soon
+        (1016.1, "write", 50, 100),      # 55%, 5 s later: published
+        (1016.2, "read", 1, 10),         # read-back for verify is not a phase of the job
     ]
     for t, phase, done, total in calls:
         now[0] = t
         p.progress(phase, done, total)
-    assert seen == [(1000.0, "download", overall_percent("download", 10, 100)),
-                    (1001.1, "download", overall_percent("download", 30, 100)),
-                    (1001.2, "download", overall_percent("download", 1, 1)),
-                    (1005.0, "erase", overall_percent("erase")),
-                    (1006.0, "erase", overall_percent("erase", 6, 10))]
+    assert seen == [(1005.1, "download", overall_percent("download", 60, 100)),
+                    (1011.0, "write", overall_percent("write")),
+                    (1016.1, "write", overall_percent("write", 50, 100))]

@@ -18,6 +18,8 @@ _.on_message
 _.userdata
 # an MQTT 5 CONNECT property: paho's Properties.pack() reads it
 _.SessionExpiryInterval
+# an MQTT 5 PUBLISH property (publish_wait's expiry): packed the same way
+_.MessageExpiryInterval
 # paho builds each CONNECT from these (agent/mqtt/client.py switches MQTT versions with them,
 # as paho's own 3.1.1 -> 3.1 downgrade does)
 _._protocol

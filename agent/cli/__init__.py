@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from typing import Optional, Sequence
 
 from agent import __version__
-# Each handler module registers its subcommands; the order is the order `--help` lists them.
-from agent.cli import (flasher, doctor, optionbytes, protection, chips, sim,  # noqa: F401
-                       agent, release, demo, fleet, retire)
-from agent.cli.options import COMMANDS, PARSERS
+from agent.cli.options import COMMANDS, MODULES, PARSERS
 from agent.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Stm32OtaError
 
 log = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line (contract: DESIGN.md)."""
+def load_handlers(command: Optional[str] = None) -> None:
+    """Import the handler module of `command` (it registers its parser and handler), or of
+    every subcommand when `command` is None or unknown (`--help`, a typo)."""
+    names = {MODULES[command]} if command in MODULES else set(MODULES.values())
+    for module in sorted(names):
+        importlib.import_module(f"{__name__}.{module}")
+
+
+def _command_in(argv: Sequence[str]) -> Optional[str]:
+    """The subcommand named in argv: the first word that is not an option (the options before
+    it, -v/-q/--version/--help, take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The command line (contract: DESIGN.md): every subcommand's options, or with `command`
+    only that one's (the others are listed by name, their modules left unimported)."""
+    load_handlers(command)
     p = argparse.ArgumentParser(prog="stm32ota", description=(
         "Flash STM32 microcontrollers through ST's ROM bootloader (UART or I2C), "
         "and keep them up to date over MQTT."))
@@ -31,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more log output (-vv: protocol)")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="only errors")
-    for name, (helptext, setup) in PARSERS.items():
+    for name in MODULES:
+        if name not in PARSERS:
+            sub.add_parser(name, parents=[common])  # not loaded: only `command` can be parsed
+            continue
+        helptext, setup = PARSERS[name]
         sp = sub.add_parser(name, help=helptext, description=helptext, parents=[common])
         setup(sp)
     return p
@@ -45,7 +63,8 @@ def setup_logging(verbose: int, quiet: bool) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `stm32ota` console script; returns the exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_in(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version (0) or a usage error argparse printed (2)

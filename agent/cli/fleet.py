@@ -15,7 +15,8 @@ from agent.cli.options import (add_broker_args, broker_options, command, not_con
                                parse_broker, parser)
 from agent.errors import EXIT_OK, UsageError
 from agent.mqtt.client import MqttClient
-from agent.mqtt.fleet import COLUMNS, Fleet, FleetRow, Watcher, changes, wait_for
+from agent.mqtt.fleet import COLUMNS, Fleet, FleetRow, changes
+from agent.mqtt.watcher import Watcher, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,10 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         if args.wait_for:
             return _wait(args, watcher)
         if args.once or args.json or args.csv:
-            watcher.settle(args.quiet_for, args.settle)
+            if not watcher.settle(args.quiet_for, args.settle):
+                print(f"stm32ota: warning: the view may be partial: the broker did not echo the "
+                      f"viewer's marker on {watcher.marker} within {args.settle:g} s (an ACL that "
+                      "forbids it, or a retained burst larger than --settle allows)", file=sys.stderr)
             _print_once(args, fleet, sys.stdout)
             return EXIT_OK
         _live(args, watcher, sys.stdout)
@@ -96,17 +100,19 @@ def client_factory(args: argparse.Namespace) -> Callable[..., Any]:
 
 
 class _Lines:
-    """Print what changed since the last call, one line per target."""
+    """Print what changed in the rows given (those that changed since the last call), one
+    line per target; O(rows given), not O(fleet)."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.last: list[FleetRow] = []
+        self.last: dict[tuple[str, str], FleetRow] = {}
 
     def __call__(self, rows: list[FleetRow]) -> None:
-        for line in changes(self.last, rows):
+        before = [self.last[r.key] for r in rows if r.key in self.last]
+        for line in changes(before, rows):
             self.out.write(line + "\n")
         self.out.flush()
-        self.last = rows
+        self.last.update((r.key, r) for r in rows)
 
 
 def _wait(args: argparse.Namespace, watcher: Watcher) -> int:
@@ -182,12 +188,13 @@ def _live(args: argparse.Namespace, watcher: Watcher, out: TextIO) -> None:
         seen = watcher.changes
         if seen != drawn:
             drawn = seen
-            rows = _rows(args, watcher.fleet)
             if tty:
+                rows = _rows(args, watcher.fleet)
                 out.write(f"{CLEAR}stm32ota fleet @ {args.broker} ({args.base_topic})  "
                           f"{time.strftime('%H:%M:%S')}  Ctrl-C to quit\n\n{table(rows)}\n")
                 out.flush()
                 time.sleep(REDRAW)  # coalesce bursts (a progress message per second per target)
-            else:
-                lines(rows)
+            else:  # only the rows that changed: O(changes), not O(fleet), per wake-up
+                lines([r for r in watcher.fleet.drain() if (args.agent in (None, r.agent))
+                       and (args.product in (None, r.product))])
         watcher.wait_change(seen, 1.0)

@@ -7,16 +7,29 @@ import argparse
 import logging
 import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from agent.config import load
 from agent.config.targets import flasher_target
+from agent.config.values import INVALID, Context, Duration
 from agent.errors import ConfigError, UsageError
 from agent.flasher.target import I2cSettings, LinkSettings, PinsSettings, Target, UartSettings
 from agent.mqtt.tls import TlsOptions
 from agent.pins import PinSpec
 
 log = logging.getLogger(__name__)
+
+# Subcommand -> the agent.cli module that defines it, in the order `--help` lists them. main()
+# imports only the module of the command it runs, so `run` loads neither the flash commands
+# nor the fleet view nor the simulator.
+MODULES: dict[str, str] = {
+    "info": "flasher", "flash": "flasher", "read": "flasher", "erase": "flasher",
+    "doctor": "doctor", "option-bytes": "optionbytes", "protect": "protection",
+    "unprotect": "protection", "chips": "chips", "sim": "sim", "run": "agent",
+    "check-config": "agent", "keygen": "release", "sign": "release", "publish": "release",
+    "demo": "demo", "fleet": "fleet", "retire": "retire",
+}
 
 PARSERS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
 
@@ -52,6 +65,15 @@ def int_auto(text: str) -> int:
         return int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number (use 0x08000000 or 134217728)")
+
+
+def duration_arg(text: str) -> float:
+    """A duration as config.yaml writes them (30s, 10m, 1h30m) in seconds, 0 or more."""
+    ctx = Context(base=Path("."))
+    seconds = Duration(lo=0)(text, "duration", ctx)
+    if seconds is INVALID:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 10m or 1h)")
+    return float(seconds)
 
 
 def baud_arg(text: str) -> int | str:

@@ -7,8 +7,9 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime, timedelta, timezone
 
-from agent.cli.options import (add_broker_args, broker_options, command, int_auto,
+from agent.cli.options import (add_broker_args, broker_options, command, duration_arg, int_auto,
                                not_connected, parse_broker, parser)
 from agent.errors import EXIT_OK, ConfigError, UsageError
 from agent.flasher import image as firmware
@@ -84,6 +85,13 @@ def _publish_args(p: argparse.ArgumentParser) -> None:
     who.add_argument("--target", metavar="AGENT/TARGET", help="install on one target now")
     who.add_argument("--group", help="install on every target of a group now")
     who.add_argument("--fleet", action="store_true", help="install on every target now")
+    p.add_argument("--spread", type=duration_arg, default=0.0, metavar="DURATION",
+                   help="with --group/--fleet: each target starts at its own fixed offset "
+                        "within this window, e.g. 10m (default 0: at once)")
+    p.add_argument("--expire", type=duration_arg, default=1800.0, metavar="DURATION",
+                   help="an install command not delivered within this long is dropped by the "
+                        "broker (MQTT 5 message expiry) and refused by the agent (not_after); "
+                        "default 30m")
 
 
 @command("publish")
@@ -106,7 +114,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
     else:
         topic = Topics(args.base_topic, "x").release(m.product)
     retain = not (args.target or args.group or args.fleet)
-    payload = fields if retain else {"op": "install", "manifest": fields}
+    if args.spread and not (args.group or args.fleet):
+        raise UsageError("--spread goes with --group or --fleet: it spreads their targets' starts")
+    payload = fields if retain else _install(fields, args.spread, args.expire)
     host, port = parse_broker(args.broker)
     client = MqttClient(host, port, client_id=f"stm32ota-publish-{os.getpid()}",
                         session_expiry=0, **broker_options(args))
@@ -114,7 +124,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     try:
         if not client.wait_connected(args.connect_timeout):
             raise not_connected(client, f"{host}:{port}", args.connect_timeout)
-        if not client.publish_wait(topic, payload, retain=retain, timeout=10):
+        if not client.publish_wait(topic, payload, retain=retain, timeout=10,
+                                   expiry=None if retain else max(1, int(args.expire))):
             raise ConfigError(f"the broker at {host}:{port} did not acknowledge the message",
                               code="broker_unreachable")
     finally:
@@ -122,3 +133,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"published {m.product} {m.version} to {topic}" + (" (retained)" if retain else ""))
     return EXIT_OK
+
+
+def _install(manifest: dict, spread: float, expire: float) -> dict:
+    """The install command: the manifest, when it stops counting, and the spread window."""
+    until = datetime.now(timezone.utc) + timedelta(seconds=expire)
+    cmd = {"op": "install", "manifest": manifest,
+           "not_after": until.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if spread:
+        cmd["spread"] = spread
+    return cmd

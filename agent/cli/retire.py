@@ -9,7 +9,8 @@ from typing import Any
 from agent.cli.fleet import add_watch_args, client_factory
 from agent.cli.options import command, not_connected, parser
 from agent.errors import EXIT_OK, ConfigError, UsageError
-from agent.mqtt.fleet import Fleet, Watcher
+from agent.mqtt.fleet import Fleet
+from agent.mqtt.watcher import Watcher
 from agent.mqtt.topics import Topics, check_id
 
 log = logging.getLogger(__name__)

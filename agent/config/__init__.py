@@ -10,13 +10,16 @@ Keys, kinds and defaults live in one table (`agent.config.schema`); this module 
 checked values into the dataclasses of `agent.config.model` and runs the checks that span keys
 (`agent.config.checks`: ports and GPIO lines used twice, sequences that drive pins that are
 not wired, ...). `load` and `loads` never touch hardware, files other than the config
-itself, or the environment. `check` and `load_for_run` add the startup checks
-(`agent.config.startup`: trust keys load, secrets resolve, TLS files load, state and cache
-folders are usable), so `check-config` refuses exactly what `run` would refuse at start.
+itself (and /etc/machine-id for the default agent id), or the environment. `check` and
+`load_for_run` add the startup checks (`agent.config.startup`: trust keys load, secrets
+resolve, TLS files load, state and cache folders are usable), so `check-config` refuses
+exactly what `run` would refuse at start.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
 import socket
@@ -45,14 +48,44 @@ __all__ = [
     "RetriesConfig", "QuirksConfig", "Problem", "ConfigInvalid", "load", "loads", "check",
     "load_for_run",
     "reference_markdown", "target_link_options", "default_agent_id",
+    "host_name",
 ]
 
+# machine-id(5): systemd's, and D-Bus's older copy where systemd is absent
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 
-def default_agent_id(hostname: str | None = None) -> str:
+
+def host_name(hostname: str | None = None) -> str:
     """The host name cut to its first label and to [A-Za-z0-9_-]; 'stm32ota' if nothing is left."""
     name = (hostname if hostname is not None else socket.gethostname()).split(".")[0]
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")
     return name or "stm32ota"
+
+
+def machine_id(paths: tuple[str, ...] = MACHINE_ID_FILES) -> str | None:
+    """This machine's id (32 hex digits, machine-id(5)), or None where there is none."""
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if re.fullmatch(r"[0-9a-fA-F]{32}", text):
+            return text.lower()
+    return None
+
+
+def default_agent_id(machine: str | None = None, hostname: str | None = None) -> str:
+    """An id unique per machine: 12 hex digits of HMAC-SHA256 keyed by the machine id over
+    "stm32ota" (machine-id(5) asks applications to use such an application-specific hash,
+    never the id itself); the sanitised host name only where the machine has no id. Host
+    names are not unique: every cloned Raspberry Pi image is `raspberrypi`, and two agents
+    with one id take each other's MQTT session over."""
+    machine = machine if machine is not None else machine_id()
+    if machine is None:
+        log.warning("no machine id in %s: agent.id defaults to the host name, which clones "
+                    "share; set agent.id", " or ".join(MACHINE_ID_FILES))
+        return host_name(hostname)
+    return hmac.new(machine.encode("ascii"), b"stm32ota", hashlib.sha256).hexdigest()[:12]
 
 
 def _secret(raw: dict[str, Any], prefix: str, where: str) -> Secret:
@@ -71,7 +104,8 @@ def _build_mqtt(m: dict[str, Any], agent_id: str) -> MqttConfig:
         password=_secret(m, "password", "mqtt.password"), tls=tls,
         base_topic=m["base_topic"], discovery_prefix=m["discovery_prefix"],
         keepalive=m["keepalive"], client_id=m["client_id"] or f"stm32ota-{agent_id}",
-        reconnect_max=m["reconnect_max"])
+        reconnect_max=m["reconnect_max"], progress_interval=m["progress_interval"],
+        jitter=m["jitter"])
 
 
 def _build_pins(p: dict[str, Any]) -> PinsConfig:
@@ -112,7 +146,7 @@ def _build_target(t: dict[str, Any], trust_downgrade: bool) -> TargetConfig:
 def _build(data: dict[str, Any], source: Path) -> Config:
     a, tr = data["agent"], data["trust"]
     agent = AgentConfig(a["id"] or default_agent_id(), a["state_dir"], a["cache_dir"],
-                        a["cache_max"], a["log_level"])
+                        a["cache_max"], a["log_level"], name=a["name"] or host_name())
     trust = TrustConfig(tr["keys"], tr["allow_unsigned"], tr["allow_downgrade"],
                         tr["max_image_size"], DownloadConfig(**tr["download"]))
     targets = tuple(_build_target(t, trust.allow_downgrade) for t in data["targets"])

@@ -63,6 +63,7 @@ class AgentConfig:
     cache_dir: Path
     cache_max: int
     log_level: str
+    name: str = ""  # display name in Home Assistant (default: the host name)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class MqttConfig:
     keepalive: int  # seconds
     client_id: str
     reconnect_max: float  # seconds
+    progress_interval: float = 5.0  # seconds between progress messages inside a phase, at least
+    jitter: float = 5.0  # seconds: bound of the random delay before a reconnect / HA re-send
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,9 @@ NAME = Text(NAME_RE, "name ([A-Za-z0-9_-]+)")
 POSITIVE = Duration(lo=0.001)
 
 AGENT = Table(
-    Key("id", NAME, "this gateway's id in MQTT topics", default_doc="host name, sanitised"),
+    Key("id", NAME, "this gateway's id in MQTT topics; unique per gateway",
+        default_doc="12 hex digits hashed from /etc/machine-id (the host name where there is none)"),
+    Key("name", Text(), "this gateway's name in Home Assistant", default_doc="host name"),
     Key("state_dir", PathKind(), "where job state survives restarts", "/var/lib/stm32ota"),
     Key("cache_dir", PathKind(), "where verified images are kept", "/var/cache/stm32ota"),
     Key("cache_max", Size(), "largest total size of cache_dir", "64MiB"),
@@ -168,6 +170,12 @@ MQTT = Table(
     Key("keepalive", Duration(lo=1, hi=65535, whole=True), "MQTT keepalive", "60s"),
     Key("client_id", Text(), "MQTT client id", default_doc="`stm32ota-<agent id>`"),
     Key("reconnect_max", Duration(lo=1), "longest wait between reconnect attempts", "60s"),
+    Key("progress_interval", Duration(lo=0), "progress inside a phase, not retained, at most "
+        "this often and only after another 10% of the job (phase changes and the result are "
+        "retained at once)", "5s"),
+    Key("jitter", Duration(lo=0, hi=3600), "wait a random time up to this before reconnecting "
+        "after a lost connection and before answering Home Assistant's `online`, so a fleet "
+        "does not come back in one second (raise it for large fleets)", "5s"),
 )
 
 DOWNLOAD = Table(

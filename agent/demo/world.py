@@ -27,11 +27,12 @@ from agent.errors import UsageError
 from agent.flasher import image as firmware
 from agent.flasher.target import Devices
 from agent.mqtt.client import MqttClient
+from agent.mqtt.commands import MAX_COMMAND_BYTES
 from agent.mqtt.contract import Topics
 from agent.ota.jobs import StateStore
 from agent.ota.keys import build_manifest, keygen
 from agent.pins.mock import MockBackend
-from agent.service import MAX_COMMAND_BYTES, Service
+from agent.service import Service
 from agent.sim import Faults, PtySim, SimChip, SimI2CBus
 from agent.stm32.chips import CHIPS
 

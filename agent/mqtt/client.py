@@ -9,13 +9,15 @@ survive broker outages needs, all at QoS 1:
   unless session_expiry is 0) so QoS 1 commands sent while briefly away are still delivered;
 - on every (re)connect: re-subscribe everything (a restarted broker without persistence has
   forgotten all subscriptions), re-publish the latest "sticky" retained message of each topic
-  (availability, discovery, state, job) and then the other messages published while offline;
-- a bounded offline queue (`max_queued_messages_set`); on reconnect we take those messages
-  back with `drop_out_messages()` and re-send them *after* the sticky ones, discarding stale
-  copies of sticky topics, so an old retained state can never overwrite a newer one;
+  (availability, discovery, state, job) -- only the birth and those changed while away when
+  the broker kept the session -- and then the other messages published while offline;
+- a bounded offline queue (paho's); on reconnect we take it back (`drop_out_messages()`) and
+  re-send it *after* the sticky ones, minus stale copies of sticky topics;
+- `subscribe_qos=0` for a viewer that keeps no session (the fleet view); `on_taken_over(why)`
+  when the broker says another client took the session over (0x8E: final, no reconnect);
+  `jitter`: a random delay up to that bound before reconnecting and answering HA's birth;
 - inbound payloads over `max_payload` are dropped with a log line before any handler sees them;
-- a failed attempt says why (a refused login, a TLS certificate that does not verify, a
-  refused TCP connection) at WARNING when new, at DEBUG while it repeats; paho keeps retrying,
+- a failed attempt says why at WARNING when new, DEBUG while it repeats; paho keeps retrying,
   but a refused login ends wait_connected() at once (`refused` says why).
 
 Threading: message handlers and the birth callback run on paho's network thread: they only
@@ -24,9 +26,9 @@ parse and enqueue (never download, flash, sleep or wait); publish() there only q
 
 from __future__ import annotations
 
-import inspect
 import logging
 import sys
+import random
 import threading
 from typing import Any, Callable
 
@@ -37,22 +39,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.mqtt.payload import Payload, encode, idle_wait
+from agent.mqtt.health import SESSION_TAKEN_OVER, Lifetimes, not_connected_noise
+from agent.mqtt.payload import Payload, encode, idle_wait, tunable_loop
+from agent.mqtt.timing import jitter
 from agent.mqtt.tls import TlsOptions, configure_tls, connect_failure
+from agent.mqtt.topics import levels_match
 
 log = logging.getLogger(__name__)
 
 QOS = 1  # DESIGN.md: QoS 1 throughout
 Handler = Callable[[str, bytes, bool], None]
 RejectHandler = Callable[[str, int], None]
-
-
-def _not_connected_noise(record: logging.LogRecord) -> bool:
-    """paho 2.2 logs "Client is not connected" at ERROR when the socket closes under it (what
-    the disconnect callback already reports): keep it for debug logs only."""
-    if "Client is not connected" in record.getMessage():
-        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-    return True
 
 
 class _Paho(paho.Client):
@@ -68,98 +65,75 @@ class _Paho(paho.Client):
         return super()._loop(idle_wait(self.keepalive))
 
 
-def tunable_loop(client_class: type = paho.Client) -> bool:
-    """True when paho's network loop waits in a private `_loop(timeout)` step, as it does in
-    paho 2.x, so `_Paho` may override it. A paho that renamed or reshaped that step gets
-    the plain public client instead (loop_start(), paho's own 1 s wait): slower to doze, but
-    never a broken network thread."""
-    step = getattr(client_class, "_loop", None)
-    forever = getattr(getattr(client_class, "loop_forever", None), "__code__", None)
-    if not callable(step) or forever is None or "_loop" not in forever.co_names:
-        return False
-    try:
-        return "timeout" in inspect.signature(step).parameters
-    except (TypeError, ValueError):  # a builtin or otherwise unreadable signature
-        return False
-
-
 class MqttClient:
     """A reconnecting QoS 1 MQTT client with sticky retained messages; see the module docstring."""
 
-    def __init__(
-        self,
-        host: str,
-        port: int = 1883,
-        *,
-        client_id: str,
-        username: str | None = None,
-        password: str | None = None,
-        tls: TlsOptions | None = None,
-        keepalive: int = 60,
-        will: tuple[str, Payload, bool] | None = None,
-        birth: Payload = "online",
-        offline: Payload = "offline",
-        reconnect_min: float = 1,
-        reconnect_max: float = 60,
-        max_payload: int = 64 * 1024,
-        max_queued: int = 1000,
-        protocol: int | None = None,
-        session_expiry: int = 3600,
-        on_reject: RejectHandler | None = None,
-    ) -> None:
+    def __init__(self, host: str, port: int = 1883, *, client_id: str, username: str | None = None,
+                 password: str | None = None, tls: TlsOptions | None = None, keepalive: int = 60,
+                 will: tuple[str, Payload, bool] | None = None, birth: Payload = "online",
+                 offline: Payload = "offline", reconnect_min: float = 1, reconnect_max: float = 60,
+                 max_payload: int = 64 * 1024, max_queued: int = 1000, protocol: int | None = None,
+                 session_expiry: int = 3600, on_reject: RejectHandler | None = None,
+                 subscribe_qos: int = QOS, on_taken_over: Callable[[str], None] | None = None,
+                 jitter: float = 0.0, rng: Callable[[], float] = random.random) -> None:
         if not client_id:
             raise ValueError("client_id is required: a persistent session is keyed by it")
         if protocol not in (None, 4, 5):
             raise ValueError("protocol must be 4 (MQTT 3.1.1), 5 (MQTT 5) or None (negotiate)")
-        self.host, self.port, self.keepalive = host, port, keepalive
-        self.client_id, self.max_payload, self.on_reject = client_id, max_payload, on_reject
+        self.host, self.port, self.keepalive, self.client_id = host, port, keepalive, client_id
+        self.max_payload, self.session_expiry = max_payload, session_expiry
+        self.on_reject, self.subscribe_qos, self.on_taken_over = on_reject, subscribe_qos, on_taken_over
         self.negotiate, self.protocol = protocol is None, protocol or 5  # None: 5, else 3.1.1
         self.refused: str | None = None  # a refused login: retrying cannot help
         self._settled = threading.Event()  # connected, or refused
         self._answered = False  # a CONNACK came, whatever it said: the broker speaks this version
-        self.session_expiry = session_expiry
         self.connected = threading.Event()
         self._lock = threading.RLock()
         self._handlers: dict[str, list[Handler]] = {}
+        self._levels: dict[str, tuple[str, ...]] = {}  # topic filter -> its levels, split once
         self._as_published: set[str] = set()  # filters subscribed with Retain As Published
         self._sticky: dict[str, tuple[bytes, bool]] = {}
+        self._unsent: set[str] = set()  # sticky topics changed while disconnected
         self._will, self._offline, self._started = will, encode(offline), False
         self.last_failure: str | None = None  # logged at WARNING once per distinct reason
+        self.jitter, self._rng = jitter, rng  # bound of the random delays, see timing.jitter
+        self._lives = Lifetimes(f"{client_id!r} on {host}:{port}")
         self._client = self._new_paho(max_queued, reconnect_min, reconnect_max)
         if username is not None:
             self._client.username_pw_set(username, password)
         if tls is not None:
             configure_tls(self._client, tls)
         if will is not None:
-            topic, _, retain = will
-            self._client.will_set(topic, self._offline, qos=QOS, retain=retain)
-            # the birth is the first sticky message, so it is re-sent first on every connect
-            self._sticky[topic] = (encode(birth), retain)
+            self._set_will(will[0], will[2], birth)
+
+    def _set_will(self, topic: str, retain: bool, birth: Payload) -> None:
+        """The will, and the birth as the first sticky message (re-sent first on connect)."""
+        self._client.will_set(topic, self._offline, qos=QOS, retain=retain)
+        self._sticky[topic] = (encode(birth), retain)
 
     def _new_paho(self, max_queued: int, reconnect_min: float, reconnect_max: float) -> paho.Client:
         """paho's client with our logging, offline queue, back-off and callbacks."""
         kwargs: dict[str, Any] = {"protocol": paho.MQTTv5 if self.protocol == 5 else paho.MQTTv311}
         if self.protocol == 4:
-            kwargs["clean_session"] = self.session_expiry == 0
-        if tunable_loop():
+            kwargs["clean_session"] = self.session_expiry == 0  # 3.1.1 has no expiry: keep or not
+        if tunable_loop(paho.Client):
             client: paho.Client = _Paho(CallbackAPIVersion.VERSION2, client_id=self.client_id, **kwargs)
         else:
             log.debug("paho-mqtt %s has no Client._loop(timeout) step: its network thread "
                       "wakes every second", paho_version)
             client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, **kwargs)
         paho_log = logging.getLogger(__name__ + ".paho")
-        if _not_connected_noise not in paho_log.filters:
-            paho_log.addFilter(_not_connected_noise)
+        if not_connected_noise not in paho_log.filters:
+            paho_log.addFilter(not_connected_noise)
         client.enable_logger(paho_log)
         client.max_queued_messages_set(max_queued)
         client.reconnect_delay_set(reconnect_min, reconnect_max)  # type: ignore[arg-type]
+        self._backoff = (reconnect_min, reconnect_max)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
-
-    # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
         """Connect in the background and keep reconnecting until stop()."""
@@ -200,22 +174,19 @@ class MqttClient:
     def publish(self, topic: str, payload: Payload, retain: bool = False) -> bool:
         """Queue a QoS 1 message; never blocks. Returns False if the offline queue is full
         and the message was dropped. While disconnected the message waits for the reconnect."""
-        data = encode(payload)
         with self._lock:
-            rc = self._client.publish(topic, data, qos=QOS, retain=retain).rc
-        if rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            log.warning("MQTT offline queue full: dropped %d bytes for %s", len(data), topic)
-            return False
-        if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            log.warning("MQTT publish to %s failed: %s", topic, paho.error_string(rc))
-            return False
-        return True
+            return self._send(topic, encode(payload), retain)
 
     def publish_wait(self, topic: str, payload: Payload, retain: bool = False,
-                     timeout: float = 10.0) -> bool:
-        """Publish and wait until the broker acknowledged it (for one-shot tools); True if it did."""
+                     timeout: float = 10.0, expiry: int | None = None) -> bool:
+        """Publish and wait until the broker acknowledged it (for one-shot tools); True if it
+        did. `expiry` s (MQTT 5): the broker drops it from a session still offline by then."""
+        props = Properties(PacketTypes.PUBLISH) if expiry is not None and self.protocol == 5 else None
+        if props is not None:
+            props.MessageExpiryInterval = expiry
         with self._lock:
-            info = self._client.publish(topic, encode(payload), qos=QOS, retain=retain)
+            info = self._client.publish(topic, encode(payload), qos=QOS, retain=retain,
+                                        properties=props)
         try:
             info.wait_for_publish(timeout)
         except (RuntimeError, ValueError) as exc:
@@ -232,15 +203,8 @@ class MqttClient:
             self._sticky[topic] = (data, retain)
             if self.connected.is_set():
                 self._send(topic, data, retain)
-            # while offline only the latest value matters; _on_connect sends it
-
-    def forget_sticky(self, topic: str, clear: bool = False) -> None:
-        """Stop re-publishing `topic`; with clear=True also delete its retained message
-        (an empty retained payload, e.g. to remove a Home Assistant discovery config)."""
-        with self._lock:
-            self._sticky.pop(topic, None)
-        if clear:
-            self.publish(topic, b"", retain=True)
+            else:  # only the latest value matters; _on_connect sends it
+                self._unsent.add(topic)
 
     def republish_sticky(self) -> None:
         """Send every sticky message again (e.g. after Home Assistant's birth message)."""
@@ -249,10 +213,16 @@ class MqttClient:
                 for topic, (data, retain) in self._sticky.items():
                     self._send(topic, data, retain)
 
-    def _send(self, topic: str, data: bytes, retain: bool) -> None:
+    def _send(self, topic: str, data: bytes, retain: bool) -> bool:
+        """Queue one message with paho; False (and a log line) if it was dropped."""
         rc = self._client.publish(topic, data, qos=QOS, retain=retain).rc
-        if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+        if rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            log.warning("MQTT offline queue full: dropped %d bytes for %s", len(data), topic)
+        elif rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.warning("MQTT publish to %s failed: %s", topic, paho.error_string(rc))
+        else:
+            return True
+        return False
 
     # --- inbound --------------------------------------------------------------------------
 
@@ -268,6 +238,7 @@ class MqttClient:
         with self._lock:
             first = topic_filter not in self._handlers
             self._handlers.setdefault(topic_filter, []).append(handler)
+            self._levels[topic_filter] = tuple(topic_filter.split("/"))
             if retain_as_published:
                 self._as_published.add(topic_filter)
             if first and self.connected.is_set():
@@ -276,6 +247,7 @@ class MqttClient:
     def unsubscribe(self, topic_filter: str) -> None:
         """Forget every handler of topic_filter and unsubscribe."""
         with self._lock:
+            self._levels.pop(topic_filter, None)
             if self._handlers.pop(topic_filter, None) is not None and self.connected.is_set():
                 self._client.unsubscribe(topic_filter)
 
@@ -285,20 +257,23 @@ class MqttClient:
         action = callback if callback is not None else self.republish_sticky
 
         def birth(topic: str, payload: bytes, retained: bool) -> None:
-            if payload.strip() == b"online":
-                log.info("Home Assistant is online: re-sending discovery and state")
-                action()
+            if payload.strip() == b"online":  # every gateway hears it at once: jitter
+                delay = jitter(self.jitter, self._rng)
+                log.info("Home Assistant is online: re-sending discovery and state in %.1f s", delay)
+                timer = threading.Timer(delay, action)
+                timer.daemon = True
+                timer.start()
 
         self.subscribe(f"{discovery_prefix}/status", birth)
 
     def _subscribe(self, topic_filter: str) -> None:
         if self.protocol == 5:
             # retained messages only for a new subscription, not on every session resume
-            opts = SubscribeOptions(qos=QOS, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB,
+            opts = SubscribeOptions(qos=self.subscribe_qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB,
                                     retainAsPublished=topic_filter in self._as_published)
             rc, _ = self._client.subscribe(topic_filter, options=opts)
         else:
-            rc, _ = self._client.subscribe(topic_filter, qos=QOS)
+            rc, _ = self._client.subscribe(topic_filter, qos=self.subscribe_qos)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.warning("MQTT subscribe to %s failed: %s", topic_filter, paho.error_string(rc))
 
@@ -329,14 +304,21 @@ class MqttClient:
             self._failed(f"the broker refused the connection: {reason}{hint}")
             return
         self.last_failure, self.refused = None, None
+        self._lives.connected()
         with self._lock:
             # paho would re-send these after this callback returns, i.e. after our fresh sticky
             # values; take them back so the order is: sticky latest first, then the rest
             pending = client.drop_out_messages()
             for topic_filter in self._handlers:
                 self._subscribe(topic_filter)
+            # a kept session means the broker kept our retained messages too: send only what
+            # changed while away and the birth (the will replaced it), not all of them again
+            kept = bool(flags.session_present)
+            due = self._unsent | {m.topic for m in pending} | {self._will[0] if self._will else ""}
             for topic, (data, retain) in self._sticky.items():
-                self._send(topic, data, retain)
+                if not kept or topic in due:
+                    self._send(topic, data, retain)
+            self._unsent.clear()
             stale = 0
             for msg in pending:
                 if msg.topic in self._sticky:
@@ -347,8 +329,7 @@ class MqttClient:
             self._settled.set()
         log.info("MQTT connected to %s:%d with MQTT %s (session present: %s); %d subscriptions, "
                  "%d sticky, %d queued re-sent", self.host, self.port, "5" if self.protocol == 5
-                 else "3.1.1", flags.session_present, len(self._handlers), len(self._sticky),
-                 len(pending) - stale)
+                 else "3.1.1", kept, len(self._handlers), len(self._sticky), len(pending) - stale)
 
     def _downgrade(self, client: paho.Client) -> None:
         """A 3.1.1-only broker: the next attempt uses 3.1.1 (as paho itself downgrades to 3.1)."""
@@ -366,6 +347,14 @@ class MqttClient:
         self.connected.clear()
         if self.refused is None:
             self._settled.clear()
+        if getattr(reason, "value", None) == SESSION_TAKEN_OVER and self._started:
+            self._taken_over(client)
+            return
+        if was_connected and self._started:
+            self._lives.dropped()
+            # the first retry waits reconnect_min + jitter: not every gateway in the same second
+            client.reconnect_delay_set(self._backoff[0] + jitter(self.jitter, self._rng),
+                                       self._backoff[1])  # type: ignore[arg-type]
         if not was_connected and not self._answered and self.negotiate and self._started:
             # no CONNACK at all (amqtt waits forever on an MQTT 5 CONNECT with properties, until
             # paho gives up after a keepalive): try the other version next time
@@ -374,6 +363,15 @@ class MqttClient:
             log.debug("MQTT connection to %s:%d closed (%s)", self.host, self.port, reason)
         elif self._started:
             log.warning("MQTT disconnected from %s:%d (%s); reconnecting", self.host, self.port, reason)
+
+    def _taken_over(self, client: paho.Client) -> None:
+        """Another client took our client id: reconnecting would throw it out in turn, forever."""
+        why = self._lives.duplicate("the broker says the session was taken over (MQTT reason 0x8E)")
+        log.error("%s; not reconnecting", why)
+        self._started = False
+        client.disconnect()  # from the network thread: ends paho's reconnect loop
+        if self.on_taken_over is not None:
+            self._call(self.on_taken_over, why)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         size = len(msg.payload)
@@ -384,7 +382,9 @@ class MqttClient:
                 self._call(self.on_reject, msg.topic, size)
             return
         with self._lock:
-            handlers = [h for f, hs in self._handlers.items() if paho.topic_matches_sub(f, msg.topic) for h in hs]
+            parts = msg.topic.split("/")
+            handlers = [h for f, hs in self._handlers.items()
+                        if levels_match(self._levels[f], parts) for h in hs]
         if not handlers:
             log.debug("MQTT message on %s matches no handler", msg.topic)
         for handler in handlers:

@@ -159,11 +159,13 @@ def discovery_payload(
     device_info: Mapping[str, Any],
     product: str,
     title: str | None = None,
+    agent_name: str | None = None,
 ) -> dict[str, Any]:
     """One Home Assistant device-discovery message (for `Topics.discovery(target)`, retained):
     an update entity, a job status sensor, an abort button and a job event entity. The
     device's `model_id` is the product (the state payload cannot carry it; `stm32ota fleet`
-    reads it from here), so device_info must not set its own."""
+    reads it from here), so device_info must not set its own. The device is named
+    "<target> on <agent_name>" (a person's name for the gateway; the agent id by default)."""
     t = Topics(base_topic, agent_id)
     oid = t.object_id(target_name)
     check_id("product", product)
@@ -177,7 +179,8 @@ def discovery_payload(
         "update_event": _event_entity(t, target_name),
     }
     return {
-        "device": {**_device(device_info, oid, f"{target_name} on {agent_id}"), "model_id": product},
+        "device": {**_device(device_info, oid, f"{target_name} on {agent_name or agent_id}"),
+                   "model_id": product},
         "origin": {"name": ORIGIN_NAME, "sw_version": __version__},
         "availability_topic": t.availability,
         "payload_available": AVAILABLE,

@@ -11,21 +11,17 @@ built from the MQTT contract of DESIGN.md (topics routed by `agent.mqtt.topics.r
   target are taken from the update entity's `state_topic`, since `<agent>_<target>` is ambiguous.
 
 Anything malformed is logged and skipped: a viewer must never die on another program's message.
-`Watcher` connects an `MqttClient` to a `Fleet` and lets the caller wait for a quiet period
-(the retained messages have all arrived) or for the next change.
+`agent.mqtt.watcher` connects an `MqttClient` to a `Fleet`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
-import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
-from agent.errors import FleetTimeout, NoTargets
 from agent.mqtt.contract import AVAILABLE, NOT_AVAILABLE
 from agent.mqtt.topics import route_topic
 
@@ -34,9 +30,11 @@ log = logging.getLogger(__name__)
 MAX_PAYLOAD = 64 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass
 class FleetRow:
-    """What is known about one target; None where nothing was published (yet)."""
+    """What is known about one target; None where nothing was published (yet). Fleet changes
+    its own rows in place (a copy per message cost more than the rest of the read); what
+    snapshot() and drain() return are copies."""
 
     agent: str
     target: str
@@ -85,8 +83,28 @@ def _num(value: Any) -> Optional[float]:
 
 
 @dataclass
+class Tally:
+    """Running counts for `--wait-for`: targets of `product` (of `agent`, if given) seen, and
+    how many of them report `version` installed; kept up to date per message, in O(1)."""
+
+    version: str
+    product: str
+    agent: Optional[str] = None
+    total: int = 0
+    done: int = 0
+
+    def count(self, row: Optional[FleetRow], sign: int) -> None:
+        """Add (sign 1) or take away (sign -1) one row's contribution."""
+        if row is None or row.product != self.product or self.agent not in (None, row.agent):
+            return
+        self.total += sign
+        self.done += sign * (row.installed == self.version)
+
+
+@dataclass
 class Fleet:
-    """Targets and agents seen on the broker; `handle()` is thread-safe."""
+    """Targets and agents seen on the broker; `handle()` is thread-safe and costs O(1) per
+    message (only the row it names changes), so a 20,000-target retained burst reads in one pass."""
 
     base: str = "stm32ota"
     discovery_prefix: str = "homeassistant"
@@ -94,6 +112,10 @@ class Fleet:
     agents: dict[str, bool] = field(default_factory=dict)
     # discovery topic -> (agent, target), so a cleared discovery finds its row again
     discovered: dict[str, tuple[str, str]] = field(default_factory=dict)
+    tally: Optional[Tally] = None
+    _by_agent: dict[str, set[tuple[str, str]]] = field(default_factory=dict, repr=False)
+    _dirty: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    _dirty_agents: set[str] = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def subscriptions(self) -> list[str]:
@@ -105,56 +127,102 @@ class Fleet:
     def handle(self, topic: str, payload: bytes) -> bool:
         """Take one message; True if it changed the view."""
         with self._lock:
-            before = dict(self.rows), dict(self.agents)
             try:
-                self._route(topic, payload)
+                return self._route(topic, payload)
             except (TypeError, KeyError, AttributeError) as err:  # another program's odd JSON
                 log.warning("skipped a malformed message on %s: %s", topic, err)
-            return before != (self.rows, self.agents)
+                return False
+
+    def track(self, version: str, product: str, agent: Optional[str] = None) -> Tally:
+        """Start counting the targets of `product` that report `version` (one O(N) pass)."""
+        tally = Tally(version, product, agent)
+        with self._lock:
+            for row in self.rows.values():
+                tally.count(row, 1)
+            self.tally = tally
+        return tally
+
+    def counts(self) -> tuple[int, int]:
+        """(targets that report the tracked version, targets tracked); see track()."""
+        with self._lock:
+            return (self.tally.done, self.tally.total) if self.tally else (0, 0)
 
     def snapshot(self, *, agent: Optional[str] = None,
                  product: Optional[str] = None) -> list[FleetRow]:
         """Rows sorted by agent and target, filtered by agent id and/or product; offline
         state of an agent is applied to each of its rows."""
         with self._lock:
-            rows = [replace(r, online=self.agents.get(r.agent)) for r in self.rows.values()]
-        return sorted((r for r in rows if (agent is None or r.agent == agent)
-                       and (product is None or r.product == product)), key=lambda r: r.key)
+            rows = [replace(r, online=self.agents.get(r.agent)) for r in self.rows.values()
+                    if (agent is None or r.agent == agent) and (product is None or r.product == product)]
+        return sorted(rows, key=lambda r: r.key)
+
+    def drain(self) -> list[FleetRow]:
+        """The rows that changed since the last call (an agent going offline changes all of
+        its rows), with their agent's online state; sorted like snapshot()."""
+        with self._lock:
+            keys = set(self._dirty)
+            for a in self._dirty_agents:
+                keys |= self._by_agent.get(a, set())
+            self._dirty.clear()
+            self._dirty_agents.clear()
+            rows = [replace(self.rows[k], online=self.agents.get(k[0])) for k in keys if k in self.rows]
+        return sorted(rows, key=lambda r: r.key)
 
     def agent_ids(self) -> list[str]:
         """Every agent seen, with or without targets."""
         with self._lock:
-            return sorted(set(self.agents) | {a for a, _ in self.rows})
+            return sorted(set(self.agents) | set(self._by_agent))
 
     # ----- routing (under the lock) -----------------------------------------------------------
 
-    def _route(self, topic: str, payload: bytes) -> None:
+    def _route(self, topic: str, payload: bytes) -> bool:
         disc = self.discovery_prefix + "/device/"
         if topic.startswith(disc) and topic.endswith("/config"):
-            self._discovery(topic, payload)
-            return
+            return self._discovery(topic, payload)
         kind, where = route_topic(self.base, topic)
         if kind == "availability":
-            text = payload.decode("utf-8", "replace").strip()
-            if text in (AVAILABLE, NOT_AVAILABLE):
-                self.agents[where["agent"]] = text == AVAILABLE
-            elif not payload:
-                self.agents.pop(where["agent"], None)
-        elif kind == "state":
-            self._state(where["agent"], where["target"], payload)
-        elif kind == "job":
-            self._job(where["agent"], where["target"], payload)
+            return self._availability(where["agent"], payload)
+        if kind == "state":
+            return self._state(where["agent"], where["target"], payload)
+        if kind == "job":
+            return self._job(where["agent"], where["target"], payload)
+        return False
 
-    def _row(self, agent: str, target: str) -> FleetRow:
-        return self.rows.get((agent, target)) or FleetRow(agent, target)
+    def _availability(self, agent: str, payload: bytes) -> bool:
+        before = (agent in self.agents, self.agents.get(agent))
+        text = payload.decode("utf-8", "replace").strip()
+        if text in (AVAILABLE, NOT_AVAILABLE):
+            self.agents[agent] = text == AVAILABLE
+        elif not payload:
+            self.agents.pop(agent, None)
+        if (agent in self.agents, self.agents.get(agent)) == before:
+            return False
+        self._dirty_agents.add(agent)
+        return True
 
-    def _discovery(self, topic: str, payload: bytes) -> None:
+    def _update(self, key: tuple[str, str], values: dict[str, Any]) -> bool:
+        """Set some columns of one row; keep the tally and the change list in step. True if
+        it changed (a new row always does)."""
+        row = self.rows.get(key)
+        if row is None:
+            row = self.rows[key] = FleetRow(*key)
+            self._by_agent.setdefault(key[0], set()).add(key)
+        elif all(getattr(row, k) == v for k, v in values.items()):
+            return False
+        elif self.tally is not None:
+            self.tally.count(row, -1)
+        for k, v in values.items():
+            setattr(row, k, v)
+        if self.tally is not None:
+            self.tally.count(row, 1)
+        self._dirty.add(key)
+        return True
+
+    def _discovery(self, topic: str, payload: bytes) -> bool:
         known = self.discovered
         if not payload:  # discovery cleared: the target was removed from its agent's config
             key = known.pop(topic, None)
-            if key in self.rows:
-                self.rows[key] = replace(self.rows[key], product=None)
-            return
+            return key in self.rows and self._update(key, {"product": None})
         doc = _json(payload)
         comps = (doc or {}).get("components") or {}
         states = [c.get("state_topic") for c in comps.values()
@@ -162,33 +230,33 @@ class Fleet:
         state = _str(states[0]) if states else None
         kind, where = route_topic(self.base, state) if state is not None else ("unknown", {})
         if doc is None or kind != "state":
-            return  # not ours: another base topic or another program's device
+            return False  # not ours: another base topic or another program's device
         device = doc.get("device") if isinstance(doc.get("device"), dict) else {}
         key = (where["agent"], where["target"])
         known[topic] = key
-        self.rows[key] = replace(self._row(*key), product=_str(device.get("model_id")))
+        return self._update(key, {"product": _str(device.get("model_id"))})
 
-    def _state(self, agent: str, target: str, payload: bytes) -> None:
+    def _state(self, agent: str, target: str, payload: bytes) -> bool:
         doc = _json(payload)
         if doc is None:
             if payload:
                 log.warning("state of %s/%s is not a JSON object", agent, target)
-            return
-        self.rows[(agent, target)] = replace(
-            self._row(agent, target), installed=_str(doc.get("installed_version")),
-            latest=_str(doc.get("latest_version")),
-            in_progress=doc.get("in_progress") if isinstance(doc.get("in_progress"), bool) else None)
+            return False
+        progress = doc.get("in_progress")
+        return self._update((agent, target), {
+            "installed": _str(doc.get("installed_version")), "latest": _str(doc.get("latest_version")),
+            "in_progress": progress if isinstance(progress, bool) else None})
 
-    def _job(self, agent: str, target: str, payload: bytes) -> None:
+    def _job(self, agent: str, target: str, payload: bytes) -> bool:
         doc = _json(payload)
         if doc is None:
-            return
+            return False
         err = doc.get("error") if isinstance(doc.get("error"), dict) else {}
-        self.rows[(agent, target)] = replace(
-            self._row(agent, target), job_id=_str(doc.get("job_id")), status=_str(doc.get("status")),
-            phase=_str(doc.get("phase")), percent=_num(doc.get("percent")),
-            error_code=_str(err.get("code")), error_message=_str(err.get("message")),
-            updated_at=_str(doc.get("updated_at")))
+        return self._update((agent, target), {
+            "job_id": _str(doc.get("job_id")), "status": _str(doc.get("status")),
+            "phase": _str(doc.get("phase")), "percent": _num(doc.get("percent")),
+            "error_code": _str(err.get("code")), "error_message": _str(err.get("message")),
+            "updated_at": _str(doc.get("updated_at"))})
 
 
 def changes(before: Iterable[FleetRow], after: Iterable[FleetRow]) -> list[str]:
@@ -221,90 +289,3 @@ def describe(row: FleetRow) -> str:
     if row.error_code:
         bits.append(f"error {row.error_code}" + (f": {row.error_message}" if row.error_message else ""))
     return f"{row.agent}/{row.target} ({', '.join(bits)})"
-
-
-class Watcher:
-    """A read-only MQTT subscriber feeding a Fleet; the caller waits on it from its own thread."""
-
-    def __init__(self, fleet: Fleet, client_factory: Callable[..., Any]) -> None:
-        self.fleet = fleet
-        self._cond = threading.Condition()
-        self._last = time.monotonic()
-        self._changes = 0
-        self.client = client_factory(client_id=f"stm32ota-fleet-{os.getpid()}-{id(self):x}",
-                                     session_expiry=0, max_payload=MAX_PAYLOAD)
-
-    def start(self, connect_timeout: float = 10.0) -> bool:
-        """Subscribe and connect; False if the broker did not answer in time."""
-        for topic_filter in self.fleet.subscriptions():
-            self.client.subscribe(topic_filter, self._message)
-        self.client.start()
-        ok = self.client.wait_connected(connect_timeout)
-        with self._cond:
-            self._last = time.monotonic()  # the quiet period starts at the subscription
-        return ok
-
-    def stop(self) -> None:
-        """Disconnect."""
-        self.client.stop()
-
-    def _message(self, topic: str, payload: bytes, retained: bool) -> None:
-        changed = self.fleet.handle(topic, payload)
-        with self._cond:
-            self._last = time.monotonic()
-            if changed:
-                self._changes += 1
-            self._cond.notify_all()
-
-    def settle(self, quiet: float, longest: float) -> None:
-        """Return once no message came for `quiet` seconds, or after `longest` seconds."""
-        deadline = time.monotonic() + longest
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                wake = min(self._last + quiet, deadline)
-                if now >= wake:
-                    return
-                self._cond.wait(wake - now)
-
-    @property
-    def changes(self) -> int:
-        """How many messages changed the view so far (pass it to wait_change)."""
-        with self._cond:
-            return self._changes
-
-    def wait_change(self, seen: int, timeout: float) -> bool:
-        """Wait up to `timeout` s until the view changed after `seen` (from `changes`)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._changes != seen, timeout)
-
-
-def wait_for(watcher: Watcher, version: str, product: str, *, timeout: float, quiet: float,
-             agent: Optional[str] = None,
-             report: Optional[Callable[[list[FleetRow]], None]] = None) -> list[FleetRow]:
-    """Block until every target of `product` (of `agent`, if given) reports `version` installed;
-    return their rows. `report(rows)` sees every change on the way. Raises NoTargets if none
-    was seen, FleetTimeout naming the stragglers."""
-    deadline = time.monotonic() + timeout
-    watcher.settle(quiet, timeout)  # all retained targets first, or one early one could pass
-    while True:
-        seen = watcher.changes
-        rows = watcher.fleet.snapshot(agent=agent, product=product)
-        if report is not None:
-            report(rows)
-        late = stragglers(rows, version)
-        if rows and not late:
-            return rows
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        watcher.wait_change(seen, remaining)
-    where = f" of agent {agent}" if agent else ""
-    if not rows:
-        agents = ", ".join(watcher.fleet.agent_ids()) or "none"
-        raise NoTargets(
-            f"no target of product {product!r}{where} was seen within {timeout:g} s (agents seen: "
-            f"{agents}); check --product, --base-topic and --discovery-prefix")
-    raise FleetTimeout(
-        f"{len(late)} of {len(rows)} target(s) of {product}{where} do not report {version} after "
-        f"{timeout:g} s: " + "; ".join(describe(r) for r in late))

@@ -254,9 +254,11 @@ class JobStore:
     """The one owner of job state: every change is saved first, then published."""
 
     def __init__(self, state: StateStore, publish: Publish,
+                 progress: Optional[Callable[[str, Job], None]] = None,
                  limit: Optional[RateLimit] = None) -> None:
         self.state = state
         self._publish = publish
+        self._progress = progress  # how progress inside a phase goes out (default: as publish)
         self.limit = limit  # rejections per origin topic; None: report every one
 
     def load(self, target: str) -> Optional[Job]:
@@ -271,7 +273,10 @@ class JobStore:
 
     def report(self, job: Job) -> Job:
         """Publish a change that need not survive a restart (progress inside a phase)."""
-        self._publish(job.target, job, True)
+        if self._progress is not None:
+            self._progress(job.target, job)
+        else:
+            self._publish(job.target, job, True)
         return job
 
     def finish(self, job: Job, status: str, error: Optional[dict],

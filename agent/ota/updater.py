@@ -155,7 +155,7 @@ class Updater:
 
     def handle_command(self, names: list[str], payload: dict, *, direct: bool,
                        origin: Optional[str] = None) -> None:
-        """An already-parsed command for these targets (see service.parse_command); `origin`
+        """An already-parsed command for these targets (see mqtt.commands.parse_command); `origin`
         is the topic it came on (refusals are rate-limited per topic)."""
         op = payload["op"]
         for name in names:
