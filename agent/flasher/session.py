@@ -198,11 +198,15 @@ def _read_flash_size(bl: Bootloader, chip: Chip) -> int:
     return kib * 1024
 
 
-def _read_dual_bank(bl: Bootloader, chip: Chip, flash_size: int) -> Optional[bool]:
+def _read_dual_bank(bl: Bootloader, chip: Chip, flash_size: int,
+                    options: Optional[UserOptions]) -> Optional[bool]:
     """Bank mode where the page layout depends on it: a dual-bank part with less flash than
-    its PID's largest and a bank-selection option bit (user option word at option_start)."""
+    its PID's largest and a bank-selection option bit (user option word at option_start;
+    taken from `options` when the session already read it)."""
     if not chip.bank2_unknown(flash_size, None):
         return chip.dual_bank_from(None)
+    if options is not None and options.register == "OPTR":
+        return chip.dual_bank_from(options.value)
     try:
         word = int.from_bytes(bl.read_memory(chip.option_start, 4), "little")
     except ProtocolError as err:
@@ -380,8 +384,8 @@ def _identify(link: Link, pins: Pins, bl: Bootloader, info: BootloaderInfo,
         protected, flash_size = True, chip.flash_size
     bl.size_erase_deadlines(chip.erase_ms, len(chip.page_table()))  # table: the largest part
     blank = False if protected else _flash_blank(bl, chip)
-    dual = None if protected else _read_dual_bank(bl, chip, flash_size)
     opts = None if protected else _read_options(bl, chip)
+    dual = None if protected else _read_dual_bank(bl, chip, flash_size, opts)
     return Session(link=link, pins=pins, bl=bl, info=info, chip=chip, flash_size=flash_size,
                    read_protected=protected, exit_sequence=tuple(target.pins.exit),
                    blank_at_entry=blank, dual_bank=dual, options=opts, target=target)
