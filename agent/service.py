@@ -23,7 +23,8 @@ from agent.mqtt.tls import TlsOptions
 from agent.mqtt.topics import Topics
 from agent import systemd
 from agent.ota.checks import compare_versions
-from agent.config import Config
+from agent.config import Config, TargetConfig
+from agent.config.targets import flasher_target
 from agent.errors import SessionTakenOver, Stm32OtaError
 from agent.flasher.target import Devices
 from agent.ota.jobs import IN_PROGRESS, QUEUED, TERMINAL, Job, JobStore, StateStore
@@ -37,6 +38,14 @@ log = logging.getLogger(__name__)
 INBOX_SIZE = 256  # messages on shared topics; as many again are kept for own commands
 COMMAND_KINDS = ("cmd", "group_cmd", "fleet_cmd")
 UNKNOWN_VERSION = "unknown"
+
+
+def flash_target(t: TargetConfig) -> FlashTarget:
+    """Everything the updater needs about one configured target: its OTA policy around the
+    flasher's Target."""
+    return FlashTarget(name=t.name, product=t.product, target=flasher_target(t),
+                       groups=tuple(t.groups), auto_install=t.auto_install,
+                       allow_downgrade=t.allow_downgrade)
 
 
 def _when(text: Optional[str]) -> Optional[datetime]:

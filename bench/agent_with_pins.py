@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.config import load_for_run  # noqa: E402
-from agent.config.targets import flash_target  # noqa: E402
+from agent.service import flash_target  # noqa: E402
 from agent.flasher.target import Devices  # noqa: E402
 from agent.pins.mock import MockBackend  # noqa: E402
 from agent.service import Service  # noqa: E402

@@ -51,7 +51,7 @@ import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config.targets import flash_target
+from agent.service import flash_target
 from agent.flasher.target import Devices
 from agent.mqtt.topics import Topics
 from agent.ota.keys import keygen, sign_manifest

@@ -11,8 +11,7 @@ import threading
 from agent.cli.options import command, parser
 from agent.config import check, load_for_run
 from agent.errors import EXIT_OK, EXIT_USAGE, UsageError
-from agent.service import Service
-from agent.config.targets import flash_target
+from agent.service import Service, flash_target
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""A configured target -> the flasher's Target and the updater's FlashTarget: the one conversion."""
+"""A configured target -> the flasher's Target: the one conversion (the updater's FlashTarget
+wraps it in service.py, so a flasher command never imports the update pipeline)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import logging
 
 from agent.config import TargetConfig, UartLinkConfig
 from agent.flasher.target import I2cSettings, LinkSettings, PinsSettings, Target, UartSettings
-from agent.ota.pipeline import FlashTarget
 from agent.pins import PinSpec
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,3 @@ def flasher_target(t: TargetConfig) -> Target:
                   verify=t.verify, skip_unchanged=t.skip_unchanged,
                   i2c_erase_nack=t.quirks.i2c_erase_nack)
 
-
-def flash_target(t: TargetConfig) -> FlashTarget:
-    """Everything the updater needs about one target: its OTA policy around its Target."""
-    return FlashTarget(name=t.name, product=t.product, target=flasher_target(t),
-                       groups=tuple(t.groups), auto_install=t.auto_install,
-                       allow_downgrade=t.allow_downgrade)

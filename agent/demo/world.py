@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from agent.config import load
-from agent.config.targets import flash_target
 from agent.demo.parts import FLASH_BASE, FileServer, ihex, make_image, start_broker
 from agent.demo.view import Board, Row
 from agent.errors import UsageError
@@ -32,7 +31,7 @@ from agent.mqtt.contract import Topics
 from agent.ota.jobs import StateStore
 from agent.ota.keys import build_manifest, keygen
 from agent.pins.mock import MockBackend
-from agent.service import Service
+from agent.service import Service, flash_target
 from agent.sim import Faults, PtySim, SimChip, SimI2CBus
 from agent.stm32.chips import CHIPS
 
