@@ -143,8 +143,9 @@ def start_broker() -> BrokerProcess:
     binary = shutil.which("mosquitto")
     if binary is None:
         raise UsageError(f"no MQTT broker for the demo: {problem}, and no mosquitto binary on "
-                         "PATH. Install the demo extra (pip install 'stm32ota[demo]'), or "
-                         "mosquitto, or point the demo at a broker with --broker HOST:PORT",
+                         "PATH. Install amqtt into stm32ota's venv (pip install 'amqtt>=0.11', "
+                         "Python 3.10+), or mosquitto, or point the demo at a broker with "
+                         "--broker HOST:PORT",
                          code="broker_unavailable")
     log.warning("%s; using %s instead", problem, binary)
     broker = mosquitto_broker(binary)

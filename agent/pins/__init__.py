@@ -55,8 +55,8 @@ def _auto(chip: str) -> Backend:
                            f"RPi.GPIO: {exc}. Check --gpiochip / pins.gpiochip, or drive the "
                            "pins through the adapter's RTS/DTR (--pins modem)") from exc
         raise PinError(f"no GPIO backend works here: libgpiod: {gpiod_problem}; RPi.GPIO: "
-                       f"{exc}. Install gpiod>=2.0 (pip install 'stm32ota[gpiod]') and check "
-                       f"that {chip} exists, or set pins.backend") from exc
+                       f"{exc}. Install gpiod>=2.0 into stm32ota's venv (pip install "
+                       f"'gpiod>=2.0') and check that {chip} exists, or set pins.backend") from exc
     log.warning("pins backend auto: libgpiod unusable (%s); falling back to RPi.GPIO",
                 gpiod_problem)
     return backend
