@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# Exit codes, documented in README.md ("Exit codes"). Keep the two in step.
+# Exit codes, documented in docs/flashing.md ("Exit codes"). Keep the two in step.
 EXIT_OK = 0
 EXIT_ERROR = 1  # anything unexpected
 EXIT_USAGE = 2  # bad command line or config

@@ -1,6 +1,6 @@
 """Every failure class of the local flasher ends with its own exit code and an actionable message.
 
-README "Exit codes": 2 usage, 3 no bootloader, 4 wrong chip / does not fit, 5 read-out
+docs/flashing.md "Exit codes": 2 usage, 3 no bootloader, 4 wrong chip / does not fit, 5 read-out
 protection, 6 verify failed, 7 image rejected, 8 NACK/protocol. Where a command is refused,
 the simulated flash is checked to be exactly as it was.
 """

@@ -1,10 +1,11 @@
-"""The README and the Home Assistant blueprints say what the code does: each test fails on drift.
+"""The README, docs/ and the Home Assistant blueprints say what the code does: each test fails on drift.
 
-Covered: the generated config reference, the reason-code list (both directions), the manifest
-field table, the canonical encoding (a manifest from `stm32ota sign` verifies with the README's
-own snippet), the topic table, the payload examples (Home Assistant's rules), the entity
-table and automation example against the discovery payload, every `stm32ota ...` command line
-in the README against the real argument parser, the systemd install steps against the unit,
+Covered: the generated config reference and chip table, the reason-code list (both
+directions), the manifest field table, the canonical encoding (a manifest from `stm32ota sign`
+verifies with the docs' own snippet), the topic table, the payload examples (Home Assistant's
+rules), the entity table and automation example against the discovery payload, every
+`stm32ota ...` command line in the README and docs/ against the real argument parser, every
+relative link and picture, the README's length, the systemd install steps against the unit,
 the blueprints (valid YAML with `!input`, every input declared and used), the module map
 ("Layout:") against agent/, and constraints-lowest.txt against setup.cfg's lower bounds.
 """
@@ -31,22 +32,27 @@ from agent.cli import build_parser, main
 from agent.config import reference_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+# The front page and the reference pages it links to, by path from the repository's root
+PAGES = {p.relative_to(ROOT).as_posix(): p.read_text(encoding="utf-8")
+         for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+README = PAGES["README.md"]
+DOCS = "\n".join(PAGES.values())
 BLUEPRINTS = sorted((ROOT / "homeassistant/blueprints/automation/stm32ota").glob("*.yaml"))
-REGENERATE = ".venv/bin/python scripts/config-reference"
+REGENERATE = ".venv/bin/python scripts/docs-reference"
+README_MAX_LINES = 250  # a front page that leads; the reference lives in docs/
 
 
 def block(name: str) -> str:
-    """The README text between `<!-- NAME:start -->` and `<!-- NAME:end -->`."""
-    m = re.search(rf"<!-- {name}:start -->\n(.*?)<!-- {name}:end -->", README, re.S)
-    assert m, f"README.md lacks the <!-- {name}:start/end --> markers"
-    return m.group(1)
+    """The text between `<!-- NAME:start -->` and `<!-- NAME:end -->`, in whichever page."""
+    found = re.findall(rf"<!-- {name}:start -->\n(.*?)<!-- {name}:end -->", DOCS, re.S)
+    assert len(found) == 1, f"README.md and docs/ hold {len(found)} <!-- {name}:start/end --> blocks"
+    return found[0]
 
 
 def example(name: str) -> str:
     """The fenced code block right after `<!-- example:NAME -->`."""
-    m = re.search(rf"<!-- example:{name} -->\n```\w*\n(.*?)```", README, re.S)
-    assert m, f"README.md lacks the example:{name} code block"
+    m = re.search(rf"<!-- example:{name} -->\n```\w*\n(.*?)```", DOCS, re.S)
+    assert m, f"README.md and docs/ lack the example:{name} code block"
     return m.group(1)
 
 
@@ -67,11 +73,19 @@ def ticked(cell: str) -> list[str]:
 def test_config_reference_is_generated_from_the_validator() -> None:
     body = block("config-reference").strip()
     assert body == reference_markdown().strip(), (
-        f"README's config reference is stale; regenerate it with: {REGENERATE}")
+        f"docs/configuration.md's config reference is stale; regenerate it with: {REGENERATE}")
+
+
+def test_the_chip_page_shows_what_stm32ota_chips_prints(capsys) -> None:
+    assert main(["chips"]) == 0
+    printed = capsys.readouterr().out.strip()
+    shown = block("chips").strip().removeprefix("```\n$ stm32ota chips\n").removesuffix("```")
+    assert shown.strip() == printed, f"docs/chips.md is stale; regenerate it with: {REGENERATE}"
+    assert "[docs/chips.md](docs/chips.md)" in README
 
 
 def test_the_regeneration_script_agrees_with_this_test() -> None:
-    r = subprocess.run([sys.executable, str(ROOT / "scripts/config-reference"), "--check"],
+    r = subprocess.run([sys.executable, str(ROOT / "scripts/docs-reference"), "--check"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
 
@@ -109,12 +123,12 @@ def test_the_code_scan_finds_codes_in_all_their_spellings() -> None:
 
 def test_every_reason_code_the_agent_uses_is_in_the_readme() -> None:
     missing = {c: sorted(f) for c, f in codes_in_agent().items() if c not in codes_in_readme()}
-    assert not missing, f"add these to README.md's reason-code table: {missing}"
+    assert not missing, f"add these to docs/reason-codes.md's table: {missing}"
 
 
 def test_every_reason_code_in_the_readme_exists() -> None:
     stale = codes_in_readme() - set(codes_in_agent())
-    assert not stale, f"README.md lists codes that agent/ never uses: {sorted(stale)}"
+    assert not stale, f"docs/reason-codes.md lists codes that agent/ never uses: {sorted(stale)}"
 
 
 # ------------------------------------------------------------------ signing
@@ -129,10 +143,10 @@ def test_manifest_field_table_matches_the_parser() -> None:
 
 
 def readme_verify() -> Any:
-    """The `verify(manifest, pub_line)` function exactly as the README prints it."""
+    """The `verify(manifest, pub_line)` function exactly as docs/signing.md prints it."""
     code = re.search(r"```python\n(.*?)```", block("verify-snippet"), re.S).group(1)
     scope: dict[str, Any] = {}
-    exec(compile(code, "README.md verify-snippet", "exec"), scope)  # noqa: S102 - our own README
+    exec(compile(code, "docs/signing.md verify-snippet", "exec"), scope)  # noqa: S102 - our own docs
     return scope["verify"]
 
 
@@ -152,12 +166,12 @@ def signed(tmp_path: Path) -> tuple[dict, str]:
     return json.loads(out.read_text(encoding="utf-8")), (tmp_path / "release.pub").read_text()
 
 
-def test_a_manifest_from_stm32ota_sign_verifies_with_the_readme_recipe(signed) -> None:
+def test_a_manifest_from_stm32ota_sign_verifies_with_the_docs_recipe(signed) -> None:
     manifest, pub = signed
     readme_verify()(manifest, pub)  # raises on any difference in the encoding
 
 
-def test_the_readme_recipe_rejects_a_changed_manifest(signed) -> None:
+def test_the_docs_recipe_rejects_a_changed_manifest(signed) -> None:
     manifest, pub = signed
     verify = readme_verify()
     with pytest.raises(InvalidSignature):
@@ -166,7 +180,7 @@ def test_the_readme_recipe_rejects_a_changed_manifest(signed) -> None:
         verify({**manifest, "title": manifest["title"] + " "}, pub)
 
 
-def test_the_readme_recipe_and_the_agent_sign_the_same_bytes(signed) -> None:
+def test_the_docs_recipe_and_the_agent_sign_the_same_bytes(signed) -> None:
     manifest, _ = signed
     fields = {k: v for k, v in manifest.items() if k != "signature"}
     readme_bytes = json.dumps(fields, sort_keys=True, separators=(",", ":"),
@@ -209,7 +223,7 @@ def test_readme_lists_the_commands_and_phases_the_agent_knows() -> None:
     from agent.ota.jobs import PHASES
     from agent.mqtt.commands import COMMAND_OPS
 
-    section = README.split("## MQTT topics and payloads", 1)[1].split("\n## ", 1)[0]
+    section = PAGES["docs/mqtt.md"]
     for op in COMMAND_OPS:
         assert f"- `{op}`" in section, op
     for phase, first, last in PHASES:
@@ -233,8 +247,11 @@ def test_entity_table_matches_the_discovery_payload() -> None:
     assert listed == entities
 
 
-def test_the_blueprints_need_the_oldest_home_assistant_the_readme_supports() -> None:
-    oldest = re.search(r"Home Assistant (\d{4}\.\d+) or later", README).group(1)
+def test_the_blueprints_need_the_oldest_home_assistant_the_docs_support() -> None:
+    stated = set(re.findall(r"Home Assistant (\d{4}\.\d+) or later", DOCS))
+    assert len(stated) == 1, f"README.md and docs/ name different oldest versions: {stated}"
+    assert re.search(r"Home Assistant (\d{4}\.\d+) or later", README)
+    oldest = stated.pop()
     for path in (ROOT / "homeassistant").rglob("*.yaml"):
         assert f'min_version: "{oldest}.0"' in path.read_text(encoding="utf-8"), path
 
@@ -271,7 +288,7 @@ def input_refs(node: Any) -> set[str]:
 def test_both_blueprints_ship() -> None:
     assert {p.name for p in BLUEPRINTS} == {"install_on_release.yaml", "notify_on_failure.yaml"}
     for p in BLUEPRINTS:
-        assert p.name in README
+        assert p.name in PAGES["docs/home-assistant.md"]
 
 
 @pytest.mark.parametrize("path", BLUEPRINTS, ids=lambda p: p.name)
@@ -305,8 +322,8 @@ def test_install_blueprint_installs_update_entities_that_turn_on() -> None:
 
 
 def readme_command_lines() -> list[str]:
-    """Every `stm32ota ...` line of the README's indented or fenced code, continuations joined."""
-    lines, out = README.splitlines(), []
+    """Every `stm32ota ...` line of the README's and docs' indented code, continuations joined."""
+    lines, out = DOCS.splitlines(), []
     i = 0
     while i < len(lines):
         line = lines[i].strip()
@@ -324,22 +341,22 @@ def test_every_command_line_in_the_readme_uses_real_subcommands_and_options() ->
     subs = next(a for a in parser._actions if a.choices and "flash" in a.choices).choices
     global_opts = set(parser._option_string_actions)
     lines = readme_command_lines()
-    assert len(lines) > 15
+    assert len(lines) > 15 and any(line.startswith("stm32ota flash") for line in lines)
     for line in lines:
         words = shlex.split(line)[1:]
         while words and words[0] in global_opts:
             words.pop(0)
-        assert words and words[0] in subs, f"README: unknown command in {line!r}"
+        assert words and words[0] in subs, f"docs: unknown command in {line!r}"
         known = set(subs[words[0]]._option_string_actions)
         for w in words[1:]:
             if w.startswith("--"):
-                assert w.split("=", 1)[0] in known, f"README: {words[0]} has no {w} ({line!r})"
+                assert w.split("=", 1)[0] in known, f"docs: {words[0]} has no {w} ({line!r})"
 
 
 def test_install_steps_match_the_systemd_unit() -> None:
     unit = (ROOT / "systemd/stm32ota.service").read_text(encoding="utf-8")
     exec_start = re.search(r"^ExecStart=(\S+) run --config (\S+)$", unit, re.M)
-    section = README.split("## Run as a service", 1)[1].split("\n## ", 1)[0]
+    section = PAGES["docs/service.md"]
     binary, config = exec_start.groups()
     assert f"python3 -m venv {binary.rsplit('/bin/', 1)[0]}" in section
     assert config in section and "cp systemd/stm32ota.service /etc/systemd/system/" in section
@@ -355,8 +372,8 @@ def test_install_steps_match_the_systemd_unit() -> None:
 
 
 def layout_entries() -> list[tuple[str, str]]:
-    """(first column, description) of each agent/ line in the README's "Layout:" block."""
-    block = README.split("Layout:", 1)[1].split("    tests/", 1)[0]
+    """(first column, description) of each agent/ line in docs/development.md's "Layout:" block."""
+    block = PAGES["docs/development.md"].split("Layout:", 1)[1].split("    tests/", 1)[0]
     entries: list[tuple[str, str]] = []
     for line in block.splitlines():
         m = re.match(r"      (\S.*?)(?:\s{2,}(.*))?$", line)
@@ -373,10 +390,10 @@ def test_the_readme_layout_names_only_modules_and_folders_that_exist() -> None:
     for names, description in entries:
         for name in names.split():
             path = ROOT / "agent" / name
-            assert path.exists(), f"README layout names agent/{name}, which does not exist"
+            assert path.exists(), f"docs layout names agent/{name}, which does not exist"
             if name.endswith("/"):  # the files a folder's description names are in it
                 for module in re.findall(r"\b\w+\.py\b", description):
-                    assert (path / module).is_file(), f"README layout: no agent/{name}{module}"
+                    assert (path / module).is_file(), f"docs layout: no agent/{name}{module}"
 
 
 def _requirement_floors() -> dict[str, str]:
@@ -406,3 +423,63 @@ def test_constraints_lowest_pins_exactly_the_lower_bounds_of_setup_cfg() -> None
             name, version = re.fullmatch(r"([A-Za-z0-9_.-]+)==([\w.]+)", line).groups()
             pins[re.sub(r"[-_.]+", "-", name).lower()] = version
     assert pins == _requirement_floors()
+
+
+# ------------------------------------------------------------------ the front page and its links
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to '-'."""
+    text = re.sub(r"`", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    return {slug(h) for h in re.findall(r"^#{1,6} (.+)$", text, re.M)}
+
+
+def links(text: str) -> list[str]:
+    """Every Markdown link or picture target, outside indented and fenced code."""
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    prose = "\n".join(line for line in prose.splitlines() if not line.startswith("    "))
+    return re.findall(r"\]\(([^)\s]+)\)", prose)
+
+
+def test_every_relative_link_and_picture_resolves() -> None:
+    checked = 0
+    for page, text in PAGES.items():
+        base = (ROOT / page).parent
+        for target in links(text):
+            if re.match(r"[a-z]+:", target):  # http(s), mailto: not checked offline
+                continue
+            path, _, anchor = target.partition("#")
+            file = (base / path).resolve() if path else ROOT / page
+            assert file.exists(), f"{page}: the link {target} points at nothing"
+            if anchor:
+                assert anchor in anchors(file.read_text(encoding="utf-8")), \
+                    f"{page}: no heading in {file.name} makes the anchor #{anchor}"
+            checked += 1
+    assert checked > 20
+
+
+def test_the_link_check_catches_a_broken_link_and_anchor() -> None:
+    assert links("see [a](docs/nope.md) and ![b](x.svg)\n\n    [not](code.md)\n") == \
+        ["docs/nope.md", "x.svg"]
+    assert slug("Rollout, rollback protection and recovery") == \
+        "rollout-rollback-protection-and-recovery"
+    assert slug("Bring up a new board: `stm32ota doctor`") == "bring-up-a-new-board-stm32ota-doctor"
+
+
+def test_every_docs_page_is_linked_from_the_readme() -> None:
+    linked = {t.partition("#")[0] for t in links(README)}
+    assert set(PAGES) - {"README.md"} <= linked, "a docs page the front page never links to"
+
+
+def test_the_readme_is_a_front_page_in_a_newcomers_order() -> None:
+    assert len(README.splitlines()) <= README_MAX_LINES, "the reference belongs in docs/"
+    order = [h for h in re.findall(r"^## (.+)$", README, re.M)]
+    wanted = ["Quick start", "Install", "Your first flash",
+              "Your first update over MQTT, on one machine", "From zero to Home Assistant"]
+    assert [h for h in order if h in wanted] == wanted
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+    assert pictures[0] == "docs/architecture.svg", "the architecture picture leads"

@@ -155,7 +155,7 @@ def test_once_reads_20000_retained_targets_exactly(capsys: Any) -> None:
     """A 50,000-message retained burst: every target, and no 'may be partial' warning, since
     the viewer's marker came back after the burst. mosquitto drops what a slower reader leaves
     beyond max_queued_messages (default 1000) even at QoS 0, so a big fleet's broker raises it
-    (README, Watching the fleet); the marker is then dropped too and the view warns."""
+    (docs/fleet.md); the marker is then dropped too and the view warns."""
     from mosquitto import Mosquitto
     with Mosquitto(extra_config="max_queued_messages 100000") as broker:
         _synthetic_fleet(broker, 10_000, 2, "1.0.0")

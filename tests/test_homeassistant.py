@@ -177,7 +177,7 @@ def test_discovery_update_entity() -> None:
 
 def test_every_entity_gets_the_same_id_on_old_and_new_home_assistant() -> None:
     """HA before 2025.10 builds the entity id from object_id (DOMAIN.object_id), 2025.10 and
-    later from default_entity_id: both must name the same entity, or README's automations
+    later from default_entity_id: both must name the same entity, or the docs' automations
     point at nothing on one of them."""
     for c in _discovery()["components"].values():
         assert c["default_entity_id"] == f"{c['platform']}.{c['object_id']}"

@@ -14,6 +14,7 @@ from agent import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+SERVICE = (ROOT / "docs" / "service.md").read_text(encoding="utf-8")
 
 
 def code_lines(text: str) -> list[str]:
@@ -30,12 +31,17 @@ def section(title: str) -> str:
 
 def test_no_command_installs_stm32ota_from_the_package_index() -> None:
     index_install = re.compile(r"pip[x]?\s+install\s+(-\S+\s+)*['\"]?stm32ota(\[|['\"\s]|$)")
-    assert [line for line in code_lines(README) if index_install.search(line)] == []
+    pages = [README] + [p.read_text(encoding="utf-8") for p in (ROOT / "docs").glob("*.md")]
+    for text in pages:
+        assert [line for line in code_lines(text) if index_install.search(line)] == []
+    # nor an error message that tells a user to: the index has no such package yet
+    for path in (ROOT / "agent").rglob("*.py"):
+        assert not index_install.search(path.read_text(encoding="utf-8")), path
     assert "once the package is published" in section("Install").lower()
 
 
 def test_every_wheel_the_readme_names_is_the_one_make_dist_builds() -> None:
-    wheels = set(re.findall(r"stm32ota-([\w.]+)-py3-none-any\.whl", README))
+    wheels = set(re.findall(r"stm32ota-([\w.]+)-py3-none-any\.whl", README + SERVICE))
     assert wheels - {"<version>"} == {__version__}
 
 
@@ -49,19 +55,19 @@ def test_ci_builds_checks_and_runs_the_wheel_after_the_test_suites() -> None:
 
 
 def test_from_zero_makes_the_key_before_installing_it_and_checks_before_starting() -> None:
-    steps = section("From zero to Home Assistant in ten minutes")
-    # the agent step installs release.pub (via "Run as a service"), so keygen must come first
-    agent_step = steps.index('follow "Run as a service"')
+    steps = section("From zero to Home Assistant")
+    # the agent step installs release.pub (via docs/service.md), so keygen must come first
+    agent_step = steps.index("follow [docs/service.md](docs/service.md)")
     assert steps.index("stm32ota keygen") < min(agent_step, steps.index("/etc/stm32ota/release.pub"))
     assert steps.index("check-config") < steps.index("systemctl enable")
-    service = "\n".join(code_lines(section("Run as a service")))
+    service = "\n".join(code_lines(SERVICE))
     assert (service.index("release.pub /etc/stm32ota/release.pub") < service.index("check-config")
             < service.index("systemctl enable"))
 
 
 def test_the_pictures_the_readme_shows_are_in_the_repository() -> None:
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
-    assert {"docs/wiring.svg", "docs/ha-update-card.png"} <= set(pictures)
+    assert {"docs/architecture.svg", "docs/wiring.svg", "docs/ha-update-card.png"} <= set(pictures)
     for path in pictures:
         assert (ROOT / path).is_file(), path
     assert (ROOT / "docs" / "ha-update-card.png").stat().st_size < 200 * 1024

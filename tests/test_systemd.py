@@ -146,16 +146,15 @@ def _service_groups() -> list[str]:
     return _service_section()["SupplementaryGroups"][0].split()
 
 
-def test_the_readme_creates_every_group_before_adding_the_user_to_it() -> None:
+def test_the_service_steps_create_every_group_before_adding_the_user_to_it() -> None:
     """systemd fails a unit whose SupplementaryGroups= names a missing group (plain Debian)."""
-    readme = (UNIT.parent.parent / "README.md").read_text(encoding="utf-8")
-    steps = readme.split("## Run as a service", 1)[1].split("\n## ", 1)[0]
+    steps = (UNIT.parent.parent / "docs" / "service.md").read_text(encoding="utf-8")
     usermod = steps.index("usermod -aG")
     for group in _service_groups():
         if group == "dialout":  # every Debian system has it (base-passwd)
             continue
         made = re.search(rf"groupadd -f --system {group}\b", steps)
-        assert made and made.start() < usermod, f"README never creates group {group}"
+        assert made and made.start() < usermod, f"docs/service.md never creates group {group}"
     assert "install -m 0644 systemd/60-stm32ota.rules /etc/udev/rules.d/" in steps
 
 

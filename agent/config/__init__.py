@@ -4,7 +4,7 @@
     problems = check(path)                      # errors and warnings, for `stm32ota check-config`
     cfg = load_for_run(path)                    # load + everything `run` needs at start
     cfg.target("pump").link                     # UartLinkConfig | I2cLinkConfig
-    reference_markdown()                        # the README's config reference
+    reference_markdown()                        # docs/configuration.md's config reference
 
 Keys, kinds and defaults live in one table (`agent.config.schema`); this module turns the
 checked values into the dataclasses of `agent.config.model` and runs the checks that span keys

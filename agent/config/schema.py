@@ -1,7 +1,7 @@
 """The one schema table of config.yaml: every key, its kind, default and a one-line description.
 
 `agent.config` validates against these tables and `reference_markdown()` renders them for the
-README, so the documentation cannot drift from what is accepted. Defaults are written in the
+docs/configuration.md, so the documentation cannot drift from what is accepted. Defaults are written in the
 file's own language ("60s", "64MiB") and parsed by the same kind as a user's value.
 """
 
@@ -374,7 +374,7 @@ def _default_text(key: Key) -> str:
 
 
 def reference_markdown() -> str:
-    """The config.yaml reference as Markdown tables, one per section (for the README)."""
+    """The config.yaml reference as Markdown tables, one per section (for docs/configuration.md)."""
     lines = ["Durations carry a unit (`10ms`, `2s`, `5m`, `1h`), sizes too (`512KiB`, `64MiB`);",
              "addresses and PIDs may be hex (`0x48`). Relative paths are taken from the",
              "folder of the config file. Unknown keys are errors.", ""]

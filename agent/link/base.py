@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-# `-vv` shows every byte on the wire (README): one DEBUG line per write and per read
+# `-vv` shows every byte on the wire (docs/troubleshooting.md): one DEBUG line per write and per read
 wire_log = logging.getLogger("agent.link.bytes")
 
 

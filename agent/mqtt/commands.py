@@ -1,6 +1,6 @@
 """The commands an agent accepts on its command topics: parsed strictly, refused with a reason.
 
-`install` / `abort` / `check` as plain text, or a JSON object (contract: README "Commands");
+`install` / `abort` / `check` as plain text, or a JSON object (contract: docs/mqtt.md "Commands");
 anything else raises ImageRejected with the code the refusal reports.
 """
 

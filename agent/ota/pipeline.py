@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Progress inside a phase: at most every `Policy.progress_interval` seconds AND only after
 # another PROGRESS_STEP percent of the job, not retained; phase changes and the terminal
-# status are retained at once (README "Progress"). 100,000 targets at once a second would be
+# status are retained at once (docs/mqtt.md, "Job"). 100,000 targets at once a second would be
 # 100,000 retained writes a second on the broker.
 PROGRESS_STEP = 10
 # A link that failed (no answer, a timeout, a garbled or NACKed exchange after the bootloader

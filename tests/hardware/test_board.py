@@ -1,6 +1,6 @@
 """The whole command set against a real STM32 (e.g. a NUCLEO-L432KC), left as it was found.
 
-Skipped unless the environment names a board (README "Testing on real hardware"):
+Skipped unless the environment names a board (docs/development.md, "Testing on real hardware"):
 
     STM32OTA_TEST_PORT=/dev/ttyAMA0             a UART link (or, for I2C, both of:)
     STM32OTA_TEST_I2C_BUS=1  STM32OTA_TEST_I2C_ADDRESS=0x48
@@ -35,7 +35,7 @@ LINK_SET = bool(ENV("STM32OTA_TEST_PORT")) or bool(ENV("STM32OTA_TEST_I2C_BUS")
 PINS_SET = bool(ENV("STM32OTA_TEST_NRST") and ENV("STM32OTA_TEST_BOOT0"))
 if not (LINK_SET and PINS_SET):
     pytest.skip("no board: set STM32OTA_TEST_PORT (or STM32OTA_TEST_I2C_BUS and _ADDRESS), "
-                "STM32OTA_TEST_NRST and STM32OTA_TEST_BOOT0 (README: Testing on real hardware)",
+                "STM32OTA_TEST_NRST and STM32OTA_TEST_BOOT0 (docs/development.md: Testing on real hardware)",
                 allow_module_level=True)
 
 TIMEOUT_S = 900  # a full backup or restore of 1 MiB at 19200 baud takes about 10 minutes
