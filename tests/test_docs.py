@@ -483,3 +483,15 @@ def test_the_readme_is_a_front_page_in_a_newcomers_order() -> None:
     assert [h for h in order if h in wanted] == wanted
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
     assert pictures[0] == "docs/architecture.svg", "the architecture picture leads"
+
+
+def test_every_file_of_the_repository_the_docs_name_exists() -> None:
+    named = set()
+    for text in PAGES.values():
+        # repository paths, not /etc/systemd/... nor the homeassistant/... MQTT topics
+        named |= set(re.findall(
+            r"(?<![/\w])((?:scripts|bench|tests|systemd|homeassistant/blueprints)/[\w./-]*\w)",
+            text))
+    assert len(named) > 10
+    missing = sorted(n for n in named if not (ROOT / n).exists())
+    assert not missing, f"README.md or docs/ name files that do not exist: {missing}"
