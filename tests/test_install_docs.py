@@ -71,3 +71,11 @@ def test_the_pictures_the_readme_shows_are_in_the_repository() -> None:
     for path in pictures:
         assert (ROOT / path).is_file(), path
     assert (ROOT / "docs" / "ha-update-card.png").stat().st_size < 200 * 1024
+
+
+def test_the_licence_setup_cfg_declares_is_in_the_repository() -> None:
+    cfg = (ROOT / "setup.cfg").read_text(encoding="utf-8")
+    assert re.search(r"^license\s*=\s*MIT$", cfg, re.M)
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert text.startswith("MIT License") and "WITHOUT WARRANTY OF ANY KIND" in text
+    assert "[LICENSE](LICENSE)" in README
