@@ -242,6 +242,16 @@ def test_the_demo_agent_talks_8n1_to_its_pty(tmp_path: Path) -> None:
     assert uart and all(link.parity == "none" for link in uart)
 
 
+def test_the_demo_devices_are_named_after_the_demo_not_the_host(tmp_path: Path) -> None:
+    # Home Assistant shows "pump on <agent name>"; the docs' picture must not depend on
+    # the host name of the machine that took it
+    from agent import config
+    from agent.demo.world import AGENT_ID, config_text
+
+    cfg = config.loads(config_text(tmp_path, "127.0.0.1", 1883, "/dev/pts/9"))
+    assert cfg.agent.name == AGENT_ID == "demo"
+
+
 def test_the_demo_extra_leaves_amqtt_out_on_python_3_9() -> None:
     """amqtt needs 3.10; on 3.9 `pip install .[demo]` must still work (the demo then falls
     back to mosquitto, tested above)."""

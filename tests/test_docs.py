@@ -256,6 +256,17 @@ def test_the_blueprints_need_the_oldest_home_assistant_the_docs_support() -> Non
         assert f'min_version: "{oldest}.0"' in path.read_text(encoding="utf-8"), path
 
 
+def test_screenshot_script_opens_the_entity_discovery_names_for_the_demo_pump() -> None:
+    """scripts/ha-screenshot waits for and photographs one entity id: the one Home Assistant
+    gives the demo's pump (from object_id / default_entity_id), or it times out waiting."""
+    from agent.demo.world import AGENT_ID
+    script = (ROOT / "scripts" / "ha-screenshot").read_text(encoding="utf-8")
+    (entity,) = re.findall(r'^ENTITY = "([a-z0-9_.]+)"$', script, re.M)
+    comps = ha.discovery_payload(AGENT_ID, "pump", base_topic="stm32ota", device_info={},
+                                 product="pump-ctrl")["components"].values()
+    assert entity in {c["default_entity_id"] for c in comps if c["platform"] == "update"}
+
+
 def test_automation_example_uses_real_entities_and_event_types() -> None:
     doc = yaml.safe_load(example("automations"))
     entities = {c["default_entity_id"] for c in discovery()["components"].values()}

@@ -123,7 +123,8 @@ def config_text(work: Path, host: str, port: int, uart_port: str) -> str:
 
     lines = [
         "# Written by `stm32ota demo`: the agent that updates the simulated chips.",
-        f"agent: {{id: {AGENT_ID}, state_dir: {q(work / 'state')}, "
+        # name: the devices are "pump on demo" in Home Assistant, not named after this host
+        f"agent: {{id: {AGENT_ID}, name: {AGENT_ID}, state_dir: {q(work / 'state')}, "
         f"cache_dir: {q(work / 'cache')}}}",
         f"mqtt: {{host: {q(host)}, port: {port}, base_topic: {BASE_TOPIC}, reconnect_max: 2s}}",
         f"trust: {{keys: [{q(work / 'keys' / 'demo-release.pub')}]}}",
