@@ -41,6 +41,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.mqtt.health import SESSION_TAKEN_OVER, Lifetimes, not_connected_noise
 from agent.mqtt.payload import Payload, encode, idle_wait, tunable_loop
+from agent.mqtt.readahead import drain, read_ahead
 from agent.mqtt.subscriptions import Handler, Subscriptions
 from agent.mqtt.timing import jitter
 from agent.mqtt.tls import TlsOptions, configure_tls, connect_failure
@@ -52,16 +53,24 @@ RejectHandler = Callable[[str, int], None]
 
 
 class _Paho(paho.Client):
-    """paho's client whose network thread waits `idle_wait(keepalive)` for traffic.
+    """paho's client whose network thread waits `idle_wait(keepalive)` for traffic, and reads
+    its TCP socket ahead (`agent.mqtt.readahead`).
 
     A publish or subscribe from another thread still wakes it at once (paho's socket pair),
     and the keepalive is read on every pass, so a shorter Server Keep Alive from the broker's
     CONNACK shortens the wait. paho's loop_start() has no timeout parameter, hence the
     override of its one network-wait step, used only while `tunable_loop()` finds that step.
+    That step also handles every packet already read ahead, not one per select() pass. The
+    socket comes from paho's private `_create_socket()` (paho 2.x; public API has no way to
+    read ahead): should a paho no longer call it, the plain socket is used, as before.
     """
 
     def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:
-        return super()._loop(idle_wait(self.keepalive))
+        rc = super()._loop(idle_wait(self.keepalive))
+        return MQTTErrorCode(drain(self._sock, self.loop_read, rc))
+
+    def _create_socket(self) -> Any:
+        return read_ahead(super()._create_socket())
 
 
 class MqttClient:
