@@ -28,6 +28,9 @@ from agent.mqtt.topics import route_topic
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 64 * 1024
+# distinct state payloads whose columns are kept: the targets of a product on one version
+# publish the same bytes, so a fleet's state messages are mostly the same few payloads
+STATE_MEMO = 256
 
 
 @dataclass
@@ -116,6 +119,7 @@ class Fleet:
     _by_agent: dict[str, set[tuple[str, str]]] = field(default_factory=dict, repr=False)
     _dirty: set[tuple[str, str]] = field(default_factory=set, repr=False)
     _dirty_agents: set[str] = field(default_factory=set, repr=False)
+    _states: dict[bytes, dict[str, Any]] = field(default_factory=dict, repr=False)  # see STATE_MEMO
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def subscriptions(self) -> list[str]:
@@ -237,15 +241,21 @@ class Fleet:
         return self._update(key, {"product": _str(device.get("model_id"))})
 
     def _state(self, agent: str, target: str, payload: bytes) -> bool:
-        doc = _json(payload)
-        if doc is None:
-            if payload:
-                log.warning("state of %s/%s is not a JSON object", agent, target)
-            return False
-        progress = doc.get("in_progress")
-        return self._update((agent, target), {
-            "installed": _str(doc.get("installed_version")), "latest": _str(doc.get("latest_version")),
-            "in_progress": progress if isinstance(progress, bool) else None})
+        values = self._states.get(payload)
+        if values is None:
+            doc = _json(payload)
+            if doc is None:
+                if payload:
+                    log.warning("state of %s/%s is not a JSON object", agent, target)
+                return False
+            progress = doc.get("in_progress")
+            values = {"installed": _str(doc.get("installed_version")),
+                      "latest": _str(doc.get("latest_version")),
+                      "in_progress": progress if isinstance(progress, bool) else None}
+            if len(self._states) >= STATE_MEMO:
+                self._states.clear()
+            self._states[payload] = values
+        return self._update((agent, target), values)
 
     def _job(self, agent: str, target: str, payload: bytes) -> bool:
         doc = _json(payload)
