@@ -13,7 +13,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.mqtt.client import MqttClient
-from agent.mqtt.readahead import DRAIN_MAX, READ_AHEAD, ReadAhead, drain, read_ahead
+from agent.mqtt.readahead import (DRAIN_MAX, READ_AHEAD, ReadAhead, drain, read_ahead,
+                                  reads_with_recv_only)
 from mosquitto import Mosquitto
 
 WAIT = 10.0  # shorter than the idle wait (15 s at keepalive 60): a held packet would show
@@ -49,20 +50,32 @@ def test_small_reads_come_from_one_large_one(pair: tuple[socket.socket, socket.s
 
 def test_everything_else_is_the_sockets_own(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
-    sock = read_ahead(a)
+    sock = read_ahead(a, paho.Client)
     assert isinstance(sock, ReadAhead) and sock.fileno() == a.fileno()
     assert sock.send(b"hi") == 2 and b.recv(2) == b"hi"
 
 
-def test_only_a_plain_tcp_socket_is_wrapped(pair: tuple[socket.socket, socket.socket]) -> None:
+class _ReadsInto(paho.Client):
+    """A paho that reads its socket with recv_into(): bytes held ahead would be skipped."""
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf = bytearray(bufsize)
+        return bytes(buf[:self._sock.recv_into(buf)])  # type: ignore[union-attr]
+
+
+def test_only_a_plain_tcp_socket_read_with_recv_is_wrapped(
+        pair: tuple[socket.socket, socket.socket]) -> None:
     class Other(socket.socket):  # an SSLSocket or a proxy's socket is a subclass
         pass
 
     other = Other()
     try:
-        assert read_ahead(other) is other
+        assert read_ahead(other, paho.Client) is other
     finally:
         other.close()
+    assert reads_with_recv_only(paho.Client)  # the installed paho (>= 2.2)
+    assert not reads_with_recv_only(_ReadsInto) and not reads_with_recv_only(object)
+    assert read_ahead(pair[0], _ReadsInto) is pair[0]
 
 
 def test_drain_reads_while_bytes_are_held_and_stops_on_an_error(

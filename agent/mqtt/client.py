@@ -61,8 +61,9 @@ class _Paho(paho.Client):
     CONNACK shortens the wait. paho's loop_start() has no timeout parameter, hence the
     override of its one network-wait step, used only while `tunable_loop()` finds that step.
     That step also handles every packet already read ahead, not one per select() pass. The
-    socket comes from paho's private `_create_socket()` (paho 2.x; public API has no way to
-    read ahead): should a paho no longer call it, the plain socket is used, as before.
+    socket comes from paho's private `_create_socket()` (paho 2.x; its public API has no way
+    to read ahead): a paho that no longer calls it, or reads the socket other than with
+    recv(), gets the plain socket, as before.
     """
 
     def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:
@@ -70,7 +71,7 @@ class _Paho(paho.Client):
         return MQTTErrorCode(drain(self._sock, self.loop_read, rc))
 
     def _create_socket(self) -> Any:
-        return read_ahead(super()._create_socket())
+        return read_ahead(super()._create_socket(), paho.Client)
 
 
 class MqttClient:

@@ -48,9 +48,21 @@ class ReadAhead:
         return getattr(self._sock, name)
 
 
-def read_ahead(sock: Any) -> Any:
-    """A plain TCP socket wrapped in ReadAhead; anything else (TLS, a proxy's socket) as is."""
-    return ReadAhead(sock) if type(sock) is socket.socket else sock
+def reads_with_recv_only(client_class: type) -> bool:
+    """True when paho's client reads its socket only through `_sock_recv()`, with recv() (paho
+    2.x): then ReadAhead sees every read. A paho that read it another way (recv_into, a file
+    object) would get bytes past the ones held, out of order: it gets the plain socket."""
+    reader = getattr(getattr(client_class, "_sock_recv", None), "__code__", None)
+    names = set(reader.co_names) if reader is not None else set()
+    return "recv" in names and not names & {"recv_into", "recvmsg", "makefile", "read"}
+
+
+def read_ahead(sock: Any, client_class: type) -> Any:
+    """A plain TCP socket wrapped in ReadAhead where `client_class` (paho's) allows it, see
+    reads_with_recv_only(); anything else (TLS, a proxy's socket) as it is."""
+    if type(sock) is socket.socket and reads_with_recv_only(client_class):
+        return ReadAhead(sock)
+    return sock
 
 
 def drain(sock: Any, read: Callable[[], int], rc: int) -> int:
