@@ -38,7 +38,10 @@ class ReadAhead:
                 return data
             self._buf, self._pos = data, 0
         start, self._pos = self._pos, min(self._pos + bufsize, len(self._buf))
-        return self._buf[start:self._pos]
+        data = self._buf[start:self._pos]
+        if self._pos == len(self._buf):  # all handed out: an idle client holds no 64 KiB
+            self._buf, self._pos = b"", 0
+        return data
 
     def pending(self) -> int:
         """Bytes read from the socket that paho has not taken yet."""
