@@ -26,7 +26,7 @@ from agent.mqtt import contract as ha
 from agent.mqtt.topics import Topics
 from agent.cli import main
 from agent.errors import PayloadError
-from agent.mqtt.fleet import Fleet, changes, stragglers
+from agent.mqtt.fleet import STATE_MEMO, Fleet, changes, stragglers
 from agentkit import REPO, AgentKit
 
 QUIET = ["--quiet-for", "0.3"]  # retained messages arrive within ms on loopback
@@ -98,6 +98,24 @@ def test_cleared_discovery_takes_the_target_out_of_its_product() -> None:
     f.handle(topic, b"")
     assert f.snapshot(product="pump-ctrl") == []
     assert f.snapshot()[0].product is None
+
+
+def test_a_state_payload_many_targets_share_is_read_right_for_each() -> None:
+    """Fleet keeps the columns of recent state payloads (the same bytes from every target of
+    a product on one version); more distinct payloads than it keeps change nothing."""
+    f = Fleet()
+    same = _state("1.0.0", "1.0.0")
+    for t in ("a", "b"):
+        assert f.handle(f"stm32ota/gw/{t}/state", same)
+    assert not f.handle("stm32ota/gw/a/state", same)
+    for i in range(2 * STATE_MEMO + 1):
+        assert f.handle("stm32ota/gw/a/state", _state(f"1.0.{i + 1}", "2.0.0"))
+    assert not f.handle("stm32ota/gw/b/state", same)
+    assert f.handle("stm32ota/gw/b/state", _state("1.0.0", "1.0.0", 10))
+    assert not f.handle("stm32ota/gw/b/state", b"[]")
+    assert [(r.target, r.installed, r.latest, r.in_progress) for r in f.snapshot()] == [
+        ("a", f"1.0.{2 * STATE_MEMO + 1}", "2.0.0", False), ("b", "1.0.0", "1.0.0", True)]
+    assert len(f._states) <= STATE_MEMO  # noqa: SLF001  (bounded, however many it saw)
 
 
 def test_changes_and_stragglers() -> None:

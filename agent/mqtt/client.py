@@ -41,28 +41,37 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.mqtt.health import SESSION_TAKEN_OVER, Lifetimes, not_connected_noise
 from agent.mqtt.payload import Payload, encode, idle_wait, tunable_loop
+from agent.mqtt.readahead import drain, read_ahead
+from agent.mqtt.subscriptions import Handler, Subscriptions
 from agent.mqtt.timing import jitter
 from agent.mqtt.tls import TlsOptions, configure_tls, connect_failure
-from agent.mqtt.topics import levels_match
 
 log = logging.getLogger(__name__)
 
 QOS = 1  # DESIGN.md: QoS 1 throughout
-Handler = Callable[[str, bytes, bool], None]
 RejectHandler = Callable[[str, int], None]
 
 
 class _Paho(paho.Client):
-    """paho's client whose network thread waits `idle_wait(keepalive)` for traffic.
+    """paho's client whose network thread waits `idle_wait(keepalive)` for traffic, and reads
+    its TCP socket ahead (`agent.mqtt.readahead`).
 
     A publish or subscribe from another thread still wakes it at once (paho's socket pair),
     and the keepalive is read on every pass, so a shorter Server Keep Alive from the broker's
     CONNACK shortens the wait. paho's loop_start() has no timeout parameter, hence the
     override of its one network-wait step, used only while `tunable_loop()` finds that step.
+    That step also handles every packet already read ahead, not one per select() pass. The
+    socket comes from paho's private `_create_socket()` (paho 2.x; its public API has no way
+    to read ahead): a paho that no longer calls it, or reads the socket other than with
+    recv(), gets the plain socket, as before.
     """
 
     def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:
-        return super()._loop(idle_wait(self.keepalive))
+        rc = super()._loop(idle_wait(self.keepalive))
+        return MQTTErrorCode(drain(self._sock, self.loop_read, rc))
+
+    def _create_socket(self) -> Any:
+        return read_ahead(super()._create_socket(), paho.Client)
 
 
 class MqttClient:
@@ -89,9 +98,7 @@ class MqttClient:
         self._answered = False  # a CONNACK came, whatever it said: the broker speaks this version
         self.connected = threading.Event()
         self._lock = threading.RLock()
-        self._handlers: dict[str, list[Handler]] = {}
-        self._levels: dict[str, tuple[str, ...]] = {}  # topic filter -> its levels, split once
-        self._as_published: set[str] = set()  # filters subscribed with Retain As Published
+        self._subs = Subscriptions()
         self._sticky: dict[str, tuple[bytes, bool]] = {}
         self._unsent: set[str] = set()  # sticky topics changed while disconnected
         self._will, self._offline, self._started = will, encode(offline), False
@@ -236,19 +243,13 @@ class MqttClient:
         arrives live but was published with the retain flag, which MQTT otherwise clears.
         """
         with self._lock:
-            first = topic_filter not in self._handlers
-            self._handlers.setdefault(topic_filter, []).append(handler)
-            self._levels[topic_filter] = tuple(topic_filter.split("/"))
-            if retain_as_published:
-                self._as_published.add(topic_filter)
-            if first and self.connected.is_set():
+            if self._subs.add(topic_filter, handler, retain_as_published) and self.connected.is_set():
                 self._subscribe(topic_filter)
 
     def unsubscribe(self, topic_filter: str) -> None:
         """Forget every handler of topic_filter and unsubscribe."""
         with self._lock:
-            self._levels.pop(topic_filter, None)
-            if self._handlers.pop(topic_filter, None) is not None and self.connected.is_set():
+            if self._subs.remove(topic_filter) and self.connected.is_set():
                 self._client.unsubscribe(topic_filter)
 
     def on_ha_birth(self, discovery_prefix: str = "homeassistant", callback: Callable[[], None] | None = None) -> None:
@@ -270,7 +271,7 @@ class MqttClient:
         if self.protocol == 5:
             # retained messages only for a new subscription, not on every session resume
             opts = SubscribeOptions(qos=self.subscribe_qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB,
-                                    retainAsPublished=topic_filter in self._as_published)
+                                    retainAsPublished=topic_filter in self._subs.as_published)
             rc, _ = self._client.subscribe(topic_filter, options=opts)
         else:
             rc, _ = self._client.subscribe(topic_filter, qos=self.subscribe_qos)
@@ -309,7 +310,7 @@ class MqttClient:
             # paho would re-send these after this callback returns, i.e. after our fresh sticky
             # values; take them back so the order is: sticky latest first, then the rest
             pending = client.drop_out_messages()
-            for topic_filter in self._handlers:
+            for topic_filter in self._subs:
                 self._subscribe(topic_filter)
             # a kept session means the broker kept our retained messages too: send only what
             # changed while away and the birth (the will replaced it), not all of them again
@@ -329,7 +330,7 @@ class MqttClient:
             self._settled.set()
         log.info("MQTT connected to %s:%d with MQTT %s (session present: %s); %d subscriptions, "
                  "%d sticky, %d queued re-sent", self.host, self.port, "5" if self.protocol == 5
-                 else "3.1.1", kept, len(self._handlers), len(self._sticky), len(pending) - stale)
+                 else "3.1.1", kept, len(self._subs), len(self._sticky), len(pending) - stale)
 
     def _downgrade(self, client: paho.Client) -> None:
         """A 3.1.1-only broker: the next attempt uses 3.1.1 (as paho itself downgrades to 3.1)."""
@@ -381,14 +382,13 @@ class MqttClient:
             if self.on_reject is not None:
                 self._call(self.on_reject, msg.topic, size)
             return
+        topic = msg.topic
         with self._lock:
-            parts = msg.topic.split("/")
-            handlers = [h for f, hs in self._handlers.items()
-                        if levels_match(self._levels[f], parts) for h in hs]
+            handlers = self._subs.handlers(topic)
         if not handlers:
-            log.debug("MQTT message on %s matches no handler", msg.topic)
+            log.debug("MQTT message on %s matches no handler", topic)
         for handler in handlers:
-            self._call(handler, msg.topic, bytes(msg.payload), bool(msg.retain))
+            self._call(handler, topic, bytes(msg.payload), bool(msg.retain))
 
     @staticmethod
     def _call(fn: Callable[..., None], *args: Any) -> None:
