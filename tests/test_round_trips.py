@@ -26,9 +26,10 @@ CONNECT = 4  # 0x7F sync, GET_VERSION, GET, GET_ID (each one answer)
 ERASE = 2  # the command, then the page list
 STM32FLASH = CONNECT + ERASE + 6 * BLOCKS
 READ = 3  # one READ_MEMORY
-# what stm32ota adds: the flash start (read-out protection, the empty check and the skip
-# check's first look at once) and the flash-size register
-OURS = STM32FLASH + 2 * READ
+# what stm32ota adds: one READ of the flash start (read-out protection, the empty check and
+# the skip check's first look at once); the flash-size register is not asked for an image
+# that fits the smallest L43x (Chip.min_flash_size)
+OURS = STM32FLASH + READ
 
 
 def _image(seed: int, change_at: int | None = None) -> Image:
@@ -52,15 +53,21 @@ def _flash(pty: PtySim, image: Image) -> tuple[int, ops.Result]:
     return pty.stats.round_trips - before, result
 
 
-def test_a_full_flash_of_a_blank_chip_costs_two_reads_more_than_stm32flash(chip) -> None:
+def test_a_full_flash_of_a_blank_chip_costs_one_read_more_than_stm32flash(chip) -> None:
     sim, pty = chip
     trips, result = _flash(pty, _image(1))
     assert result.pages_erased == 8 and result.verify == "readback"
     assert trips <= OURS
     reads = [e[1:] for e in sim.events if e[0] == "read"]
     # no option bytes without a BOOT0 pin, one look at the flash start, then the read-back
-    assert reads[:2] == [(BASE, 16), (L432.flash_size_reg, 2)]
-    assert len(reads) == 2 + BLOCKS
+    assert reads[0] == (BASE, 16) and len(reads) == 1 + BLOCKS
+
+
+def test_an_image_past_the_smallest_part_asks_the_flash_size_register(chip) -> None:
+    sim, pty = chip
+    image = Image([Segment(BASE + L432.min_flash_size - 256, bytes(512))])
+    _flash(pty, image)
+    assert ("read", L432.flash_size_reg, 2) in sim.events
 
 
 def test_a_chip_holding_another_image_costs_a_few_probes_more(chip) -> None:
@@ -84,4 +91,4 @@ def test_an_identical_image_is_checked_by_reading_it_once(chip) -> None:
     assert result.pages_skipped == 8 and result.pages_erased == 0
     # every byte read once: the first 16 at entry, then 64 reads of at most 256 bytes (page 0
     # in 8: its 2032 bytes after the 16), which also verify it: no erase, write or read-back
-    assert trips <= CONNECT + 2 * READ + READ * BLOCKS
+    assert trips <= CONNECT + READ + READ * BLOCKS

@@ -8,7 +8,8 @@ entry: a flash that needs only one of them pays for one.
   command itself, so the session's first READ tells, whatever it reads.
 - `head`: the first flash bytes as they were at entry: the empty check looks at the first
   word (AN2606), and the skip check of a flash takes them as its first look at page 0.
-- `flash_size`: the flash-size register (KiB) where the table knows one.
+- `flash_size`: the flash-size register (KiB) where the table knows one; a flash does not
+  ask it when the image fits the smallest part of a single-bank PID (`flash_size_for`).
 - `options`: the user option word that decides BOOT0; `dual_bank`: the bank mode where the
   page layout depends on it.
 """
@@ -84,6 +85,16 @@ class ChipFacts:
             self._size = self._read_flash_size()
         return self._size
 
+    def flash_size_for(self, end: int) -> Optional[int]:
+        """The flash size a plan for an image ending at `end` needs: None (the table's
+        layout) when the image fits the smallest part of a single-bank PID, whose page
+        numbers do not depend on the size; else the register's."""
+        chip = self.chip
+        if self._size is None and chip.banks is None and not chip.dual_bank \
+                and chip.min_flash_size and end <= chip.flash_start + chip.min_flash_size:
+            return None
+        return self.flash_size
+
     def _read_flash_size(self) -> int:
         chip = self.chip
         if chip.flash_size_reg is None:
@@ -138,6 +149,8 @@ class ChipFacts:
 
     def _read_dual_bank(self) -> Optional[bool]:
         chip = self.chip
+        if chip.banks is None:  # one layout whatever the size or the options
+            return chip.dual_bank_from(None)
         if not chip.bank2_unknown(self.flash_size, None):
             return chip.dual_bank_from(None)
         if optbytes.read_length(chip) and self.options is not None \

@@ -82,7 +82,8 @@ def flash(target: Target, image: Image, *, built_for: Optional[int] = None,
             raise ReadProtected(
                 f"{s.chip.name} has read-out protection active: nothing was written. It is never "
                 f"removed automatically because that mass-erases the chip ({UNPROTECT_HINT})")
-        the_plan = plan(image, s.chip, flash_size=s.flash_size, dual_bank=s.dual_bank,
+        the_plan = plan(image, s.chip, flash_size=s.facts.flash_size_for(image.end),
+                        dual_bank=s.dual_bank,
                         max_write=s.link.caps.max_write)  # ChipMismatch before any erase
         refuse_if_boot0_ignored(s)  # before the first erase: the next entry must still work
         result = execute(the_plan, s.bl, progress, verify=target.verify,
