@@ -92,3 +92,14 @@ def test_an_identical_image_is_checked_by_reading_it_once(chip) -> None:
     # every byte read once: the first 16 at entry, then 64 reads of at most 256 bytes (page 0
     # in 8: its 2032 bytes after the 16), which also verify it: no erase, write or read-back
     assert trips <= CONNECT + READ + READ * BLOCKS
+
+
+def test_other_operations_learn_read_protection_from_the_flash_size_read() -> None:
+    f4 = CHIPS[0x413]  # no empty check: nothing is read at entry
+    sim = SimChip(f4, realtime=False, boot0=True)
+    with PtySim(sim) as pty:
+        target = Target(UartSettings(pty.path, baud=115200, parity="none"))
+        address, data = ops.read(target, f4.flash_start, 32)
+    assert (address, data) == (f4.flash_start, b"\xff" * 32)
+    assert [e[1:] for e in sim.events if e[0] == "read"] == [(f4.flash_size_reg, 2),
+                                                            (f4.flash_start, 32)]

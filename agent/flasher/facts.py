@@ -55,7 +55,11 @@ class ChipFacts:
 
     @property
     def read_protected(self) -> bool:
-        """Read-out protection is active (found by the first READ; `head` if none yet)."""
+        """Read-out protection is active. Found by the session's first READ; asked before
+        any, the flash-size register's (what the other operations need next) where the chip
+        has one, else `head`'s (a flash reads `head` first: it needs those bytes)."""
+        if self._protected is None and self.chip.flash_size_reg is not None:
+            self._size = self._size or self._read_flash_size()
         if self._protected is None:
             self.head()
         return bool(self._protected)
