@@ -90,13 +90,27 @@ def test_no_skip_erases_and_writes_every_page(uart) -> None:
     assert len(_events(sim, "write")) == PAGES * PAGE // 256
 
 
-def test_a_blank_chip_costs_few_probes_not_a_read_per_page(uart) -> None:
-    sim, bl = uart()
+def test_a_chip_holding_other_data_costs_few_probes_not_a_read_per_page(uart) -> None:
+    sim, bl = _flashed(uart, Image([Segment(BASE, blob(32 * PAGE, 5))]))
     big = Image([Segment(BASE, blob(32 * PAGE, 3))])
     execute(plan(big, L432), bl, verify="none")
     probes = [e for e in _events(sim, "read") if e[2] == 16]
     assert len(probes) == 6  # pages 0, 1, 3, 7, 15, 31: the gaps double after each change
     assert len(_events(sim, "erase")) == 1  # all 32 pages in one command (under a second)
+
+
+def test_a_blank_first_page_ends_the_check_after_one_probe(uart) -> None:
+    sim, bl = uart()
+    big = Image([Segment(BASE, blob(32 * PAGE, 3))])
+    result = execute(plan(big, L432), bl, verify="none")
+    assert [e[1:] for e in _events(sim, "read")] == [(BASE, 16)]
+    assert result.pages_skipped == 0 and result.pages_erased == 32
+
+
+def test_bytes_seen_before_stand_in_for_the_first_probe(uart) -> None:
+    sim, bl = _flashed(uart)
+    execute(plan(IMAGE, L432), bl, seen=(BASE, bl.read_memory(BASE, 16)))
+    assert (BASE, 16) not in [e[1:] for e in _events(sim, "read")][1:]
 
 
 def test_erased_stretches_of_the_image_are_not_written() -> None:

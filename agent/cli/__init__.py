@@ -9,7 +9,7 @@ import sys
 from typing import Optional, Sequence
 
 from agent import __version__
-from agent.cli.options import COMMANDS, MODULES, PARSERS
+from agent.cli.options import COMMANDS, CONFIG_MODULE, MODULES, PARSERS
 from agent.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Stm32OtaError
 
 log = logging.getLogger(__name__)
@@ -17,8 +17,9 @@ log = logging.getLogger(__name__)
 
 def load_handlers(command: Optional[str] = None) -> None:
     """Import the handler module of `command` (it registers its parser and handler), or of
-    every subcommand when `command` is None or unknown (`--help`, a typo)."""
-    names = {MODULES[command]} if command in MODULES else set(MODULES.values())
+    every subcommand and the --config target maker when `command` is None or unknown
+    (`--help`, a typo)."""
+    names = {MODULES[command]} if command in MODULES else {*MODULES.values(), CONFIG_MODULE}
     for module in sorted(names):
         importlib.import_module(f"{__name__}.{module}")
 
@@ -73,6 +74,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     setup_logging(args.verbose, args.quiet)
+    if getattr(args, "config", None):
+        importlib.import_module(f"{__name__}.{CONFIG_MODULE}")  # the --config target maker
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

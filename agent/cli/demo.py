@@ -7,7 +7,8 @@ import logging
 import signal
 from pathlib import Path
 
-from agent.cli.options import broker_options, command, parse_broker, parser
+from agent.cli.broker import broker_options, parse_broker
+from agent.cli.options import command, parser
 from agent.demo import DemoOptions, run_demo
 from agent.errors import EXIT_OK, UsageError
 

@@ -11,8 +11,8 @@ import sys
 import time
 from typing import Any, Callable, TextIO
 
-from agent.cli.options import (add_broker_args, broker_options, command, not_connected,
-                               parse_broker, parser)
+from agent.cli.broker import add_broker_args, broker_options, not_connected, parse_broker
+from agent.cli.options import command, parser
 from agent.errors import EXIT_OK, UsageError
 from agent.mqtt.client import MqttClient
 from agent.mqtt.fleet import COLUMNS, Fleet, FleetRow, changes

@@ -1,21 +1,17 @@
-"""The subcommand registry, the option groups several subcommands share (link and pins;
-the broker options of publish and fleet), and the Target the link options describe."""
+"""The subcommand registry, the link and pin options the flasher commands share, and the
+Target they describe. The MQTT tools' broker options are in broker.py; a target taken from
+--config is made by configured.py, which main() imports only when --config is given, so a
+flash with --port never loads the config package (its schema, YAML, the OTA key checks)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-from dataclasses import replace
-from pathlib import Path
 from typing import Any, Callable, Optional
 
-from agent.config import load
-from agent.config.targets import flasher_target
-from agent.config.values import INVALID, Context, Duration
-from agent.errors import ConfigError, UsageError
+from agent.errors import UsageError
 from agent.flasher.target import I2cSettings, LinkSettings, PinsSettings, Target, UartSettings
-from agent.mqtt.tls import TlsOptions
 from agent.pins import PinSpec
 
 log = logging.getLogger(__name__)
@@ -34,6 +30,10 @@ MODULES: dict[str, str] = {
 PARSERS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+# the handler module of --config/--target (see the module docstring) and what it registers
+CONFIG_MODULE = "configured"
+CONFIGURED: dict[str, Callable[[argparse.Namespace], Target]] = {}
 
 
 def command(name: str) -> Callable:
@@ -65,15 +65,6 @@ def int_auto(text: str) -> int:
         return int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number (use 0x08000000 or 134217728)")
-
-
-def duration_arg(text: str) -> float:
-    """A duration as config.yaml writes them (30s, 10m, 1h30m) in seconds, 0 or more."""
-    ctx = Context(base=Path("."))
-    seconds = Duration(lo=0)(text, "duration", ctx)
-    if seconds is INVALID:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 10m or 1h)")
-    return float(seconds)
 
 
 def baud_arg(text: str) -> int | str:
@@ -133,7 +124,7 @@ def target_from_args(args: argparse.Namespace) -> Target:
     if args.port is None and args.i2c_bus is None and not args.config:
         args.port = os.environ.get(PORT_ENV) or None
     if args.config:
-        return _configured(args)
+        return CONFIGURED["target"](args)  # filled by agent.cli.configured (main loads it)
     if args.target:
         raise UsageError("--target needs --config PATH")
     link = _link(args)
@@ -168,90 +159,6 @@ def _pin(line: Optional[str], active_low: bool) -> Optional[PinSpec]:
     if line is None:
         return None
     return PinSpec(line=int(line) if line.isdigit() else line, active_low=active_low)
-
-
-def _configured(args: argparse.Namespace) -> Target:
-    """A configured target's link, pins, sequences, timeouts and quirks (--config/--target)."""
-    given = [o for o, v in (("--port", args.port), ("--i2c-bus", args.i2c_bus),
-                            ("--nrst", args.nrst), ("--boot0", args.boot0)) if v is not None]
-    if args.pins_backend != "none":
-        given.append("--pins")
-    if given:
-        raise UsageError(f"--config takes the link and pins from the target; drop "
-                         f"{', '.join(given)} or drop --config")
-    cfg = load(args.config)
-    if args.target is None:
-        if len(cfg.targets) != 1:
-            names = ", ".join(t.name for t in cfg.targets)
-            raise UsageError(f"{args.config} has several targets ({names}): say which with --target")
-        t = cfg.targets[0]
-    else:
-        t = cfg.target(args.target)
-    target = flasher_target(t)
-    if args.expect_chip is not None:
-        target = replace(target, expect_chip=args.expect_chip)
-    return target
-
-
-def add_broker_args(p: argparse.ArgumentParser) -> None:
-    """--broker, --username, --password-file and the TLS options of the one-shot MQTT tools."""
-    p.add_argument("--broker", default="localhost:1883",
-                   help="HOST:PORT (default localhost:1883; 8883 is usual with TLS)")
-    p.add_argument("--username")
-    p.add_argument("--password-file", help="file whose first line is the password")
-    tls = p.add_argument_group("TLS (any of these turns it on)")
-    tls.add_argument("--ca", metavar="FILE", help="CA certificate (PEM) of the broker; "
-                     "without it, but with another TLS option, the system CAs")
-    tls.add_argument("--cert", metavar="FILE", help="client certificate (PEM), with --key")
-    tls.add_argument("--key", metavar="FILE", help="private key of --cert (PEM); a password "
-                     "for it is read from the environment variable STM32OTA_KEY_PASSWORD")
-    tls.add_argument("--insecure", action="store_true",
-                     help="do not check that the broker's certificate names --broker's host "
-                          "(the certificate itself is still verified)")
-
-
-def broker_options(args: argparse.Namespace) -> dict:
-    """MqttClient keyword arguments (username, password, tls) from add_broker_args' options."""
-    if (args.cert is None) != (args.key is None):
-        raise UsageError("--cert and --key go together: a client certificate needs its key")
-    for name in ("password_file", "ca", "cert", "key"):
-        path = getattr(args, name)
-        if path is not None and not os.path.isfile(path):
-            raise UsageError(f"--{name.replace('_', '-')} {path}: no such file")
-    password = None
-    if args.password_file:
-        with open(args.password_file, encoding="utf-8") as f:
-            password = f.readline().rstrip("\n")
-        if args.username is None:
-            raise UsageError("--password-file needs --username (MQTT sends no password without one)")
-    tls = None
-    if args.ca or args.cert or args.insecure:
-        tls = TlsOptions(ca=args.ca, cert=args.cert, key=args.key, insecure=args.insecure,
-                         key_password=os.environ.get("STM32OTA_KEY_PASSWORD") if args.key else None)
-    return {"username": args.username, "password": password, "tls": tls}
-
-
-def not_connected(client: Any, broker: str, timeout: float) -> ConfigError:
-    """The error of a one-shot tool whose MqttClient did not connect: broker_auth for a
-    refused login (at once; retrying cannot fix it), broker_unreachable after the timeout."""
-    if client.refused:
-        return ConfigError(f"the MQTT broker at {broker} {client.refused.replace('the broker ', '')}; "
-                           "check --username and --password-file", code="broker_auth")
-    why = f": {client.last_failure}" if client.last_failure else " (no answer)"
-    return ConfigError(f"cannot connect to the MQTT broker at {broker} within {timeout:g} s{why}; "
-                       "check --broker, --username, --password-file and the TLS options",
-                       code="broker_unreachable")
-
-
-def parse_broker(text: str) -> tuple[str, int]:
-    """HOST:PORT (port optional, default 1883); [v6]:port allowed."""
-    host, sep, port = text.rpartition(":")
-    if not sep or host.endswith("]") is False and ":" in host:
-        return text.strip("[]"), 1883
-    try:
-        return host.strip("[]"), int(port)
-    except ValueError:
-        raise UsageError(f"--broker {text!r}: expected HOST:PORT, e.g. localhost:1883") from None
 
 
 def parser(name: str, helptext: str) -> Callable:

@@ -9,8 +9,9 @@ import os
 import sys
 from datetime import datetime, timedelta, timezone
 
-from agent.cli.options import (add_broker_args, broker_options, command, duration_arg, int_auto,
-                               not_connected, parse_broker, parser)
+from agent.cli.broker import (add_broker_args, broker_options, duration_arg, not_connected,
+                              parse_broker)
+from agent.cli.options import command, int_auto, parser
 from agent.errors import EXIT_OK, ConfigError, UsageError
 from agent.flasher import image as firmware
 from agent.mqtt.client import MqttClient

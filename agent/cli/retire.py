@@ -7,7 +7,8 @@ import logging
 from typing import Any
 
 from agent.cli.fleet import add_watch_args, client_factory
-from agent.cli.options import command, not_connected, parser
+from agent.cli.broker import not_connected
+from agent.cli.options import command, parser
 from agent.errors import EXIT_OK, ConfigError, UsageError
 from agent.mqtt.fleet import Fleet
 from agent.mqtt.watcher import Watcher

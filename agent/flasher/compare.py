@@ -8,7 +8,11 @@ Two questions, both answered with as few commands as the bootloader allows:
   adjacent pages and a mismatch is narrowed down by halving; by read-back each page is read
   until its first difference, and after a run of changed pages the next ones are assumed
   changed without a look (exponential back-off), so a chip that holds something else entirely
-  costs a handful of short reads, not one per page.
+  costs a handful of short reads, not one per page. When the image's first page reads erased
+  where the image has data, the flash is taken as blank (a new or erased chip: flashing
+  programs from the start, so a blank start with the image further on is rare, and taking a
+  page as changed only costs time): nothing is skipped and nothing more is read. Bytes the
+  session already read (its first READ, `seen`) serve as the first look.
 - `bad_pages`: after writing, the same halving over spans of image bytes.
 
 AN3155 3.13 / AN4221 2.20: the checksum start address and length are multiples of 4 bytes
@@ -20,7 +24,7 @@ span may cover the whole image.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 from agent.flasher.plan import Plan, Span, spans
 from agent.stm32.protocol import stm32_crc32
@@ -33,8 +37,10 @@ PROBE = 16  # bytes of a page read first when the previous page changed: a cheap
 class Compare:
     """Flash-content questions over a command runner (commands.Commands: retry, read)."""
 
-    def __init__(self, commands: Any, plan: Plan, method: str) -> None:
+    def __init__(self, commands: Any, plan: Plan, method: str,
+                 seen: Optional[tuple[int, bytes]] = None) -> None:
         self.commands, self.plan, self.method = commands, plan, method
+        self.seen = seen or (0, b"")  # (address, bytes) read before anything was written
 
     def crc_matches(self, phase: str, span: Span) -> bool:
         """One 0xA1 over the span, compared with the CRC of what it should hold."""
@@ -70,27 +76,39 @@ class Compare:
                 blind -= 1
                 changed.append(page)
                 continue
-            if self._page_reads(plan.page_span(page), first=PROBE if streak or not same
-                                else self.commands.max_read):
+            differs = self._first_difference(plan.page_span(page), PROBE if streak or not same
+                                             else self.commands.max_read)
+            if differs is None:
                 same.add(page)
                 streak = 0
                 found(len(same))
+            elif page == plan.pages[0] and differs == b"\xff" * len(differs):
+                log.info("the image's first page reads erased: a blank flash, nothing to skip")
+                return list(plan.pages), set()
             else:
                 changed.append(page)
                 streak += 1
                 blind = 2 ** (streak - 1) - 1
         return changed, same
 
-    def _page_reads(self, span: Span, first: int) -> bool:
-        """True if the page reads exactly span.data; stops at the first differing chunk."""
+    def _first_difference(self, span: Span, first: int) -> Optional[bytes]:
+        """The first chunk of the page that reads other than span.data (None: all match)."""
         at, n = 0, min(first, len(span.data))
         while at < len(span.data):
-            got = self.commands.read("check", span.address + at, n)
+            got = self._known(span.address + at, n) or \
+                self.commands.read("check", span.address + at, n)
             if got != span.data[at:at + n]:
-                return False
+                return got
             at += n
             n = min(self.commands.max_read, len(span.data) - at)
-        return True
+        return None
+
+    def _known(self, address: int, n: int) -> Optional[bytes]:
+        """The `seen` bytes at [address, address + n), if they cover all of it."""
+        start, data = self.seen
+        if start <= address and address + n <= start + len(data):
+            return data[address - start:address - start + n]
+        return None
 
 
 def regions_spans(plan: Plan, pages: Iterable[int]) -> list[Span]:

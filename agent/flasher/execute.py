@@ -34,15 +34,19 @@ ERASE_CHUNK_MS = 1000.0  # typical erase time per command: a progress and cancel
 
 def execute(plan: Plan, bl: Any, progress: Optional[ProgressCallback] = None, *,
             verify: str = "auto", retries: int = 3, cancel: Optional[threading.Event] = None,
-            clock: Callable[[], float] = time.monotonic, skip: bool = True) -> Result:
+            clock: Callable[[], float] = time.monotonic, skip: bool = True,
+            seen: Optional[tuple[int, bytes]] = None) -> Result:
     """Erase, write and verify per `plan` through Bootloader `bl`; raise typed errors.
 
     `skip`: leave pages alone that already hold their part of the image (page erase only).
+    `seen`: (address, bytes) of flash read this session before anything was written; the
+    skip check takes them instead of reading them again.
     """
     if verify not in VERIFY_MODES:
         raise UsageError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}",
                          code="bad_verify_mode")
     run = _Run(plan, bl, progress or no_progress, retries, cancel, clock)
+    run.seen = seen
     return run.go(verify, skip and plan.erase == "pages")
 
 
@@ -57,12 +61,13 @@ class _Run(Commands):
         self.todo = set(plan.pages)  # pages to erase and write
         self.read_back: set[int] = set()  # pages whose every byte was read back unchanged
         self.compare = Compare(self, plan, "none")
+        self.seen: Optional[tuple[int, bytes]] = None
 
     def go(self, verify: str, skip: bool) -> Result:
         """Run every phase and return the Result."""
         self.method = self._method(verify)
         self.result.verify = self.method
-        self.compare = Compare(self, self.plan, self._blank_method())
+        self.compare = Compare(self, self.plan, self._blank_method(), self.seen)
         steps = [("erase", self._erase), ("write", self._write), ("verify", self._verify)]
         if skip:
             steps.insert(0, ("check", self._check))

@@ -17,9 +17,8 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Callable, Iterable, Sequence
-
-import bincopy
 
 from agent.errors import ImageRejected
 
@@ -222,7 +221,16 @@ def _parse_text(text: str, fmt: str, name: str) -> list[Segment]:
     return segments
 
 
+def _bincopy() -> ModuleType:
+    """bincopy, imported on the first HEX/S-record: it pulls in pyelftools and more, a third
+    of `stm32ota flash`'s start-up, which a raw binary never needs."""
+    import bincopy  # noqa: PLC0415 - lazy: only for HEX and S-record files
+
+    return bincopy
+
+
 def _records(lines: Sequence[str], fmt: str) -> list[Segment]:
+    bincopy = _bincopy()
     bf = bincopy.BinFile()
     add: Callable[[str], None] = bf.add_ihex if fmt == "hex" else bf.add_srec
     try:
@@ -238,7 +246,7 @@ def _records(lines: Sequence[str], fmt: str) -> list[Segment]:
 
 
 def _describe(e: Exception) -> str:
-    if isinstance(e, bincopy.AddDataError):
+    if isinstance(e, _bincopy().AddDataError):
         return "data records overlap (the same address is given twice)"
     if isinstance(e, ValueError):
         return f"not a valid record ({e})"

@@ -75,16 +75,20 @@ def flash(target: Target, image: Image, *, built_for: Optional[int] = None,
         if built_for is not None and s.info.pid != built_for:
             raise ChipMismatch(f"the image is built for chip 0x{built_for:03X} but "
                                f"{target.describe()} answered 0x{s.info.pid:03X} ({s.chip.name})")
+        # the session's first READ: read-out protection, the empty check and the skip
+        # check's first look, all at the flash start as it is before anything is written
+        seen = (s.chip.flash_start, s.facts.head())
         if s.read_protected:
             raise ReadProtected(
                 f"{s.chip.name} has read-out protection active: nothing was written. It is never "
                 f"removed automatically because that mass-erases the chip ({UNPROTECT_HINT})")
-        the_plan = plan(image, s.chip, flash_size=s.flash_size, dual_bank=s.dual_bank,
+        the_plan = plan(image, s.chip, flash_size=s.facts.flash_size_for(image.end),
+                        dual_bank=s.dual_bank,
                         max_write=s.link.caps.max_write)  # ChipMismatch before any erase
         refuse_if_boot0_ignored(s)  # before the first erase: the next entry must still work
         result = execute(the_plan, s.bl, progress, verify=target.verify,
                          retries=target.write_retries, cancel=cancel,
-                         skip=target.skip_unchanged)
+                         skip=target.skip_unchanged, seen=seen)
         if not start_app:
             return result, None
         step("start")

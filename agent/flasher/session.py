@@ -22,12 +22,12 @@ from typing import Callable, Iterator, Optional
 from agent.errors import (BootConfigError, ChipMismatch, LinkError, NoBootloader, ProtocolError,
                           ReadProtected, StillInBootloader, UsageError)
 from agent.flasher.execute import write_memory
+from agent.flasher.facts import ChipFacts
 from agent.flasher.target import Target, UartSettings
 from agent.link import I2CBus, Link, baud_rates, open_link
 from agent.link.uart import UartLink
 from agent.pins import Backend, Pins, Step, open_pins
 from agent.pins.modem import released_states
-from agent.stm32 import options as optbytes
 from agent.stm32.bootloader import Bootloader, BootloaderInfo
 from agent.stm32.chips import Chip, lookup
 from agent.stm32.options import UserOptions
@@ -76,23 +76,41 @@ class Session:
     bl: Bootloader
     info: BootloaderInfo
     chip: Chip
-    flash_size: int
-    read_protected: bool
-    bootloader_id: Optional[int] = None
+    facts: ChipFacts  # read-out protection, flash size, options...: read when first asked
     exit_sequence: tuple[Step, ...] = ()
-    blank_at_entry: bool = False  # the first flash word read 0xFFFFFFFF when we connected
-    dual_bank: Optional[bool] = None  # bank mode from the option bytes (Chip.dual_bank_from)
-    options: Optional[UserOptions] = None
     target: Optional[Target] = None
     sleep: Sleep = time.sleep
 
+    @property
+    def read_protected(self) -> bool:
+        """Read-out protection is active (the session's first READ was refused)."""
+        return self.facts.read_protected
+
+    @property
+    def flash_size(self) -> int:
+        """Bytes of flash (the flash-size register where the chip has one)."""
+        return self.facts.flash_size
+
+    @property
+    def blank_at_entry(self) -> bool:
+        """The first flash word read 0xFFFFFFFF at entry (parts with an empty check)."""
+        return self.facts.blank_at_entry
+
+    @property
+    def dual_bank(self) -> Optional[bool]:
+        """Bank mode from the option bytes (Chip.dual_bank_from)."""
+        return self.facts.dual_bank
+
+    @property
+    def options(self) -> Optional[UserOptions]:
+        """The user option word that decides BOOT0."""
+        return self.facts.options
+
     def identity(self) -> Identity:
         """The chip's identity, to keep after the session is closed."""
-        if self.bootloader_id is None and not self.read_protected:
-            # read here, not on entry: flashing does not need it (three round trips fewer)
-            self.bootloader_id = _read_bootloader_id(self.bl, self.chip)
         return Identity(self.info, self.chip, self.flash_size, self.read_protected,
-                        self.bootloader_id, getattr(self.link, "baud", None), self.options)
+                        self.facts.bootloader_id(), getattr(self.link, "baud", None),
+                        self.options)
 
     def start_application(self, address: Optional[int] = None) -> str:
         """Leave the bootloader, then check that the chip no longer answers as the bootloader.
@@ -180,71 +198,16 @@ class Session:
                        "`active_low`) and, on parts with an empty check, power-cycle the board")
 
 
-def _read_flash_size(bl: Bootloader, chip: Chip) -> int:
-    """The flash-size register (KiB) where the table knows it and the chip lets us read it."""
-    if chip.flash_size_reg is None:
-        return chip.flash_size
-    try:
-        raw = bl.read_memory(chip.flash_size_reg, 2)
-    except ProtocolError as err:
-        log.debug("flash-size register not readable (%s); using the table's %d KiB",
-                  err, chip.flash_size // 1024)
-        return chip.flash_size
-    kib = int.from_bytes(raw[:2], "little")
-    if kib == 0 or kib == 0xFFFF or kib * 1024 > chip.flash_size:
-        log.warning("flash-size register says %d KiB, outside what %s can have; using %d KiB",
-                    kib, chip.name, chip.flash_size // 1024)
-        return chip.flash_size
-    return kib * 1024
-
-
-def _read_dual_bank(bl: Bootloader, chip: Chip, flash_size: int,
-                    options: Optional[UserOptions]) -> Optional[bool]:
-    """Bank mode where the page layout depends on it: a dual-bank part with less flash than
-    its PID's largest and a bank-selection option bit (user option word at option_start;
-    taken from `options` when the session already read it)."""
-    if not chip.bank2_unknown(flash_size, None):
-        return chip.dual_bank_from(None)
-    if options is not None and options.register == "OPTR":
-        return chip.dual_bank_from(options.value)
-    try:
-        word = int.from_bytes(bl.read_memory(chip.option_start, 4), "little")
-    except ProtocolError as err:
-        log.warning("option bytes of %s not readable (%s): bank 2 is left alone", chip.name, err)
-        return None
-    return chip.dual_bank_from(word)
-
-
-def _flash_blank(bl: Bootloader, chip: Chip) -> bool:
-    """True when the first flash word is erased: what the empty check looks at (AN2606)."""
-    if not chip.empty_check:
-        return False
-    try:
-        return bl.read_memory(chip.flash_start, 4) == b"\xff" * 4
-    except ProtocolError:
-        return False
-
-
-def _read_options(bl: Bootloader, chip: Chip) -> Optional[UserOptions]:
-    """The user option word that decides BOOT0, read from the chip's option area."""
-    n = optbytes.read_length(chip)
-    if not n:
-        return None
-    try:
-        return optbytes.decode(chip, bl.read_memory(chip.option_start, n))
-    except ProtocolError as err:
-        log.info("option bytes at 0x%08X not readable: %s", chip.option_start, err)
-        return None
-
-
 def refuse_if_boot0_ignored(s: Session) -> None:
     """BootConfigError when entering with the BOOT0 pin will not work once flash is written.
 
     G0/C0 leave the factory with nBOOT_SEL=1 (AN2606 pattern 11): only an empty flash
     reaches the ROM, so the first flash works and every later one finds no bootloader.
     """
+    if "boot0" not in s.pins.available:
+        return  # not asked before: without a BOOT0 pin the option bytes are not read
     opts = s.options
-    if opts is None or opts.pin_used or "boot0" not in s.pins.available:
+    if opts is None or opts.pin_used:
         return
     after = ("the bootloader could not be entered again" if opts.nboot0 else
              "the chip would always start its bootloader, never the application")
@@ -268,17 +231,7 @@ def reload_options(s: Session, area: bytes) -> Optional[UserOptions]:
     assert s.target is not None
     s.sleep(s.bl.timeouts.reset_settle)
     s.info = _enter(s.link, s.pins, s.bl, s.target, s.sleep)
-    s.options = _read_options(s.bl, s.chip)
-    return s.options
-
-
-def _read_bootloader_id(bl: Bootloader, chip: Chip) -> Optional[int]:
-    if chip.bootloader_id_addr is None:
-        return None
-    try:
-        return bl.read_memory(chip.bootloader_id_addr, 1)[0]
-    except ProtocolError:
-        return None
+    return s.facts.reload_options()
 
 
 def _rates(target: Target, pins: Pins) -> tuple[Optional[int], ...]:
@@ -370,22 +323,16 @@ def open_session(target: Target, *, i2c_bus: Optional[I2CBus] = None,
 
 def _identify(link: Link, pins: Pins, bl: Bootloader, info: BootloaderInfo,
               target: Target) -> Session:
-    """Check the chip against the target's expect_chip and read what the session reports."""
+    """Check the chip against the target's expect_chip; the rest is read when asked (facts.py)."""
     chip = lookup(info.pid)
     expect = target.expect_chip
     if expect is not None and info.pid != expect:
         raise ChipMismatch(f"expected chip 0x{expect:03x} but {target.describe()} "
                            f"answered 0x{info.pid:03x} ({chip.name}); check the target's "
                            f"expect_chip or the wiring")
-    protected = False
-    try:
-        flash_size = _read_flash_size(bl, chip)
-    except ReadProtected:
-        protected, flash_size = True, chip.flash_size
     bl.size_erase_deadlines(chip.erase_ms, len(chip.page_table()))  # table: the largest part
-    blank = False if protected else _flash_blank(bl, chip)
-    opts = None if protected else _read_options(bl, chip)
-    dual = None if protected else _read_dual_bank(bl, chip, flash_size, opts)
-    return Session(link=link, pins=pins, bl=bl, info=info, chip=chip, flash_size=flash_size,
-                   read_protected=protected, exit_sequence=tuple(target.pins.exit),
-                   blank_at_entry=blank, dual_bank=dual, options=opts, target=target)
+    facts = ChipFacts(bl, chip)
+    if chip.empty_check:
+        facts.head()  # the empty check wants the flash as found, whatever is written later
+    return Session(link=link, pins=pins, bl=bl, info=info, chip=chip, facts=facts,
+                   exit_sequence=tuple(target.pins.exit), target=target)

@@ -85,6 +85,9 @@ class Chip:
     erase_ms_by_size: tuple[tuple[int, float], ...] = ()  # (sector size, ms) where sizes differ
     note: str = ""  # known quirk or doubt, shown by `info`
     banks: Banks | None = None  # dual-bank layout below the largest flash (None: contiguous)
+    # the smallest flash of any part with this PID (datasheet ordering information); None:
+    # not researched. An image below it fits every such part: no need to ask the register
+    min_flash_size: int | None = None
 
     @property
     def flash_end(self) -> int:

@@ -308,7 +308,10 @@ ROWS: tuple[Chip, ...] = (
           note="bootloader V13.1 sends an extra ACK after the connection (AN2606)"),
     _chip("L4", 0x435, "STM32L43xxx/44xxx", 256, _p(128, _2K), 0x2000C000,
           ("L431", "L432", "L433", "L442", "L443"), i2c_address=0x48, bootloader_id=0x91,
-          note="I2C erase may not send its final ACK (seed notes)"),
+          note="I2C erase may not send its final ACK (seed notes)",
+          # DS11453/DS11451 (L431, L432) device summaries: xB 128 KiB, xC 256 KiB; L433 the
+          # same, L442/L443 xC only
+          min_flash_size=128 * KiB),
     _chip("L4", 0x462, "STM32L45xxx/46xxx", 512, _p(256, _2K), 0x20020000,
           ("L451", "L452", "L462"), i2c_address=0x4A,
           note="clear PEMPTY after flashing a blank part, or it re-enters the bootloader"),
