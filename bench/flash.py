@@ -13,13 +13,22 @@ time at 11 bits per byte, the chip's erase and programming times), each on a fre
    this process: stm32flash needs a kernel /dev/i2c-N and cannot reach a simulated bus, so its
    column there repeats its UART times.
 
+The full flashes are run `--repeat` times (default 3), the two tools taking turns on the same
+simulator settings, and the median is shown, so a change in the machine's load between one
+tool's run and the other's does not decide the ratio. Before the runs the package is compiled
+to bytecode, as `pip install` leaves an installed package (without it each `stm32ota` start
+would compile every module it imports, where PYTHONDONTWRITEBYTECODE is set).
+
 Usage: python bench/flash.py [--size 65536] [--baud 115200] [--chip 0x435] [--latency 0,1,16]
+                             [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
+import statistics
 import shutil
 import signal
 import subprocess
@@ -101,22 +110,42 @@ def flash_cmd(tool: str, image: Path, pty: str, baud: int) -> list[str]:
             str(image), "-v", pty]
 
 
-def uart_runs(tool: str, images: dict[str, Path], pty: str, args: argparse.Namespace,
+def full_flash(tool: str, image: Path, pty: str, args: argparse.Namespace,
+               latency: float) -> tuple[float, int]:
+    """One full flash + verify on a fresh (blank) simulator: (wall time, round trips)."""
+    sim = Sim(pty, args.chip, args.baud, latency)
+    try:
+        t = timed(flash_cmd(tool, image, pty, args.baud))
+    finally:
+        trips = sim.stop()
+    return t, trips
+
+
+def uart_runs(tools: list[str], images: dict[str, Path], pty: str, args: argparse.Namespace,
               rows: dict[str, dict[str, str]]) -> None:
-    """Full flashes at each latency; re-flashes on the zero-latency simulator."""
+    """Full flashes at each latency, the tools taking turns, median of `--repeat`; then the
+    re-flashes of each tool on one zero-latency simulator."""
     for latency in args.latency:
-        sim = Sim(pty, args.chip, args.baud, latency)
+        times: dict[str, list[float]] = {tool: [] for tool in tools}
+        trips: dict[str, int] = {}
+        for n in range(args.repeat):
+            for tool in tools if n % 2 == 0 else tools[::-1]:
+                t, trips[tool] = full_flash(tool, images["full"], pty, args, latency)
+                times[tool].append(t)
+        for tool in tools:
+            spread = f" ±{(max(times[tool]) - min(times[tool])) / 2:.2f}" if args.repeat > 1 else ""
+            rows[f"UART full flash, {latency:g} ms latency"][tool] = \
+                f"{statistics.median(times[tool]):.2f} s{spread} ({trips[tool]} rt)"
+    for tool in tools:
+        sim = Sim(pty, args.chip, args.baud, 0.0)
         try:
-            t = timed(flash_cmd(tool, images["full"], pty, args.baud))
-            if latency == 0:
-                for case in ("identical", "one page"):
-                    sim.reset()
-                    rows[f"UART re-flash, {case}"][tool] = \
-                        f"{timed(flash_cmd(tool, images[case], pty, args.baud)):.2f} s"
+            timed(flash_cmd(tool, images["full"], pty, args.baud))
+            for case in ("identical", "one page"):
+                sim.reset()
+                rows[f"UART re-flash, {case}"][tool] = \
+                    f"{timed(flash_cmd(tool, images[case], pty, args.baud)):.2f} s"
         finally:
-            trips = sim.stop()  # for the 0 ms simulator: the full flash and both re-flashes
-        trips_text = f" ({trips} rt)" if latency else ""  # the 0 ms one also served re-flashes
-        rows[f"UART full flash, {latency:g} ms latency"][tool] = f"{t:.2f} s{trips_text}"
+            sim.stop()
 
 
 def i2c_runs(chip: Chip, images: dict[str, Image]) -> dict[str, float]:
@@ -144,7 +173,10 @@ def main() -> int:
     ap.add_argument("--chip", default="0x435")
     ap.add_argument("--latency", type=lambda s: [float(x) for x in s.split(",")],
                     default=[0.0, 1.0, 16.0], help="turnaround latencies in ms (default 0,1,16)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="full flashes per tool and latency; the median is shown (default 3)")
     args = ap.parse_args()
+    compileall.compile_dir(ROOT / "agent", quiet=1)  # as an installed package has it
     chip = find(args.chip)
     page = chip.pages[0][1]
     data = os.urandom(args.size)
@@ -161,8 +193,7 @@ def main() -> int:
         files["full"].write_bytes(data)
         files["one page"].write_bytes(bytes(changed))
         files["identical"] = files["full"]
-        for tool in tools:
-            uart_runs(tool, files, str(Path(tmp) / "stm32"), args, rows)
+        uart_runs(tools, files, str(Path(tmp) / "stm32"), args, rows)
     start = chip.flash_start
     i2c = i2c_runs(chip, {"full": Image([Segment(start, data)]),
                           "one page": Image([Segment(start, bytes(changed))])})
@@ -178,17 +209,17 @@ def _report(args: argparse.Namespace, chip: Chip, page: int, rows: dict[str, dic
              + args.size / chip.write_align * chip.program_us_per_word / 1e6)
     print(f"{args.size // 1024} KiB random image on {chip.name}, {args.baud} baud 8E1 line "
           f"time; protocol limit of write + read-back: {limit:.2f} s (rt = round trips)")
-    print(f"  {'':38}{'stm32ota':>22}{'stm32flash':>22}{'ratio':>8}")
+    print(f"  {'':38}{'stm32ota':>26}{'stm32flash':>26}{'ratio':>8}")
     for name, row in rows.items():
         ota, ref = row.get("stm32ota", "-"), row.get("stm32flash", "-")
-        print(f"  {name:<38}{ota:>22}{ref:>22}{_ratio(ota, ref):>8}")
+        print(f"  {name:<38}{ota:>26}{ref:>26}{_ratio(ota, ref):>8}")
     ref_same = rows["UART re-flash, identical"].get("stm32flash")
     ref_one = rows["UART re-flash, one page"].get("stm32flash")
     for case, ref in (("full", rows[f"UART full flash, {args.latency[0]:g} ms latency"]
                        .get("stm32flash")), ("identical", ref_same), ("one page", ref_one)):
         ota = f"{i2c[case] + i2c['start-up']:.2f} s"
-        ref_time = ref.split(" (")[0] + " (UART)" if ref else "-"
-        print(f"  {'I2C (0xA1) ' + case:<38}{ota:>22}{ref_time:>22}{_ratio(ota, ref):>8}")
+        ref_time = ref.split()[0] + " s (UART)" if ref else "-"
+        print(f"  {'I2C (0xA1) ' + case:<38}{ota:>26}{ref_time:>26}{_ratio(ota, ref):>8}")
     print(f"  I2C runs in this process; their times include {i2c['start-up']:.2f} s, what "
           "`stm32ota flash --help` takes to start")
     print(f"  I2C full flash: the verify step took {i2c['verify step']:.3f} s")
