@@ -506,3 +506,11 @@ def test_every_file_of_the_repository_the_docs_name_exists() -> None:
     assert len(named) > 10
     missing = sorted(n for n in named if not (ROOT / n).exists())
     assert not missing, f"README.md or docs/ name files that do not exist: {missing}"
+
+
+def test_the_readmes_performance_figures_are_those_of_the_benchmark_page() -> None:
+    summary = block("performance-summary")
+    figures = set(re.findall(r"\d+\.\d+", summary))
+    assert len(figures) >= 6
+    missing = figures - set(re.findall(r"\d+\.\d+", PAGES["docs/performance.md"]))
+    assert not missing, f"README's performance summary quotes figures docs/performance.md lacks: {missing}"
