@@ -124,9 +124,12 @@ class Service:
             self.publish_state(name, job)
             if job is not None:
                 self._publish_job(name, job, retain=True, event=False)
+        # Recovery first: it sweeps the temporary files an interrupted write left in state_dir,
+        # which would otherwise race the first retained message's write into the same folder
+        # (the sweep deleted a release being saved, and the release was lost)
+        self.updater.start()
         self._dispatcher.start()
         c.start()
-        self.updater.start()
         systemd.notify("READY=1")
         systemd.notify(f"STATUS=watching {len(self.targets)} target(s)")
         log.info("agent %s started with %d target(s)", self.agent_id, len(self.targets))
