@@ -380,3 +380,31 @@ def test_checksum_in_the_usart_v33_layout(l432) -> None:
     crc = stm32_crc32(bytes(range(8))).to_bytes(4, "big")
     # sync, command, address, size, polynomial, initial value, then the result's own ACK
     assert data == ACK * 7 + crc + bytes([xor(crc)])
+
+
+def test_a_simulator_whose_descriptors_are_numbered_above_1024_still_answers(
+        sim_chip: SimChip) -> None:
+    """A bench serving hundreds of chips from one process: select() cannot watch fd 1024+."""
+    import os
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1100:
+        pytest.skip(f"the open-files limit ({soft}) cannot reach descriptor 1024")
+    filler = []
+    while not filler or filler[-1] < 1030:
+        filler.append(os.open(os.devnull, os.O_RDONLY))
+    try:
+        pty = PtySim(sim_chip).start()
+    finally:
+        for fd in filler:  # the host side gets low numbers again: pyserial reads with select()
+            os.close(fd)
+    try:
+        assert pty._master > 1024  # noqa: SLF001 - the point of the test
+        h = Host(pty.path)
+        h.sync()
+        h.send(bytes([0x02, 0xFD]))  # GET_ID
+        assert h.recv(1) == ACK
+        h.ser.close()
+    finally:
+        pty.stop()

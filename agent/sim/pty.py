@@ -7,7 +7,7 @@ Line emulation: every byte costs its line time (11 bits at the emulated baud, 8E
 turnaround `latency` each answer that follows bytes from the host waits that long before it
 leaves, as a USB-serial adapter holds short answers until its latency timer runs out (FTDI's
 default is 16 ms, AN232B-04). `stats` counts those round trips. Between clients the thread
-sleeps in a blocking select: an idle simulator costs no CPU.
+sleeps in a blocking poll: an idle simulator costs no CPU.
 
 The pty carries no parity and no rate, but the host's rate is in the termios the client set
 (master and slave share one), which is what the clock-error fault needs: a ROM that measures
@@ -154,21 +154,26 @@ class PtySim:
         return n * _BITS_PER_BYTE / self.sim.baud if self.sim.realtime else 0.0
 
     def _run(self) -> None:
+        # poll(), not select(): select() cannot watch a descriptor numbered 1024 or above, and a
+        # bench serving hundreds of simulated chips from one process has such descriptors
+        poller = select.poll()
+        for fd in (self._master, self._wake_r):
+            poller.register(fd, select.POLLIN)
         while not self._stop.is_set():
             data, wait = self.sim.uart_pop()
             if data:
                 self._send(data)
                 continue
             try:  # wait is None: nothing is due, sleep until the host or a wake-up comes
-                readable, _, _ = select.select([self._master, self._wake_r], [], [], wait)
-            except (OSError, ValueError):
+                ready = dict(poller.poll(None if wait is None else wait * 1000))
+            except OSError:
                 return
-            if self._wake_r in readable:
+            if self._wake_r in ready:
                 try:
                     os.read(self._wake_r, 64)
                 except OSError:
                     return
-            if self._master in readable:
+            if self._master in ready:  # POLLIN, or POLLHUP/POLLERR that the read reports
                 self._receive()
 
     def _receive(self) -> None:
@@ -227,7 +232,9 @@ class PtySim:
                 view = view[sent:]
             except BlockingIOError:
                 # nobody is reading the port: a real UART would overrun the host, drop it
-                if not select.select([], [self._master], [], 0.5)[1]:
+                writable = select.poll()
+                writable.register(self._master, select.POLLOUT)
+                if not writable.poll(500):
                     log.warning("sim pty: host not reading, %d bytes dropped", len(view))
                     return
             except OSError:
