@@ -246,8 +246,14 @@ def fleet_install(args: argparse.Namespace, tmp: Path) -> None:
     fw = os.urandom(4096)
     (tmp / "fw.bin").write_bytes(fw)
     with Mosquitto() as broker, FileServer({"/fw.bin": fw}) as http:
-        sims = [PtySim(SimChip(CHIPS[L432], realtime=False)).start() for _ in range(n)]
+        # paho waits in select(), which cannot watch descriptors numbered 1024 or above, and
+        # every simulated chip holds four: the counter connects first, and low numbers are
+        # kept free for the publish and the fleet view that connect later
         counter = Counter(broker.port, (f"{BASE}/#", "homeassistant/#"))
+        spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(64)]
+        sims = [PtySim(SimChip(CHIPS[L432], realtime=False)).start() for _ in range(n)]
+        for fd in spare:
+            os.close(fd)
         procs = start_agents(tmp, n, broker.port, pub, counter, sims)
         try:
             time.sleep(3)
