@@ -46,8 +46,7 @@ def execute(plan: Plan, bl: Any, progress: Optional[ProgressCallback] = None, *,
         raise UsageError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}",
                          code="bad_verify_mode")
     run = _Run(plan, bl, progress or no_progress, retries, cancel, clock)
-    run.seen = seen
-    return run.go(verify, skip and plan.erase == "pages")
+    return run.go(verify, skip and plan.erase == "pages", seen)
 
 
 class _Run(Commands):
@@ -61,13 +60,12 @@ class _Run(Commands):
         self.todo = set(plan.pages)  # pages to erase and write
         self.read_back: set[int] = set()  # pages whose every byte was read back unchanged
         self.compare = Compare(self, plan, "none")
-        self.seen: Optional[tuple[int, bytes]] = None
 
-    def go(self, verify: str, skip: bool) -> Result:
-        """Run every phase and return the Result."""
+    def go(self, verify: str, skip: bool, seen: Optional[tuple[int, bytes]] = None) -> Result:
+        """Run every phase and return the Result (`seen`: see execute())."""
         self.method = self._method(verify)
         self.result.verify = self.method
-        self.compare = Compare(self, self.plan, self._blank_method(), self.seen)
+        self.compare = Compare(self, self.plan, self._blank_method(), seen)
         steps = [("erase", self._erase), ("write", self._write), ("verify", self._verify)]
         if skip:
             steps.insert(0, ("check", self._check))
