@@ -45,6 +45,12 @@ from agent.stm32.protocol import ACK, SYNC
 log = logging.getLogger(__name__)
 
 _MAX_EVENTS = 20000
+# Code run from RAM (GO) is timed at the clock the core may be left on: AN3155 3.5 has the
+# bootloader put the peripherals it used back to their reset values before the jump, and the
+# slowest reset clock among the parts modelled is the L4's 4 MHz MSI (RM0394 6.2.3); the
+# L432's bootloader itself runs at 60 MHz from the HSI (AN2606), which would be 15x faster.
+CORE_HZ = 4e6
+RAM_CODE_STEPS = 50_000_000  # a CRC routine over 2 MiB takes about 20 M instructions
 
 
 @dataclass
@@ -65,8 +71,9 @@ class SimChip(I2cSide):
                  faults: Faults | None = None, flash_size: int | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 boot0: bool = True, strict: bool = True) -> None:
+                 boot0: bool = True, strict: bool = True, core_hz: float = CORE_HZ) -> None:
         self.chip = chip
+        self.core_hz = core_hz  # what code run from RAM is timed at
         self.baud = baud
         self.realtime = realtime
         self.faults = faults if faults is not None else Faults()
@@ -84,6 +91,7 @@ class SimChip(I2cSide):
         self._nrst, self._boot0 = True, boot0
         self._silent_left = self.faults.silent_resets
         self._reset_listeners: list[Callable[[], None]] = []
+        self._ram_run: tuple[int, float, bytes] | None = None  # generation, end, RAM before
         self._rx_count = self._tx_count = self._write_count = self._read_count = 0
         self.generation = 0
         self._clear_io()
@@ -165,19 +173,52 @@ class SimChip(I2cSide):
             self.note("go", addr)
             self._session = None
             self.mode = "application"
-            if self.mem.ram.holds(addr, 8):
+            if not self.mem.ram.holds(addr, 8):
+                return
+            if not self.realtime:
+                self._run_ram(addr)
+                return
+            # in real time the core runs beside the bootloader's last answer (the GO ACK is
+            # still on its way out) and a long routine does not hold up the line thread
+            threading.Thread(target=self._run_ram_unless_reset, args=(addr, self.generation),
+                             name="sim-core", daemon=True).start()
+
+    def _reset_at(self, end: float, generation: int, obl: bool) -> None:
+        self.sleep(max(0.0, end - self.clock()))
+        with self.lock:
+            if self.generation == generation:
+                self._ram_run = None
+                self.system_reset(obl=obl)
+
+    def _run_ram_unless_reset(self, addr: int, generation: int) -> None:
+        with self.lock:
+            if self.generation == generation:
                 self._run_ram(addr)
 
     def _run_ram(self, addr: int) -> None:
         regs = FlashRegs(self.chip.empty_flag)
+        before, started = bytes(self.mem.ram.data), self.clock()
         try:
-            how = run(self, regs, addr)
+            out = run(self, regs, addr, max_steps=RAM_CODE_STEPS)
         except (SimFault, MemoryRefused) as err:
             self.note("hard_fault", str(err))  # the core locks up: silent until reset
             return
-        self.note("ram_code", how)
-        if how != "spinning":
-            self.system_reset(obl=how == "obl_reset")
+        self.note("ram_code", out.how)
+        # the interpreter ran it at once; the chip takes cycles / core_hz. A reset before then
+        # cuts it short: its RAM stores are dropped (silicon keeps those made before the
+        # reset; a host must trust none of them without a done mark the routine writes last)
+        end = started + self.op_time(out.cycles / self.core_hz)
+        if end > started:
+            self._ram_run = (self.generation, end, before)
+        if out.how == "spinning":
+            return
+        if end - self.clock() > 0.001:  # the reset it asks for comes when it gets there
+            threading.Thread(target=self._reset_at, args=(end, self.generation,
+                                                          out.how == "obl_reset"),
+                             name="sim-core-reset", daemon=True).start()
+            return
+        self._ram_run = None
+        self.system_reset(obl=out.how == "obl_reset")
 
     def load_word(self, addr: int) -> int:
         """A 32-bit word of any readable memory, for code running on the chip."""
@@ -189,6 +230,16 @@ class SimChip(I2cSide):
             raise MemoryRefused(f"store to 0x{addr:08X} outside RAM", code="read_only")
         off = addr - self.mem.ram.start
         self.mem.ram.data[off:off + 4] = value.to_bytes(4, "little")
+
+    def load_byte(self, addr: int) -> int:
+        """A byte of any readable memory, for code running on the chip."""
+        return self.mem.read(addr, 1)[0]
+
+    def store_byte(self, addr: int, value: int) -> None:
+        """Code running on the chip stores a RAM byte."""
+        if not self.mem.ram.holds(addr, 1):
+            raise MemoryRefused(f"store to 0x{addr:08X} outside RAM", code="read_only")
+        self.mem.ram.data[addr - self.mem.ram.start] = value
 
     def _clear_io(self) -> None:
         self._session: Bootrom | None = None
@@ -203,6 +254,10 @@ class SimChip(I2cSide):
         self._i2c_stalled = False  # an answer was read only in part (see _i2c_take)
 
     def _enter_reset(self) -> None:
+        run, self._ram_run = self._ram_run, None
+        if run is not None and run[0] == self.generation and self.clock() < run[1]:
+            self.mem.ram.data[:] = run[2]
+            self.note("ram_code_cut", round(run[1] - self.clock(), 6))
         self.mode = "reset"
         self.generation += 1
         self._clear_io()

@@ -31,7 +31,7 @@ FLASH_BASE = 0x40022000
 AIRCR = 0xE000ED0C
 _SYSRESETREQ = 0x05FA0004
 _FLASH_KEYS = (0x45670123, 0xCDEF89AB)  # RM0091 3.5.1: FLASH_KEYR (and OPTKEYR on F0)
-_MAX_STEPS = 10_000
+_MAX_STEPS = 10_000  # the empty-check routines take a few dozen
 
 
 class Machine(Protocol):
@@ -44,6 +44,12 @@ class Machine(Protocol):
 
     def store_word(self, addr: int, value: int) -> None:
         """Write a RAM word."""
+
+    def load_byte(self, addr: int) -> int:
+        """A byte of flash, RAM or system memory."""
+
+    def store_byte(self, addr: int, value: int) -> None:
+        """Write a RAM byte."""
 
 
 @dataclass
@@ -95,11 +101,19 @@ class FlashRegs:
             self.request = "obl_reset"
 
 
-def run(m: Machine, regs: FlashRegs, vectors: int) -> str:
+@dataclass(frozen=True)
+class Outcome:
+    """How code run from RAM ended, and what it cost."""
+
+    how: str  # "system_reset", "obl_reset" (it asked for one) or "spinning" (B . or out of steps)
+    steps: int
+    cycles: int  # Cortex-M0+ timing (ARM DDI 0484 table 3-1): loads, stores, taken branches 2
+
+
+def run(m: Machine, regs: FlashRegs, vectors: int, max_steps: int = _MAX_STEPS) -> Outcome:
     """Start the code whose vector table is at `vectors`; returns how it ended.
 
-    "system_reset" / "obl_reset": it asked for a reset; "spinning": a branch to itself;
-    SimFault for an instruction or access this model refuses.
+    SimFault for an instruction or access this model refuses (a hard fault on silicon).
     """
     core = _Core(m, regs)
     core.r[13] = m.load_word(vectors)
@@ -107,66 +121,152 @@ def run(m: Machine, regs: FlashRegs, vectors: int) -> str:
     if not entry & 1:
         raise SimFault(f"reset vector 0x{entry:08X} lacks the Thumb bit")
     pc = entry & ~1
-    for _ in range(_MAX_STEPS):
-        op = m.load_word(pc & ~3) >> (16 * ((pc >> 1) & 1)) & 0xFFFF
+    decoded = core.decoded
+    for step in range(max_steps):
+        op = decoded.get(pc)
+        if op is None:
+            op = decoded[pc] = m.load_word(pc & ~3) >> (16 * ((pc >> 1) & 1)) & 0xFFFF
         nxt = core.step(op, pc)
         if regs.request:
-            return regs.request
+            return Outcome(regs.request, step + 1, core.cycles)
         if nxt == pc:
-            return "spinning"
+            return Outcome("spinning", step + 1, core.cycles)
         pc = nxt
-    return "spinning"
+    return Outcome("spinning", max_steps, core.cycles)
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _cond(core: "_Core", cond: int) -> bool:
+    """ARMv6-M A6.3.1: does the condition pass on the flags."""
+    if cond >= 14:
+        return True
+    n, z, c, v = core.n, core.z, core.c, core.v
+    holds = (z, c, n, v, c and not z, n == v, n == v and not z)[cond >> 1]
+    return holds != bool(cond & 1)  # odd codes are the negations (NE, CC, PL, VC, LS, LT, LE)
 
 
 class _Core:
-    """Registers and the Z flag of the interpreted core."""
+    """Registers and the N, Z, C, V flags of the interpreted core."""
 
     def __init__(self, m: Machine, regs: FlashRegs) -> None:
         self.m, self.regs = m, regs
         self.r = [0] * 16
-        self.z = False
+        self.n = self.z = self.c = self.v = False
+        self.cycles = 0
+        self.decoded: dict[int, int] = {}  # pc -> halfword; dropped when code stores to RAM
+
+    def _nz(self, value: int) -> int:
+        self.n, self.z = value >> 31 == 1, value == 0
+        return value
+
+    def _add(self, a: int, b: int, carry: int = 0) -> int:
+        """AddWithCarry (ARMv6-M A2.2.1): the sum, setting N Z C V."""
+        total = a + b + carry
+        result = total & _M32
+        self.c = total > _M32
+        self.v = (a ^ result) & (b ^ result) & 0x80000000 != 0
+        return self._nz(result)
 
     def step(self, op: int, pc: int) -> int:
         """Execute one instruction at `pc`; returns the next pc."""
-        r, m = self.r, self.m
-        rd, rm, imm8, top5 = op & 7, op >> 3 & 7, op & 0xFF, op >> 11
-        if top5 == 0b01001:  # LDR Rt, [PC, #imm8*4]
-            r[op >> 8 & 7] = m.load_word(((pc + 4) & ~3) + imm8 * 4)
-        elif top5 in (0b01100, 0b01101):  # STR/LDR Rt, [Rn, #imm5*4]
-            self._memory(top5 == 0b01101, rd, r[rm] + (op >> 6 & 31) * 4)
-        elif top5 in (0b00100, 0b00110):  # MOVS / ADDS Rdn, #imm8
-            n = op >> 8 & 7
-            r[n] = imm8 if top5 == 0b00100 else (r[n] + imm8) & 0xFFFFFFFF
-            self.z = r[n] == 0
-        elif op >> 6 in _ALU:  # ANDS EORS TST ORRS BICS Rdn, Rm
-            result = _ALU[op >> 6](r[rd], r[rm])
-            self.z = result == 0
-            if op >> 6 != 0b0100001000:  # TST only sets flags
-                r[rd] = result
-        elif op >> 12 == 0b1101 and op >> 9 & 7 == 0:  # BEQ / BNE
-            if self.z == (op >> 8 & 1 == 0):
+        r = self.r
+        self.cycles += 1
+        top5 = op >> 11
+        rd, rm = op & 7, op >> 3 & 7
+        if top5 <= 0b00001:  # LSLS / LSRS Rd, Rm, #imm5 (LSLS #0: MOVS Rd, Rm, C kept)
+            r[rd] = self._shift(top5 == 1, r[rm], op >> 6 & 31)
+        elif top5 == 0b00011:  # ADDS/SUBS Rd, Rn, Rm / #imm3
+            b = op >> 6 & 7 if op & 0x400 else r[op >> 6 & 7]
+            r[rd] = self._add(r[rm], b) if not op & 0x200 else self._add(r[rm], ~b & _M32, 1)
+        elif top5 >> 2 == 0b001:  # MOVS / CMP / ADDS / SUBS Rdn, #imm8
+            n, imm, kind = op >> 8 & 7, op & 0xFF, top5 & 3
+            if kind == 0:
+                r[n] = self._nz(imm)
+            elif kind == 1:
+                self._add(r[n], ~imm & _M32, 1)
+            else:
+                r[n] = self._add(r[n], imm) if kind == 2 else self._add(r[n], ~imm & _M32, 1)
+        elif op >> 10 == 0b010000:  # data processing Rdn, Rm
+            self._data(op >> 6 & 15, rd, r[rd], r[rm])
+        elif top5 == 0b01001:  # LDR Rt, [PC, #imm8*4]
+            self.cycles += 1
+            r[op >> 8 & 7] = self.m.load_word(((pc + 4) & ~3) + (op & 0xFF) * 4)
+        elif op >> 12 == 0b0101:  # LDR/STR/LDRB Rt, [Rn, Rm]
+            self._memory(op >> 9 & 7, rd, r[rm] + r[op >> 6 & 7])
+        elif op >> 13 == 0b011:  # STR/LDR/STRB/LDRB Rt, [Rn, #imm5(*4)]
+            kind, imm = top5 & 3, op >> 6 & 31
+            self._memory((0, 4, 2, 6)[kind], rd, r[rm] + (imm if kind >= 2 else imm * 4))
+        elif op & 0xFFC0 == 0xB2C0:  # UXTB Rd, Rm
+            r[rd] = r[rm] & 0xFF
+        elif op == 0xBF00:  # NOP
+            pass
+        elif op >> 12 == 0b1101 and op >> 9 & 7 != 7:  # B<cond> (0xDE UDF, 0xDF SVC excluded)
+            if _cond(self, op >> 8 & 15):
+                self.cycles += 1
+                imm8 = op & 0xFF
                 return pc + 4 + (imm8 - 256 if imm8 & 0x80 else imm8) * 2
         elif top5 == 0b11100:  # B
+            self.cycles += 1
             off = op & 0x7FF
             return pc + 4 + (off - 2048 if off & 0x400 else off) * 2
         else:
             raise SimFault(f"instruction 0x{op:04X} at 0x{pc:08X} is not modelled")
         return pc + 2
 
-    def _memory(self, load: bool, rt: int, addr: int) -> None:
-        peripheral = addr >= 0x40000000
-        if load:
-            self.r[rt] = self.regs.read(self.m, addr) if peripheral else self.m.load_word(addr)
-        elif peripheral:
-            self.regs.write(self.m, addr, self.r[rt])
+    def _shift(self, right: bool, value: int, imm: int) -> int:
+        """LSRS / LSLS by an immediate: the result, setting N Z and C (the last bit out)."""
+        if right:
+            imm = imm or 32  # LSRS #0 encodes a shift by 32
+            self.c = value >> (imm - 1) & 1 == 1
+            return self._nz(value >> imm)
+        if imm:
+            self.c = value >> (32 - imm) & 1 == 1
+        return self._nz(value << imm & _M32)
+
+    def _data(self, opcode: int, rd: int, a: int, b: int) -> None:
+        """ARMv6-M A6.7 data-processing (register): the ones modelled."""
+        r = self.r
+        if opcode == 0b0000:  # ANDS
+            r[rd] = self._nz(a & b)
+        elif opcode == 0b0001:  # EORS
+            r[rd] = self._nz(a ^ b)
+        elif opcode == 0b1000:  # TST
+            self._nz(a & b)
+        elif opcode == 0b1010:  # CMP
+            self._add(a, ~b & _M32, 1)
+        elif opcode == 0b1100:  # ORRS
+            r[rd] = self._nz(a | b)
+        elif opcode == 0b1110:  # BICS
+            r[rd] = self._nz(a & ~b & _M32)
+        elif opcode == 0b1111:  # MVNS
+            r[rd] = self._nz(~b & _M32)
         else:
-            self.m.store_word(addr, self.r[rt])
+            raise SimFault(f"data-processing opcode {opcode:04b} is not modelled")
 
-
-_ALU = {
-    0b0100000000: lambda a, b: a & b,  # ANDS
-    0b0100000001: lambda a, b: a ^ b,  # EORS
-    0b0100001000: lambda a, b: a & b,  # TST
-    0b0100001100: lambda a, b: a | b,  # ORRS
-    0b0100001110: lambda a, b: a & ~b & 0xFFFFFFFF,  # BICS
-}
+    def _memory(self, kind: int, rt: int, addr: int) -> None:
+        """kind: 0 STR, 2 STRB, 4 LDR, 6 LDRB (the opB field of A6.2.4)."""
+        self.cycles += 1
+        addr &= _M32
+        if kind not in (0, 2, 4, 6):
+            raise SimFault(f"halfword and signed loads are not modelled (opB {kind:03b})")
+        if kind in (0, 4) and addr & 3:
+            raise SimFault(f"unaligned word access at 0x{addr:08X}")  # ARMv6-M: always faults
+        if addr >= 0x40000000:
+            if kind == 4:
+                self.r[rt] = self.regs.read(self.m, addr)
+            elif kind == 0:
+                self.regs.write(self.m, addr, self.r[rt])
+            else:
+                raise SimFault(f"byte access to the register at 0x{addr:08X} is not modelled")
+        elif kind == 4:
+            self.r[rt] = self.m.load_word(addr)
+        elif kind == 6:
+            self.r[rt] = self.m.load_byte(addr)
+        else:
+            if kind == 0:
+                self.m.store_word(addr, self.r[rt])
+            else:
+                self.m.store_byte(addr, self.r[rt] & 0xFF)
+            self.decoded.clear()  # the code may have changed itself
