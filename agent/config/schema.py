@@ -325,7 +325,8 @@ TARGET = Table(
     Key("verify", Choice("auto", "crc", "readback", refused={
         "none": "the agent always verifies what it wrote; `stm32ota flash --no-verify` "
                 "exists for one-off bench work"}),
-        "how written flash is checked (auto: CRC where the bootloader has it)", "auto"),
+        "how written flash is checked (auto: the bootloader's CRC where it has one, else a CRC "
+        "computed on the chip when NRST and BOOT0 are wired, else read-back)", "auto"),
     Key("skip_unchanged", Boolean(), "leave pages alone that already hold the image (false: "
         "erase and write every page the image covers)", True),
     Key("auto_install", Boolean(), "install announced releases without a command", False),

@@ -13,6 +13,8 @@ Two questions, both answered with as few commands as the bootloader allows:
   programs from the start, so a blank start with the image further on is rare, and taking a
   page as changed only costs time): nothing is skipped and nothing more is read. Bytes the
   session already read (its first READ, `seen`) serve as the first look.
+  Without 0xA1 but with NRST and BOOT0 wired, the chip computes one CRC per page from RAM
+  (`ram-crc`, Session.crc_on_chip) and only a failure to get them falls back to reading back.
 - `bad_pages`: after writing, the same halving over spans of image bytes.
 
 AN3155 3.13 / AN4221 2.20: the checksum start address and length are multiples of 4 bytes
@@ -24,6 +26,7 @@ span may cover the whole image.
 from __future__ import annotations
 
 import logging
+import zlib
 from typing import Any, Callable, Iterable, Optional
 
 from agent.flasher.plan import Plan, Span, spans
@@ -69,6 +72,11 @@ class Compare:
             changed = [p for span in whole for p in self.bad_pages("check", span)]
             found(len(plan.pages) - len(changed))
             return changed, set()
+        if self.method == "ram-crc":
+            done = self._changed_by_ram_crc()
+            if done is not None:
+                found(len(plan.pages) - len(done))
+                return done, set()
         changed, same = [], set()
         streak = blind = 0
         for page in plan.pages:
@@ -90,6 +98,26 @@ class Compare:
                 streak += 1
                 blind = 2 ** (streak - 1) - 1
         return changed, same
+
+    def _changed_by_ram_crc(self) -> Optional[list[int]]:
+        """The changed pages by one CRC per page computed on the chip (None: no CRCs came).
+
+        A first look (the session's READ) that finds the image's first page erased means a
+        blank chip: nothing to skip, and the routine is not worth its reset.
+        """
+        plan = self.plan
+        first = plan.page_span(plan.pages[0])
+        head = self._known(first.address, min(PROBE, len(first.data)))
+        if head is not None and head != first.data[:len(head)] and head == b"\xff" * len(head):
+            log.info("the image's first page reads erased: a blank flash, nothing to skip")
+            return list(plan.pages)
+        pages = [plan.page_span(p) for p in plan.pages]
+        crcs = self.commands.crc_on_chip([(p.address, len(p.data)) for p in pages])
+        if crcs is None:
+            log.info("no CRCs from the chip; reading the pages back instead")
+            return None
+        return [page for page, span, crc in zip(plan.pages, pages, crcs)
+                if crc != zlib.crc32(span.data)]
 
     def _first_difference(self, span: Span, first: int) -> Optional[bytes]:
         """The first chunk of the page that reads other than span.data (None: all match)."""

@@ -15,6 +15,7 @@ import itertools
 import logging
 import threading
 import time
+import zlib
 from typing import Any, Callable, Optional
 
 from agent.errors import GarbledWrite, Stm32OtaError, UsageError, VerifyFailed
@@ -29,23 +30,29 @@ log = logging.getLogger(__name__)
 __all__ = ["Result", "VERIFY_MODES", "execute", "read_memory", "write_memory"]
 
 VERIFY_MODES = ("auto", "crc", "readback", "none")
+# (address, length) ranges -> their CRC-32 (zlib) computed on the chip, or None when it cannot
+OnChipCrc = Callable[[list[tuple[int, int]]], Optional[list[int]]]
 ERASE_CHUNK_MS = 1000.0  # typical erase time per command: a progress and cancel point a second
 
 
 def execute(plan: Plan, bl: Any, progress: Optional[ProgressCallback] = None, *,
             verify: str = "auto", retries: int = 3, cancel: Optional[threading.Event] = None,
             clock: Callable[[], float] = time.monotonic, skip: bool = True,
-            seen: Optional[tuple[int, bytes]] = None) -> Result:
+            seen: Optional[tuple[int, bytes]] = None,
+            crc_on_chip: Optional[OnChipCrc] = None) -> Result:
     """Erase, write and verify per `plan` through Bootloader `bl`; raise typed errors.
 
     `skip`: leave pages alone that already hold their part of the image (page erase only).
     `seen`: (address, bytes) of flash read this session before anything was written; the
     skip check takes them instead of reading them again.
+    `crc_on_chip`: CRCs computed by the chip (Session.crc_on_chip), for a bootloader without
+    Get Checksum: verification then reads back only the pages whose CRC differs.
     """
     if verify not in VERIFY_MODES:
         raise UsageError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}",
                          code="bad_verify_mode")
     run = _Run(plan, bl, progress or no_progress, retries, cancel, clock)
+    run.crc_on_chip = crc_on_chip
     return run.go(verify, skip and plan.erase == "pages", seen)
 
 
@@ -60,6 +67,7 @@ class _Run(Commands):
         self.todo = set(plan.pages)  # pages to erase and write
         self.read_back: set[int] = set()  # pages whose every byte was read back unchanged
         self.compare = Compare(self, plan, "none")
+        self.crc_on_chip: Optional[OnChipCrc] = None
 
     def go(self, verify: str, skip: bool, seen: Optional[tuple[int, bytes]] = None) -> Result:
         """Run every phase and return the Result (`seen`: see execute())."""
@@ -78,9 +86,13 @@ class _Run(Commands):
     def _method(self, verify: str) -> str:
         has_crc = bool(self.bl.supports("checksum"))
         if verify in ("auto", "crc"):
-            if verify == "crc" and not has_crc:
+            if has_crc:
+                return "crc"
+            if self.crc_on_chip is not None:
+                return "ram-crc"
+            if verify == "crc":
                 log.warning("the bootloader offers no checksum command; verifying by read-back")
-            return "crc" if has_crc else "readback"
+            return "readback"
         return verify
 
     # ---- helpers ------------------------------------------------------------------------
@@ -98,7 +110,10 @@ class _Run(Commands):
         return self.read(phase, address, len(data)) == data
 
     def _blank_method(self) -> str:
-        return "crc" if self.bl.supports("checksum") else "readback"
+        """How the skip check compares ("ram-crc" reads back in `_holds`)."""
+        if self.bl.supports("checksum"):
+            return "crc"
+        return "ram-crc" if self.crc_on_chip is not None else "readback"
 
     # ---- check --------------------------------------------------------------------------
 
@@ -251,6 +266,17 @@ class _Run(Commands):
         todo = regions_spans(self.plan, pages)
         total, done = sum(len(s.data) for s in todo), 0
         self.progress("verify", 0, total)
+        if self.method == "ram-crc":
+            bad_pages = self._bad_by_ram_crc(pages)
+            if bad_pages is not None:
+                for page in bad_pages:
+                    regions = self._regions(page)
+                    self._redo_page(page, self.plan.page_blocks(page),
+                                    self._first_bad(regions) or regions[0])
+                self.progress("verify", total, total)
+                return
+            log.warning("the CRC could not be computed on the chip; verifying by read-back")
+            self.method = self.result.verify = "readback"
         for span in todo:
             if self.method == "crc":  # one CRC for the span; halve it only on a mismatch
                 bad = self.compare.bad_pages("verify", span)
@@ -263,10 +289,27 @@ class _Run(Commands):
             done += len(span.data)
             self.progress("verify", done, total)
 
+    def _bad_by_ram_crc(self, pages: list[int]) -> Optional[list[int]]:
+        """The pages whose image bytes the chip's own CRCs say differ (None: no CRCs came)."""
+        assert self.crc_on_chip is not None
+        chosen = set(pages)
+        regions = [r for r in self.plan.regions if r.page in chosen]
+        if not regions:
+            return []
+        self.check_cancel("verify", regions[0].address)
+        crcs = self.crc_on_chip([(r.address, len(r.data)) for r in regions])
+        if crcs is None:
+            return None
+        bad = sorted({r.page for r, crc in zip(regions, crcs) if crc != zlib.crc32(r.data)})
+        if bad:
+            log.warning("the chip's CRC differs in %d of %d pages: reading them back", len(bad),
+                        len(chosen))
+        return bad
+
     def _regions(self, page: int) -> tuple[Block, ...]:
         """The image bytes of `page`; for read-back in reads of their own, so that a noisy
         read costs one read again, not the whole page (AN3155 3.4: no checksum on read data)."""
-        step = self.max_read if self.method == "readback" else 1 << 32
+        step = 1 << 32 if self.method == "crc" else self.max_read
         return tuple(Block(r.address + i, r.data[i:i + step], page)
                      for r in self.plan.regions if r.page == page
                      for i in range(0, len(r.data), step))

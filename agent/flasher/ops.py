@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Callable, Optional
 
 from agent.errors import BootConfigError, ChipMismatch, Nack, ReadProtected, UsageError
+from agent.flasher import onchip
 from agent.flasher.execute import Result, execute, read_memory
 from agent.flasher.image import Image
 from agent.flasher.plan import pages_of_range, plan
@@ -88,7 +89,8 @@ def flash(target: Target, image: Image, *, built_for: Optional[int] = None,
         refuse_if_boot0_ignored(s)  # before the first erase: the next entry must still work
         result = execute(the_plan, s.bl, progress, verify=target.verify,
                          retries=target.write_retries, cancel=cancel,
-                         skip=target.skip_unchanged, seen=seen)
+                         skip=target.skip_unchanged, seen=seen,
+                         crc_on_chip=onchip.checker(s, target.verify))
         if not start_app:
             return result, None
         step("start")

@@ -112,6 +112,11 @@ class Session:
                         self.facts.bootloader_id(), getattr(self.link, "baud", None),
                         self.options)
 
+    def reenter(self) -> None:
+        """Reset into the bootloader again with the target's entry sequence, and connect."""
+        assert self.target is not None
+        self.info = _enter(self.link, self.pins, self.bl, self.target, self.sleep)
+
     def start_application(self, address: Optional[int] = None) -> str:
         """Leave the bootloader, then check that the chip no longer answers as the bootloader.
 

@@ -1,0 +1,120 @@
+"""Checking flash by a CRC the chip computes itself, for bootloaders without Get Checksum.
+
+A USART bootloader before V3.3 (the L432's V3.1) has no 0xA1 (AN3155 3.13), which leaves
+read-back: the whole image on the line a second time. Instead the CRC routine of
+agent/stm32/ramcode.py goes to RAM above the bootloader's own (`Chip.ram_start`, AN2606), GO
+starts it (AN3155 3.5; stm32flash runs its reset code the same way), the chip comes back to
+its bootloader once the routine should be done, and one READ fetches one CRC-32 per range.
+
+Coming back needs a sure way (`way_back`); without one nothing goes to RAM and the caller
+reads back. Anything that goes wrong before GO (a refused upload) also means read-back; a
+routine that had not finished leaves no done mark, so its RAM is never taken for an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Optional
+
+from agent.errors import Nack, NoBootloader, Stm32OtaError, VerifyFailed
+from agent.flasher.commands import read_memory, write_memory
+from agent.flasher.execute import OnChipCrc
+from agent.flasher.session import Session
+from agent.stm32.ramcode import crc_job
+
+log = logging.getLogger(__name__)
+
+PROBE_HZ = 4e6  # the L4's reset clock (MSI 4 MHz, RM0394 6.2.3): the first wait with pins
+SLOWEST_HZ = 1e6  # below every STM32's reset clock (L0/L1 MSI: 2.1 MHz): the last wait
+
+
+def way_back(s: Session) -> Optional[str]:
+    """How the chip comes back to its bootloader after code run from RAM, if it surely does.
+
+    "pins": NRST pulsed with BOOT0 high. "self-reset": the code ends in SYSRESETREQ and the
+    chip boots its bootloader again, because the BOOT0 pin is held high, or because it came
+    in through its empty check: that flag is latched at power-on and option-byte load, not
+    at a system reset (RM0394 3.7.5 on PEMPTY; why stm32flash and start_application clear it
+    after flashing a blank part). None: neither is sure (BOOT0 high by a jumper is invisible).
+    """
+    if s.target is None:
+        return None
+    driven = "boot0" in s.pins.available
+    opts = s.options if driven else None
+    boot0 = driven and (opts is None or opts.pin_used)
+    if boot0 and s.pins.can_reset:
+        return "pins"
+    if boot0 or (s.chip.empty_check and s.blank_at_entry):
+        return "self-reset"
+    return None
+
+
+def checker(s: Session, verify: str) -> Optional[OnChipCrc]:
+    """What execute() is given as `crc_on_chip`: None when told to read back or no way back."""
+    if verify not in ("auto", "crc") or way_back(s) is None:
+        return None
+    return lambda items: crc_on_chip(s, items)
+
+
+def crc_on_chip(s: Session, items: list[tuple[int, int]]) -> Optional[list[int]]:
+    """The CRC-32 (zlib) of each (address, length) item, computed by the chip from RAM.
+
+    With pins the routine is given the time it takes at PROBE_HZ, then once more at
+    SLOWEST_HZ, since an NRST pulse ends one still running. Resetting itself, it gets the
+    SLOWEST_HZ time at once, so the first 0x7F finds the bootloader waiting (one arriving
+    while the ROM starts its autobaud could leave it deaf, and without NRST nothing would
+    bring it back). None when it cannot run or did not finish: the caller reads back.
+    """
+    way = way_back(s)
+    if way is None:
+        return None
+    assert s.target is not None
+    job = crc_job(items, s.chip.ram_start, s.chip.ram_end, secrets.randbits(32),
+                  reset=way == "self-reset")
+    if job is None:
+        log.info("the CRC routine for %d ranges does not fit the RAM of %s", len(items),
+                 s.chip.name)
+        return None
+    retries = s.target.write_retries
+    try:
+        write_memory(s.bl, job.load, job.blob, retries=retries)
+    except Stm32OtaError as err:
+        log.warning("the CRC routine could not be written to RAM (%s); reading back", err)
+        return None
+    for core_hz in (PROBE_HZ, SLOWEST_HZ) if way == "pins" else (SLOWEST_HZ,):
+        try:
+            s.bl.go(job.load)
+        except Nack as err:  # refused: still in the bootloader, nothing started
+            log.warning("GO to the CRC routine was refused (%s); reading back", err)
+            return None
+        settle = s.bl.timeouts.reset_settle if way == "self-reset" else 0.0
+        s.sleep(job.seconds(core_hz) * 1.1 + settle + 0.001)
+        _come_back(s, way)
+        try:
+            crcs = job.parse(read_memory(s.bl, job.results, 4 * (job.count + 1),
+                                         retries=retries))
+        except Stm32OtaError as err:
+            log.warning("the CRCs could not be read from RAM (%s); reading back", err)
+            return None
+        if crcs is not None:
+            return crcs
+        log.info("the CRC routine had not finished after %.3g s (a core slower than %g MHz)",
+                 job.seconds(core_hz), core_hz / 1e6)
+    return None
+
+
+def _come_back(s: Session, way: str) -> None:
+    """Reach the bootloader after the routine; VerifyFailed (`not_verified`) when a chip that
+    reset itself does not come back, since nothing here can reach it then."""
+    try:
+        s.reenter()
+    except NoBootloader as err:
+        if way == "pins":
+            raise
+        raise VerifyFailed(
+            f"{s.chip.name} did not come back to its bootloader after computing the CRC of "
+            f"what was written (it resets itself, and BOOT0 or its empty check should have "
+            f"brought it back): the image is written but not verified. Power-cycle it into its "
+            f"bootloader and flash again, with `verify: readback` (or wire NRST and BOOT0) "
+            f"({err})", code="not_verified") from err

@@ -1,0 +1,217 @@
+"""Verifying by a CRC the chip computes from RAM, for bootloaders without Get Checksum (issue 10).
+
+A USART bootloader before V3.3 (the L432's V3.1) has no 0xA1, so checking what was written
+meant reading all of it back: as many bytes on the line again as the write. With NRST and
+BOOT0 wired, the flasher uploads a routine (agent/stm32/ramcode.py), starts it with GO,
+brings the bootloader back with a reset and reads one CRC per page.
+
+The routine's machine code is checked three ways that share no code: the simulator's Thumb
+interpreter runs it (written from the ARMv6-M ARM), capstone (a disassembler nobody here
+wrote) reads it back as the intended instructions, and its CRCs must equal zlib's.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import zlib
+
+import pytest
+
+from agent.errors import VerifyFailed
+from agent.flasher import ops
+from agent.flasher.image import Image, Segment
+from agent.flasher.target import PinsSettings, Target, UartSettings
+from agent.pins import PinSpec
+from agent.pins.mock import MockBackend
+from agent.sim import PtySim, SimChip
+from agent.stm32 import ramcode
+from agent.stm32.chips import CHIPS
+
+L432 = CHIPS[0x435]
+
+
+def _run(sim: SimChip, job: ramcode.CrcJob) -> list[int] | None:
+    sim.mem.write(job.load, job.blob)
+    sim.jump(job.load)
+    return job.parse(sim.mem.read(job.results, 4 * (job.count + 1)))
+
+
+def test_the_routine_computes_zlib_crcs_of_any_ranges():
+    rng = random.Random(7)
+    sim = SimChip(L432)
+    data = bytes(rng.randrange(256) for _ in range(6000))
+    sim.flash[:len(data)] = data
+    cuts = [(0, 1), (1, 7), (9, 2048), (2100, 3), (3001, 2999)]  # odd starts and lengths
+    items = [(L432.flash_start + at, n) for at, n in cuts]
+    job = ramcode.crc_job(items, L432.ram_start, L432.ram_end, nonce=0x1234ABCD)
+    assert job is not None
+    assert _run(sim, job) == [zlib.crc32(data[at:at + n]) for at, n in cuts]
+    assert ("ram_code", "spinning") in sim.events
+
+
+def test_a_stale_result_from_an_earlier_run_is_not_taken_for_this_one():
+    sim = SimChip(L432)
+    items = [(L432.flash_start, 64)]
+    first = ramcode.crc_job(items, L432.ram_start, L432.ram_end, nonce=1)
+    assert _run(sim, first) is not None
+    again = ramcode.crc_job(items, L432.ram_start, L432.ram_end, nonce=2)
+    assert again.results == first.results
+    # the routine is loaded but never started: RAM still holds the first run's answers
+    sim.mem.write(again.load, again.blob)
+    assert again.parse(sim.mem.read(again.results, 8)) is None
+
+
+def test_a_job_that_does_not_fit_the_ram_is_refused_and_zero_lengths_are_an_error():
+    items = [(L432.flash_start + i, 4) for i in range(0, 80_000, 4)]
+    assert ramcode.crc_job(items, L432.ram_start, L432.ram_end, nonce=0) is None
+    with pytest.raises(ValueError):
+        ramcode.crc_job([(L432.flash_start, 0)], L432.ram_start, L432.ram_end, nonce=0)
+
+
+def test_the_routine_disassembles_as_intended():
+    capstone = pytest.importorskip("capstone")
+    load = L432.ram_start
+    job = ramcode.crc_job([(L432.flash_start, 16)], load, L432.ram_end, nonce=0)
+    md = capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_THUMB)
+    text = [f"{i.mnemonic} {i.op_str}" for i in md.disasm(job.blob[8:], load + 8)]
+    loop = text.index("ldrb r3, [r0]")
+    assert text[loop:loop + 10] == [
+        "ldrb r3, [r0]", "adds r0, #1", "eors r3, r2", "uxtb r3, r3", "lsls r3, r3, #2",
+        "ldr r3, [r7, r3]", "lsrs r2, r2, #8", "eors r2, r3", "cmp r0, r1",
+        f"bne #0x{load + 8 + 2 * loop:x}"]
+    assert text[3:7] == ["movs r1, r0", "movs r2, #8", "lsrs r1, r1, #1",
+                         f"blo #0x{load + 8 + 2 * 8:x}"]  # BCC: over the XOR when bit 0 was 0
+    spin = next(i for i, t in enumerate(text) if t == f"b #0x{load + 8 + 2 * i:x}")
+    assert text[spin - 4:spin] == ["ldr r5, [pc, #0x10]", "ldr r0, [r5]", "mvns r0, r0",
+                                   "str r0, [r4]"]
+
+
+def test_a_reset_before_the_routine_is_done_leaves_no_answer():
+    now = [0.0]
+    sim = SimChip(L432, realtime=True, clock=lambda: now[0], core_hz=1e6)
+    job = ramcode.crc_job([(L432.flash_start, 4096)], L432.ram_start, L432.ram_end, nonce=5)
+    sim.mem.write(job.load, job.blob)
+    sim.jump(job.load)
+    for thread in [t for t in threading.enumerate() if t.name == "sim-core"]:
+        thread.join(5)
+    now[0] = job.cycles / 1e6 / 2  # half way through
+    sim.reset(boot0=True)
+    assert sim.events[-2][0] == "ram_code_cut"
+    assert job.parse(sim.mem.read(job.results, 8)) is None
+
+
+def _flash(sim: SimChip, data: bytes, pins: bool = True, boot0: bool = True,
+           verify: str = "auto"):
+    with PtySim(sim) as pty:
+        target = Target(UartSettings(port=pty.path, parity="none", baud=115200),
+                        PinsSettings(backend="mock", nrst=PinSpec(1) if pins else None,
+                                     boot0=PinSpec(2) if pins and boot0 else None),
+                        verify=verify)
+        result, _ = ops.flash(target, Image([Segment(L432.flash_start, data)]),
+                              pin_backend=MockBackend(sim.set_line))
+        return result, pty.stats
+
+
+def test_a_uart_flash_with_reset_pins_verifies_by_the_chips_crc_not_by_reading_back():
+    data = os.urandom(16 * 1024)
+    sim = SimChip(L432)
+    result, stats = _flash(sim, data)
+    assert bytes(sim.flash[:len(data)]) == data
+    assert result.verify == "ram-crc" and "verified by ram-crc" in result.summary()
+    assert ("ram_code", "spinning") in sim.events
+    # without pins, on a chip not blank at entry, the same flash reads all 16 KiB back
+    result2, stats2 = _flash(_not_blank(), data, pins=False)
+    assert result2.verify == "readback"
+    assert stats.bytes_out < 2_000 < len(data) < stats2.bytes_out
+    assert stats.round_trips < stats2.round_trips * 0.6
+
+
+def _not_blank() -> SimChip:
+    """An L432 whose flash held something at power-on: no empty check to come back by."""
+    sim = SimChip(L432)
+    sim.flash[0x8000:0x8008] = b"\x00" * 8  # far from the image, so the skip check sees no match
+    sim.flash[:8] = bytes.fromhex("0030002009000008")
+    sim.power_cycle()
+    return sim
+
+
+@pytest.mark.parametrize("wiring", [{"boot0": False}, {"pins": False},
+                                    {"verify": "readback"}])
+def test_without_a_sure_way_back_or_when_told_to_read_back_no_code_goes_to_ram(wiring):
+    sim = _not_blank()
+    result, _ = _flash(sim, os.urandom(2048), **wiring)
+    assert result.verify == "readback"
+    assert not any(e[0] == "go" for e in sim.events)
+
+
+def test_without_pins_a_blank_chip_comes_back_through_its_empty_check():
+    """No NRST, no BOOT0 pin: the routine resets the chip itself, and the empty-check flag
+    latched at power-on (flash blank) boots the bootloader again, whatever BOOT0 does."""
+    sim = SimChip(L432, boot0=False)  # BOOT0 low: only the empty check brought it up
+    assert sim.mode == "bootloader" and sim.empty_flag
+    data = os.urandom(4096)
+    result, stats = _flash(sim, data, pins=False)
+    assert bytes(sim.flash[:len(data)]) == data
+    assert result.verify == "ram-crc" and ("ram_code", "system_reset") in sim.events
+    assert stats.bytes_out < 1_000
+
+
+def test_a_chip_that_does_not_come_back_is_reported_written_but_not_verified():
+    sim = SimChip(L432, boot0=False)
+    real_reset = sim.system_reset
+
+    def into_the_application(obl=False):  # as if the flag were sampled again at this reset
+        real_reset(obl=obl)
+        if sim.events[-2] == ("ram_code", "system_reset"):
+            sim.empty_flag = False
+            sim.set_line("nrst", False)
+            sim.set_line("nrst", True)
+    sim.system_reset = into_the_application
+    data = os.urandom(2048)
+    with pytest.raises(VerifyFailed) as err:
+        _flash(sim, data, pins=False)
+    assert err.value.code == "not_verified" and "written but not verified" in str(err.value)
+    assert bytes(sim.flash[:len(data)]) == data and sim.mode == "application"
+
+
+def test_a_re_flash_finds_the_unchanged_pages_by_the_chips_crc():
+    data = bytearray(os.urandom(16 * 1024))
+    sim = SimChip(L432)
+    _flash(sim, bytes(data))
+    result, stats = _flash(sim, bytes(data))
+    assert result.pages_skipped == 8 and result.pages_erased == 0
+    data[5000] ^= 0xFF  # one byte in page 2
+    result, stats = _flash(sim, bytes(data))
+    assert result.pages_skipped == 7 and result.pages_erased == 1
+    assert bytes(sim.flash[:len(data)]) == bytes(data)
+    assert stats.bytes_out < 2_000  # nothing read back but the CRCs (and the first look)
+    assert sum(1 for e in sim.events if e == ("ram_code", "spinning")) == 2 + 2 + 1
+
+
+def test_a_page_the_chip_says_differs_is_written_again(monkeypatch):
+    data = os.urandom(8 * 1024)
+    sim = SimChip(L432)
+    program = sim.mem._program_flash
+    spoiled = []
+
+    def spoil_once(addr, chunk, strict):
+        program(addr, chunk, strict)
+        if addr == L432.flash_start + 4096 and not spoiled:  # page 2: one bit stays set
+            spoiled.append(addr)
+            sim.flash[4096 + 5] = data[4096 + 5] ^ 0x01
+    monkeypatch.setattr(sim.mem, "_program_flash", spoil_once)
+    result, _ = _flash(sim, data)
+    assert spoiled and bytes(sim.flash[:len(data)]) == data
+    assert result.verify == "ram-crc" and result.retries >= 1
+    assert result.pages_erased == 4 + 1  # page 2 once more
+
+
+def test_a_routine_that_never_finishes_in_time_falls_back_to_reading_back():
+    sim = SimChip(L432, realtime=True, core_hz=2e3)  # far slower than the host's two waits
+    data = os.urandom(2048)
+    result, _ = _flash(sim, data)
+    assert bytes(sim.flash[:len(data)]) == data
+    assert result.verify == "readback"
+    assert sum(1 for e in sim.events if e[0] == "ram_code_cut") == 2
