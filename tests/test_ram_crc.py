@@ -215,3 +215,16 @@ def test_a_routine_that_never_finishes_in_time_falls_back_to_reading_back():
     assert bytes(sim.flash[:len(data)]) == data
     assert result.verify == "readback"
     assert sum(1 for e in sim.events if e[0] == "ram_code_cut") == 2
+
+
+def test_a_wrong_crc_from_the_chip_costs_a_read_back_not_a_rewrite(monkeypatch):
+    """Read-back has the last word: a routine that miscounted (on some core nobody tried)
+    makes the flash slower, never wrong and never rewritten for nothing."""
+    real = ramcode.CrcJob.parse
+    monkeypatch.setattr(ramcode.CrcJob, "parse",
+                        lambda job, answer: [c ^ 1 for c in real(job, answer) or []] or None)
+    data = os.urandom(4096)
+    sim = SimChip(L432)
+    result, _ = _flash(sim, data)
+    assert bytes(sim.flash[:len(data)]) == data
+    assert result.verify == "ram-crc" and result.pages_erased == 2 and result.retries == 0

@@ -269,10 +269,13 @@ class _Run(Commands):
         if self.method == "ram-crc":
             bad_pages = self._bad_by_ram_crc(pages)
             if bad_pages is not None:
-                for page in bad_pages:
-                    regions = self._regions(page)
-                    self._redo_page(page, self.plan.page_blocks(page),
-                                    self._first_bad(regions) or regions[0])
+                for page in bad_pages:  # read back: that, not the chip's CRC, has the last word
+                    bad = self._first_bad(self._regions(page))
+                    if bad is None:
+                        log.warning("page %d reads back as written though the chip's CRC "
+                                    "differed", page)
+                    else:
+                        self._redo_page(page, self.plan.page_blocks(page), bad)
                 self.progress("verify", total, total)
                 return
             log.warning("the CRC could not be computed on the chip; verifying by read-back")
