@@ -222,6 +222,10 @@ class SimChip(I2cSide):
 
     def load_word(self, addr: int) -> int:
         """A 32-bit word of any readable memory, for code running on the chip."""
+        for region in (self.mem.flash_region, self.mem.ram):  # the common cases, first
+            off = addr - region.start
+            if 0 <= off <= len(region.data) - 4:
+                return int.from_bytes(region.data[off:off + 4], "little")
         return int.from_bytes(self.mem.read(addr, 4), "little")
 
     def store_word(self, addr: int, value: int) -> None:
@@ -233,6 +237,10 @@ class SimChip(I2cSide):
 
     def load_byte(self, addr: int) -> int:
         """A byte of any readable memory, for code running on the chip."""
+        for region in (self.mem.flash_region, self.mem.ram):  # the common cases, first
+            off = addr - region.start
+            if 0 <= off < len(region.data):
+                return region.data[off]
         return self.mem.read(addr, 1)[0]
 
     def store_byte(self, addr: int, value: int) -> None:
