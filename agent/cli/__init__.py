@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from agent import __version__
 from agent.cli.options import COMMANDS, CONFIG_MODULE, MODULES, PARSERS
@@ -30,28 +31,57 @@ def _command_in(argv: Sequence[str]) -> Optional[str]:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+def _columns() -> int:
+    """shutil.get_terminal_size().columns without importing shutil: $COLUMNS, else the width
+    of the terminal on stdout, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter at argparse's width, without its `import shutil`: argparse makes one
+    for every add_argument, so every command paid for shutil (and the bz2 and lzma it imports,
+    3-6 ms) before a flash could start."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: Optional[int] = None, **kwargs: Any) -> None:
+        if width is None:
+            width = _columns() - 2  # as argparse does
+        super().__init__(prog, indent_increment, max_help_position, width, **kwargs)
+
+
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The command line (contract: DESIGN.md): every subcommand's options, or with `command`
     only that one's (the others are listed by name, their modules left unimported)."""
     load_handlers(command)
-    p = argparse.ArgumentParser(prog="stm32ota", description=(
+    p = argparse.ArgumentParser(prog="stm32ota", formatter_class=HelpFormatter, description=(
         "Flash STM32 microcontrollers through ST's ROM bootloader (UART or I2C), "
         "and keep them up to date over MQTT."))
     p.add_argument("--version", action="version", version=f"stm32ota {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: protocol)")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                         help="more log output (-vv: protocol)")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="only errors")
     for name in MODULES:
         if name not in PARSERS:
-            sub.add_parser(name, parents=[common])  # not loaded: only `command` can be parsed
+            # not loaded: only `command` can be parsed
+            sub.add_parser(name, parents=[common], formatter_class=HelpFormatter)
             continue
         helptext, setup = PARSERS[name]
-        sp = sub.add_parser(name, help=helptext, description=helptext, parents=[common])
+        sp = sub.add_parser(name, help=helptext, description=helptext, parents=[common],
+                            formatter_class=HelpFormatter)
         setup(sp)
     return p
 
