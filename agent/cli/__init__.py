@@ -74,15 +74,22 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                         help="more log output (-vv: protocol)")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="only errors")
+    # With `command` given, argparse parses that command and no other: the options before it
+    # take no value, so the first word that is no option is `command` (or a word it rejects).
+    # The other commands are only listed (a usage error names them all, --help those loaded),
+    # so they get no options: their parsers cost 5-10 ms of every start otherwise.
+    only = command if command in MODULES else None
+    unparsed = argparse.ArgumentParser(prog="stm32ota", add_help=False)
     for name in MODULES:
-        if name not in PARSERS:
-            # not loaded: only `command` can be parsed
-            sub.add_parser(name, parents=[common], formatter_class=HelpFormatter)
-            continue
-        helptext, setup = PARSERS[name]
-        sp = sub.add_parser(name, help=helptext, description=helptext, parents=[common],
-                            formatter_class=HelpFormatter)
-        setup(sp)
+        helptext, setup = PARSERS.get(name, (None, None))
+        if setup is None:  # not loaded
+            sub.choices[name] = unparsed
+        elif only not in (None, name):
+            sub.add_parser(name, help=helptext, add_help=False)
+        else:
+            sp = sub.add_parser(name, help=helptext, description=helptext, parents=[common],
+                                formatter_class=HelpFormatter)
+            setup(sp)
     return p
 
 
