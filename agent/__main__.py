@@ -1,7 +1,5 @@
 """`python -m agent` is the same as the `stm32ota` command."""
 
-import sys
+from agent.cli import console
 
-from agent.cli import main
-
-sys.exit(main())
+console()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import replace
 from typing import Callable, Optional
 
@@ -93,7 +91,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     target = target_from_args(args)
     identity = ops.start(target)[0] if args.go else ops.info(target)
     d = describe(identity)
-    print(json.dumps(d, indent=2) if args.json else info_text(d))
+    if args.json:
+        import json  # noqa: PLC0415 - lazy: only --json needs it (3 ms at start)
+        print(json.dumps(d, indent=2))
+    else:
+        print(info_text(d))
     return 0
 
 
@@ -238,6 +240,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def _write_atomically(path: str, data: bytes) -> None:
+    import tempfile  # noqa: PLC0415 - lazy: only `read` writes a file; it and shutil cost 7 ms
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".stm32ota-")
     try:

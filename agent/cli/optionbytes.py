@@ -8,7 +8,6 @@ bootloader; the chip reloads it and resets (AN3155 3.6).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 
 from agent.cli.options import add_link_options, command, parser, target_from_args
@@ -42,6 +41,7 @@ def cmd_option_bytes(args: argparse.Namespace) -> int:
     opts = identity.options
     assert opts is not None  # ops.option_bytes raises when the chip has none
     if args.json:
+        import json  # noqa: PLC0415 - lazy: only --json needs it, and `flash` imports this module
         print(json.dumps({"chip": identity.chip.name, "pid": f"0x{identity.info.pid:03X}",
                           "changed": changed, "user_options": opts.as_dict()}, indent=2))
     else:

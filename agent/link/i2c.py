@@ -5,12 +5,14 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from typing import Callable
-
-from smbus2 import I2cFunc, SMBus, i2c_msg
+from types import ModuleType
+from typing import TYPE_CHECKING, Callable
 
 from agent.errors import LinkError, LinkTimeout, UsageError
 from agent.link.base import Capabilities, I2CBus, trace
+
+if TYPE_CHECKING:
+    from smbus2 import SMBus
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +23,13 @@ I2C_DEV_MAX_MESSAGE = 8192
 # Errors the i2c-dev drivers report when the target does not acknowledge its address or a byte
 # (a bootloader that is busy, reset, or absent): worth polling again until the deadline.
 _NO_ANSWER = {errno.EREMOTEIO, errno.ENXIO, errno.EIO, errno.ETIMEDOUT, errno.EAGAIN}
+
+
+def _smbus2() -> ModuleType:
+    """smbus2, imported when the first I2cLink is made: it loads ctypes, which a UART flash (the
+    command line's usual path, timed against stm32flash) would otherwise pay for at start."""
+    import smbus2  # noqa: PLC0415 - lazy: only I2C links use it
+    return smbus2
 
 
 class I2cLink:
@@ -58,6 +67,7 @@ class I2cLink:
         self.frame_timeout = frame_timeout
         self._sleep = sleep
         self._clock = clock
+        self._smbus2 = _smbus2()
         self.caps = Capabilities(
             byte_stream=False, needs_sync=False, version_extra_bytes=0,
             erase_count_checksum=True, no_stretch=True, polls_busy=True,
@@ -73,14 +83,14 @@ class I2cLink:
     def _open(self, bus: int | str) -> SMBus:
         """Open i2c-dev and refuse SMBus-only adapters (no combined I2C transfers)."""
         try:
-            smbus = SMBus(bus)
+            smbus = self._smbus2.SMBus(bus)
         except (OSError, TypeError) as exc:
             hint = ("add the user to the i2c group" if getattr(exc, "errno", None) == errno.EACCES
                     else "enable the bus (dtparam=i2c_arm=on) and check the bus number")
             raise LinkError(f"cannot open I2C bus {self.name}: {hint} ({exc})",
                             code="port_unavailable") from exc
         funcs = getattr(smbus, "funcs", None)
-        if funcs is not None and not funcs & I2cFunc.I2C:
+        if funcs is not None and not funcs & self._smbus2.I2cFunc.I2C:
             smbus.close()
             # stm32flash i2c.c refuses these too: the bootloader needs plain I2C transfers
             raise LinkError(f"I2C adapter {self.name} only does SMBus, not plain I2C transfers",
@@ -101,7 +111,7 @@ class I2cLink:
                              f"{self.max_frame}", code="frame_too_long")
         trace(self._where(), ">", data)
         try:
-            self.bus.i2c_rdwr(i2c_msg.write(self.address, bytes(data)))
+            self.bus.i2c_rdwr(self._smbus2.i2c_msg.write(self.address, bytes(data)))
         except OSError as exc:
             cls = LinkTimeout if exc.errno in _NO_ANSWER else LinkError
             raise cls(f"{self._where()}: write of {len(data)} bytes not acknowledged ({exc})") \
@@ -114,7 +124,7 @@ class I2cLink:
                              f"{self.read_chunk}", code="frame_too_long")
         deadline = self._clock() + timeout
         while True:
-            msg = i2c_msg.read(self.address, n)
+            msg = self._smbus2.i2c_msg.read(self.address, n)
             try:
                 self.bus.i2c_rdwr(msg)
                 trace(self._where(), "<", bytes(msg))

@@ -27,7 +27,6 @@ Default timings (AN2606 "bootloader startup time", measured from NRST release):
 
 from __future__ import annotations
 
-import difflib
 import logging
 import re
 from dataclasses import dataclass
@@ -118,6 +117,7 @@ def _pin_step(signal: str, word: str) -> PinStep:
 
 
 def _closest(word: str, choices: Iterable[str]) -> str | None:
+    import difflib  # noqa: PLC0415 - lazy: only a mistyped sequence needs it (2 ms at start)
     found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
     return found[0] if found else None
 
