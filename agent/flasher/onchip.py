@@ -14,7 +14,7 @@ routine that had not finished leaves no done mark, so its RAM is never taken for
 from __future__ import annotations
 
 import logging
-import secrets
+import os
 from typing import Optional
 
 from agent.errors import Nack, NoBootloader, Stm32OtaError, VerifyFailed
@@ -70,8 +70,8 @@ def crc_on_chip(s: Session, items: list[tuple[int, int]]) -> Optional[list[int]]
     if way is None:
         return None
     assert s.target is not None
-    job = crc_job(items, s.chip.ram_start, s.chip.ram_end, secrets.randbits(32),
-                  reset=way == "self-reset")
+    nonce = int.from_bytes(os.urandom(4), "little")
+    job = crc_job(items, s.chip.ram_start, s.chip.ram_end, nonce, reset=way == "self-reset")
     if job is None:
         log.info("the CRC routine for %d ranges does not fit the RAM of %s", len(items),
                  s.chip.name)
