@@ -228,3 +228,39 @@ def test_a_wrong_crc_from_the_chip_costs_a_read_back_not_a_rewrite(monkeypatch):
     result, _ = _flash(sim, data)
     assert bytes(sim.flash[:len(data)]) == data
     assert result.verify == "ram-crc" and result.pages_erased == 2 and result.retries == 0
+
+
+def test_the_fast_paths_of_the_simulated_core_do_what_its_reference_step_does():
+    """The CRC loop's instructions have calls of their own for speed (cpu._fast); on random
+    registers and flags each must leave the core exactly as `_Core.step` does."""
+    from agent.sim import cpu
+
+    rng = random.Random(3)
+    sim = SimChip(L432)
+    sim.flash[:4096] = bytes(rng.randrange(256) for _ in range(4096))
+    ops = [0x7803, 0x780A, 0x7FC1, 0x58D3, 0x5888, 0x4051, 0x405A, 0xB2DB, 0xB2C8, 0x0A09,
+           0x0FC9, 0x0089, 0x07C0, 0x3001, 0x33FF, 0x4288, 0x4299, 0xD1F2, 0xD101]
+    for op in ops:
+        for _ in range(200):
+            start = [rng.choice([0, 1, 0x7F, 0x80, 0xFF, 0xFFFFFFFF, 0x80000000,
+                                 rng.randrange(1 << 32)]) for _ in range(8)]
+            for i in range(8):  # addresses: some registers point into flash
+                if rng.random() < 0.5:
+                    start[i] = L432.flash_start + rng.randrange(0, 2048, 4)
+            flags = [rng.random() < 0.5 for _ in range(4)]
+            cores = [cpu._Core(sim, cpu.FlashRegs("")) for _ in range(2)]
+            for core in cores:
+                core.r[:8] = start
+                core.n, core.z, core.c, core.v = flags
+            pc = 0x20003010
+            fast = cpu._fast(cores[0], op, pc)
+            assert fast is not None, hex(op)
+            try:
+                want = cores[1].step(op, pc)
+            except Exception as err:  # noqa: BLE001 - the fast path must fail alike
+                with pytest.raises(type(err)):
+                    fast()
+                continue
+            assert fast() == want, hex(op)
+            assert [(c.r, c.n, c.z, c.c, c.v, c.cycles) for c in cores][0] == \
+                [(c.r, c.n, c.z, c.c, c.v, c.cycles) for c in cores][1], hex(op)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Optional, Protocol
 
 from agent.errors import SimFault
 
@@ -123,10 +123,11 @@ def run(m: Machine, regs: FlashRegs, vectors: int, max_steps: int = _MAX_STEPS) 
     pc = entry & ~1
     decoded = core.decoded
     for step in range(max_steps):
-        op = decoded.get(pc)
-        if op is None:
-            op = decoded[pc] = m.load_word(pc & ~3) >> (16 * ((pc >> 1) & 1)) & 0xFFFF
-        nxt = core.step(op, pc)
+        execute = decoded.get(pc)
+        if execute is None:
+            op = m.load_word(pc & ~3) >> (16 * ((pc >> 1) & 1)) & 0xFFFF
+            execute = decoded[pc] = _compile(core, op, pc)
+        nxt = execute()
         if regs.request:
             return Outcome(regs.request, step + 1, core.cycles)
         if nxt == pc:
@@ -155,7 +156,8 @@ class _Core:
         self.r = [0] * 16
         self.n = self.z = self.c = self.v = False
         self.cycles = 0
-        self.decoded: dict[int, int] = {}  # pc -> halfword; dropped when code stores to RAM
+        # pc -> the instruction there, ready to run; dropped when code stores to RAM
+        self.decoded: dict[int, Callable[[], int]] = {}
 
     def _nz(self, value: int) -> int:
         self.n, self.z = value >> 31 == 1, value == 0
@@ -270,3 +272,93 @@ class _Core:
             else:
                 self.m.store_byte(addr, self.r[rt] & 0xFF)
             self.decoded.clear()  # the code may have changed itself
+
+
+def _compile(core: _Core, op: int, pc: int) -> Callable[[], int]:
+    """The instruction at `pc` as a call that runs it and returns the next pc.
+
+    The loop of a CRC over flash runs a handful of instructions a million times, so those
+    get a call of their own (the same semantics as `_Core.step`, which the tests hold them
+    to); everything else goes through `step`.
+    """
+    return _fast(core, op, pc) or (lambda: core.step(op, pc))
+
+
+def _fast(core: _Core, op: int, pc: int) -> Optional[Callable[[], int]]:
+    return _fast_memory(core, op, pc) or _fast_alu(core, op, pc)
+
+
+def _fast_memory(core: _Core, op: int, pc: int) -> Optional[Callable[[], int]]:
+    r, nxt = core.r, pc + 2
+    rd, rm, rn = op & 7, op >> 3 & 7, op >> 6 & 7
+    if op & 0xF800 == 0x7800:  # LDRB Rt, [Rn, #imm5] in flash or RAM
+        load_byte, imm = core.m.load_byte, op >> 6 & 31
+
+        def ldrb() -> int:
+            addr = (r[rm] + imm) & _M32
+            if addr >= 0x40000000:  # a register: `step` says what is modelled
+                return core.step(op, pc)
+            core.cycles += 2
+            r[rd] = load_byte(addr)
+            return nxt
+        return ldrb
+    if op & 0xFE00 == 0x5800:  # LDR Rt, [Rn, Rm] in flash or RAM (registers: `step`)
+        load_word = core.m.load_word
+
+        def ldr() -> int:
+            addr = (r[rm] + r[rn]) & _M32
+            if addr & 3 or addr >= 0x40000000:
+                return core.step(op, pc)
+            core.cycles += 2
+            r[rd] = load_word(addr)
+            return nxt
+        return ldr
+    return None
+
+
+def _fast_alu(core: _Core, op: int, pc: int) -> Optional[Callable[[], int]]:
+    r, nxt = core.r, pc + 2
+    rd, rm = op & 7, op >> 3 & 7
+    if op & 0xFFC0 in (0x4040, 0xB2C0):  # EORS Rdn, Rm / UXTB Rd, Rm
+        eors = op & 0xFFC0 == 0x4040
+
+        def logic() -> int:
+            core.cycles += 1
+            if eors:
+                value = r[rd] = r[rd] ^ r[rm]
+                core.n, core.z = value >> 31 == 1, value == 0
+            else:
+                r[rd] = r[rm] & 0xFF
+            return nxt
+        return logic
+    if op & 0xF000 == 0 and op >> 6 & 31:  # LSLS / LSRS Rd, Rm, #imm5 (not MOVS)
+        right, imm = bool(op & 0x800), op >> 6 & 31
+
+        def shift() -> int:
+            core.cycles += 1
+            r[rd] = core._shift(right, r[rm], imm)
+            return nxt
+        return shift
+    if op & 0xF800 == 0x3000 or op & 0xFFC0 == 0x4280:  # ADDS Rdn, #imm8 / CMP Rn, Rm
+        n, imm, cmp = op >> 8 & 7, op & 0xFF, op & 0xFFC0 == 0x4280
+
+        def arith() -> int:
+            core.cycles += 1
+            if cmp:
+                core._add(r[rd], ~r[rm] & _M32, 1)
+            else:
+                r[n] = core._add(r[n], imm)
+            return nxt
+        return arith
+    if op & 0xFF00 == 0xD100:  # BNE
+        imm8 = op & 0xFF
+        target = pc + 4 + (imm8 - 256 if imm8 & 0x80 else imm8) * 2
+
+        def bne() -> int:
+            core.cycles += 1
+            if core.z:
+                return nxt
+            core.cycles += 1
+            return target
+        return bne
+    return None
