@@ -11,7 +11,12 @@ time at 11 bits per byte, the chip's erase and programming times), each on a fre
    the L432's USART bootloader V3.1, so stm32ota checks by read-back);
 3. the same three flashes over the simulated I2C bus (bootloader V1.2 with Get Checksum), in
    this process: stm32flash needs a kernel /dev/i2c-N and cannot reach a simulated bus, so its
-   column there repeats its UART times.
+   column there repeats its UART times;
+4. the full flash again at each latency with NRST and BOOT0 wired (mock pins driving the
+   simulator, as the agent has them): stm32ota then verifies by a CRC the chip computes from
+   RAM instead of reading the image back. A pty has no GPIO, so this runs in this process
+   with the start-up time of `stm32ota flash --help` added, and is set against stm32flash's
+   time at the same latency (its verify reads back with or without pins).
 
 The full flashes are run `--repeat` times (default 3), the two tools taking turns on the same
 simulator settings, and the median is shown, so a change in the machine's load between one
@@ -43,8 +48,10 @@ sys.path.insert(0, str(ROOT))
 
 from agent.flasher import ops  # noqa: E402
 from agent.flasher.image import Image, Segment  # noqa: E402
-from agent.flasher.target import I2cSettings, PinsSettings, Target  # noqa: E402
-from agent.sim import SimChip, SimI2CBus  # noqa: E402
+from agent.flasher.target import I2cSettings, PinsSettings, Target, UartSettings  # noqa: E402
+from agent.pins import PinSpec  # noqa: E402
+from agent.pins.mock import MockBackend  # noqa: E402
+from agent.sim import PtySim, SimChip, SimI2CBus  # noqa: E402
 from agent.stm32.chips import Chip, find  # noqa: E402
 
 BITS_PER_BYTE = 11  # 8E1: start + 8 data + parity + stop (AN3155 2.1)
@@ -136,6 +143,9 @@ def uart_runs(tools: list[str], images: dict[str, Path], pty: str, args: argpars
             spread = f" ±{(max(times[tool]) - min(times[tool])) / 2:.2f}" if args.repeat > 1 else ""
             rows[f"UART full flash, {latency:g} ms latency"][tool] = \
                 f"{statistics.median(times[tool]):.2f} s{spread} ({trips[tool]} rt)"
+        if "stm32flash" in tools:
+            rows[f"UART + pins, {latency:g} ms latency"]["stm32flash"] = \
+                rows[f"UART full flash, {latency:g} ms latency"]["stm32flash"]
     for tool in tools:
         sim = Sim(pty, args.chip, args.baud, 0.0)
         try:
@@ -146,6 +156,45 @@ def uart_runs(tools: list[str], images: dict[str, Path], pty: str, args: argpars
                     f"{timed(flash_cmd(tool, images[case], pty, args.baud)):.2f} s"
         finally:
             sim.stop()
+    for case in ("identical", "one page"):
+        if "stm32flash" in tools:
+            rows[f"UART + pins, re-flash, {case}"]["stm32flash"] = \
+                rows[f"UART re-flash, {case}"]["stm32flash"]
+
+
+def _pins_flash(sim: SimChip, pty: PtySim, data: bytes, baud: int) -> tuple[float, int]:
+    """One flash with mock NRST/BOOT0 driving `sim`: (seconds, round trips); checked."""
+    target = Target(UartSettings(port=pty.path, parity="none", baud=baud),
+                    PinsSettings(backend="mock", nrst=PinSpec(1), boot0=PinSpec(2)))
+    trips, t0 = pty.stats.round_trips, time.monotonic()
+    result, _ = ops.flash(target, Image([Segment(sim.chip.flash_start, data)]),
+                          pin_backend=MockBackend(sim.set_line))
+    seconds = time.monotonic() - t0
+    if bytes(sim.flash[:len(data)]) != data or result.verify != "ram-crc":
+        raise SystemExit(f"the flash with pins went wrong: {result.summary()}")
+    return seconds, pty.stats.round_trips - trips
+
+
+def pins_runs(chip: Chip, images: dict[str, bytes], args: argparse.Namespace,
+              rows: dict[str, dict[str, str]]) -> None:
+    """Full flashes with NRST and BOOT0 wired to the simulator, in this process, then the
+    two re-flashes on the last one."""
+    start_up = timed([sys.executable, "-m", "agent", "flash", "--help"])
+    for latency in args.latency:
+        times, trips = [], 0
+        for _ in range(args.repeat):
+            sim = SimChip(chip, baud=args.baud, realtime=True)
+            with PtySim(sim, latency=latency / 1000) as pty:
+                seconds, trips = _pins_flash(sim, pty, images["full"], args.baud)
+                times.append(seconds + start_up)
+                if latency == args.latency[0] and len(times) == args.repeat:
+                    for case in ("identical", "one page"):
+                        seconds, _ = _pins_flash(sim, pty, images[case], args.baud)
+                        rows[f"UART + pins, re-flash, {case}"]["stm32ota"] = \
+                            f"{seconds + start_up:.2f} s"
+        spread = f" ±{(max(times) - min(times)) / 2:.2f}" if args.repeat > 1 else ""
+        rows[f"UART + pins, {latency:g} ms latency"]["stm32ota"] = \
+            f"{statistics.median(times):.2f} s{spread} ({trips} rt)"
 
 
 def i2c_runs(chip: Chip, images: dict[str, Image]) -> dict[str, float]:
@@ -188,12 +237,17 @@ def main() -> int:
         rows[f"UART full flash, {latency:g} ms latency"] = {}
     rows["UART re-flash, identical"] = {}
     rows["UART re-flash, one page"] = {}
+    for latency in args.latency:
+        rows[f"UART + pins, {latency:g} ms latency"] = {}
+    rows["UART + pins, re-flash, identical"] = {}
+    rows["UART + pins, re-flash, one page"] = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = {"full": Path(tmp) / "image.bin", "one page": Path(tmp) / "changed.bin"}
         files["full"].write_bytes(data)
         files["one page"].write_bytes(bytes(changed))
         files["identical"] = files["full"]
         uart_runs(tools, files, str(Path(tmp) / "stm32"), args, rows)
+    pins_runs(chip, {"full": data, "identical": data, "one page": bytes(changed)}, args, rows)
     start = chip.flash_start
     i2c = i2c_runs(chip, {"full": Image([Segment(start, data)]),
                           "one page": Image([Segment(start, bytes(changed))])})
@@ -223,6 +277,8 @@ def _report(args: argparse.Namespace, chip: Chip, page: int, rows: dict[str, dic
     print(f"  I2C runs in this process; their times include {i2c['start-up']:.2f} s, what "
           "`stm32ota flash --help` takes to start")
     print(f"  I2C full flash: the verify step took {i2c['verify step']:.3f} s")
+    print("  UART + pins: NRST and BOOT0 wired (mock pins), verified by a CRC computed on the "
+          "chip; run in this process with the start-up time added")
 
 
 def _ratio(ota: str, ref: Optional[str]) -> str:
