@@ -7,8 +7,9 @@ time at 11 bits per byte, the chip's erase and programming times), each on a fre
 1. full flash + verify at the given baud, with 0, 1 and 16 ms turnaround latency (`sim
    --latency`: a USB adapter holding each answer back, FTDI's default latency timer is 16 ms),
    with the round trips the simulator counted;
-2. re-flash of the identical image and of the image with one page changed (UART, no 0xA1 on
-   the L432's USART bootloader V3.1, so stm32ota checks by read-back);
+2. re-flash of the identical image, of the image with one page changed, and of another
+   random image (UART, no 0xA1 on the L432's USART bootloader V3.1: the chip is no longer
+   blank and no pins are wired, so stm32ota checks and verifies by read-back);
 3. the same three flashes over the simulated I2C bus (bootloader V1.2 with Get Checksum), in
    this process: stm32flash needs a kernel /dev/i2c-N and cannot reach a simulated bus, so its
    column there repeats its UART times;
@@ -150,7 +151,7 @@ def uart_runs(tools: list[str], images: dict[str, Path], pty: str, args: argpars
         sim = Sim(pty, args.chip, args.baud, 0.0)
         try:
             timed(flash_cmd(tool, images["full"], pty, args.baud))
-            for case in ("identical", "one page"):
+            for case in ("identical", "one page", "other"):
                 sim.reset()
                 rows[f"UART re-flash, {case}"][tool] = \
                     f"{timed(flash_cmd(tool, images[case], pty, args.baud)):.2f} s"
@@ -237,14 +238,17 @@ def main() -> int:
         rows[f"UART full flash, {latency:g} ms latency"] = {}
     rows["UART re-flash, identical"] = {}
     rows["UART re-flash, one page"] = {}
+    rows["UART re-flash, other"] = {}
     for latency in args.latency:
         rows[f"UART + pins, {latency:g} ms latency"] = {}
     rows["UART + pins, re-flash, identical"] = {}
     rows["UART + pins, re-flash, one page"] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"full": Path(tmp) / "image.bin", "one page": Path(tmp) / "changed.bin"}
+        files = {"full": Path(tmp) / "image.bin", "one page": Path(tmp) / "changed.bin",
+                 "other": Path(tmp) / "other.bin"}
         files["full"].write_bytes(data)
         files["one page"].write_bytes(bytes(changed))
+        files["other"].write_bytes(os.urandom(args.size))
         files["identical"] = files["full"]
         uart_runs(tools, files, str(Path(tmp) / "stm32"), args, rows)
     pins_runs(chip, {"full": data, "identical": data, "one page": bytes(changed)}, args, rows)
