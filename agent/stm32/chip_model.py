@@ -26,15 +26,16 @@ KiB = 1024
 # quoted by stm32flash stm32.c; CMSIS device headers for the bits):
 #   "obl_launch"  F0: the flag is not readable; FLASH_CR.OBL_LAUNCH reloads the options
 #   "pempty"      L41x-L46x, L4R/S: FLASH_SR.PEMPTY (bit 17), writing 1 flips it
-#   "acr"         G0, C0, WL: FLASH_ACR bit 16 (PROGEMPTY/EMPTY), read/write
+#   "acr"         G0, C0: FLASH_ACR (0x40022000) bit 16 (PROGEMPTY/EMPTY), read/write
 #   ""            has the check, but no documented software flag (L496: no PEMPTY in CMSIS;
-#                 WB, L01x/02x not researched): only a power cycle clears it
+#                 WB, L01x/02x not researched; WL: its FLASH interface is at 0x58004000, not
+#                 0x40022000, and the bit there is not checked yet): only a power cycle clears it
 # Not G4 (AN2606 pattern 14 has no empty row; absent from the ST KB list), not L47x (pattern 7).
 EMPTY_CHECK: dict[int, str] = {
     0x442: "obl_launch", 0x445: "obl_launch",
     0x464: "pempty", 0x435: "pempty", 0x462: "pempty", 0x470: "pempty", 0x461: "",
     0x466: "acr", 0x456: "acr", 0x460: "acr", 0x467: "acr", 0x443: "acr", 0x453: "acr",
-    0x497: "acr", 0x494: "", 0x495: "", 0x457: "",
+    0x497: "", 0x494: "", 0x495: "", 0x457: "",
 }
 
 
