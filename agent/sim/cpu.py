@@ -204,6 +204,9 @@ class _Core:
             r[rd] = r[rm] & 0xFF
         elif op == 0xBF00:  # NOP
             pass
+        elif op == 0xF3BF and self._halfword(pc + 2) == 0x8F4F:  # DSB SY (32-bit)
+            self.cycles += 2
+            return pc + 4
         elif op >> 12 == 0b1101 and op >> 9 & 7 != 7:  # B<cond> (0xDE UDF, 0xDF SVC excluded)
             if _cond(self, op >> 8 & 15):
                 self.cycles += 1
@@ -216,6 +219,9 @@ class _Core:
         else:
             raise SimFault(f"instruction 0x{op:04X} at 0x{pc:08X} is not modelled")
         return pc + 2
+
+    def _halfword(self, addr: int) -> int:
+        return self.m.load_word(addr & ~3) >> (16 * ((addr >> 1) & 1)) & 0xFFFF
 
     def _shift(self, right: bool, value: int, imm: int) -> int:
         """LSRS / LSLS by an immediate: the result, setting N Z and C (the last bit out)."""

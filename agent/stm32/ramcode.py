@@ -23,8 +23,6 @@ Encodings: ARMv6-M Architecture Reference Manual A6.7 (16-bit Thumb).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +125,10 @@ class Asm:
         """B<cond> over the next `count` instructions (BEQ/BNE)."""
         self.code.append(0xD000 | cond << 8 | (count - 1))
 
+    def dsb(self) -> None:
+        """DSB SY (32-bit: 0xF3BF 0x8F4F), so stores before it complete first."""
+        self.code += [0xF3BF, 0x8F4F]
+
     def spin(self) -> None:
         """B . (wait for the reset the previous store asked for)."""
         self.code.append(0xE7FE)
@@ -141,7 +143,7 @@ class Asm:
                 _, cond, name = item
                 offset = (self.labels[name] - i) * 2 - 4  # from the PC, 4 bytes ahead
                 if cond == AL:
-                    assert -2048 <= offset // 2 < 1024, name
+                    assert -1024 <= offset // 2 < 1024, name
                     halfwords.append(0xE000 | (offset // 2) & 0x7FF)
                 else:
                     assert -128 <= offset // 2 < 128, name
@@ -149,6 +151,7 @@ class Asm:
             elif isinstance(item, tuple):
                 _, rt, index = item
                 pc = (start + 2 * i + 4) & ~3
+                assert 0 <= pool_at + 4 * index - pc <= 1020, "literal pool out of LDR's reach"
                 halfwords.append(0x4800 | rt << 8 | (pool_at + 4 * index - pc) // 4)
             else:
                 halfwords.append(item)
@@ -170,9 +173,12 @@ def _want_flag(a: Asm, flash_start: int, mask: int) -> None:
     a.alu("orrs", 5, 4)
 
 
-def _system_reset(a: Asm) -> None:
+def system_reset(a: Asm) -> None:
+    """SYSRESETREQ as CMSIS NVIC_SystemReset does it: DSB first, so the stores before it
+    reach RAM and registers before the reset (a Cortex-M7 buffers them)."""
     a.ldr_const(0, AIRCR)
     a.ldr_const(1, SYSRESETREQ)
+    a.dsb()
     a.str_(1, 0)
     a.spin()
 
@@ -205,7 +211,7 @@ def clear_empty_latch(scheme: str, flash_start: int, load: int, stack: int, *,
         a.alu("ands", 3, 4)
         a.alu("eors", 3, 5)  # the bits that differ: writing 1 flips them
         a.str_(3, 2)
-        _system_reset(a) if reset else a.spin()
+        system_reset(a) if reset else a.spin()
     elif scheme == "acr":
         _want_flag(a, flash_start, 0x00010000)
         a.ldr_const(2, FLASH_ACR)
@@ -213,7 +219,7 @@ def clear_empty_latch(scheme: str, flash_start: int, load: int, stack: int, *,
         a.alu("bics", 3, 4)
         a.alu("orrs", 3, 5)
         a.str_(3, 2)
-        _system_reset(a) if reset else a.spin()
+        system_reset(a) if reset else a.spin()
     elif scheme == "obl_launch":
         _unlock(a, FLASH_CR_F0, 0x80, FLASH_KEYR)  # FLASH_CR.LOCK (bit 7)
         _unlock(a, FLASH_CR_F0, 0x200, FLASH_OPTKEYR)  # FLASH_CR.OPTWRE (bit 9)
@@ -226,141 +232,3 @@ def clear_empty_latch(scheme: str, flash_start: int, load: int, stack: int, *,
     else:
         raise ValueError(f"no routine for empty-flag scheme {scheme!r}")
     return a.image(load, stack)
-
-
-# ---- CRC-32 of flash ranges, for bootloaders without Get Checksum ------------------------------
-#
-# A USART bootloader before V3.3 has no 0xA1 (AN3155 3.13), so checking written flash means
-# reading all of it back: as many bytes again as were written. This routine computes the CRC
-# on the chip instead (the zlib / IEEE 802.3 CRC-32, reflected polynomial 0xEDB88320, from a
-# 256-word table it builds in RAM first), one per (address, length) item, and stores them with
-# a done word (the complement of a nonce the host picked) after the last. It then spins: the
-# host brings the chip back into its bootloader with NRST and BOOT0 (RAM keeps its contents
-# through a reset; the bootloader uses only its own RAM, below `Chip.ram_start`, AN2606) and
-# reads the results. A done word that is not the complement of this run's nonce means the
-# routine did not finish: the host then reads back instead.
-#
-# Layout from `load`: vector table, code, literal pool, then the parameters the host writes
-# (nonce, then address and length words per item, then a 0 length), then what the routine
-# writes: one CRC word per item, the done word, and the 1 KiB table.
-#
-# Without NRST the routine ends in SYSRESETREQ instead, which brings the bootloader back where
-# BOOT0 is held high, or where the chip entered it through its empty check: that flag is
-# latched at power-on and option-byte load, not at a system reset (RM0394 3.7.5 on PEMPTY; the
-# reason stm32flash and Session.start_application clear it after flashing a blank part).
-
-CRC32_POLY = 0xEDB88320
-CRC_TABLE_BYTES = 1024
-CRC_CYCLES_PER_BYTE = 16  # the byte loop: 10 instructions, 14 cycles on a Cortex-M0+
-CRC_TABLE_CYCLES = 16_000  # building the table: 256 x (8 x 6 + 8) cycles and change
-
-
-@dataclass(frozen=True)
-class CrcJob:
-    """The CRC routine laid out in RAM: what to write where, and where its answers land."""
-
-    load: int  # where `blob` goes, and what GO is given
-    blob: bytes  # vector table, code, literal pool and parameters
-    results: int  # address of the first CRC word; the done word follows the last
-    count: int  # items, i.e. CRC words
-    done: int  # what the done word holds once the routine finished
-    end: int  # one past the last RAM byte the routine touches
-    cycles: int  # core cycles it needs at most (Cortex-M0+ timing, the slowest core)
-
-    def seconds(self, core_hz: float) -> float:
-        """How long it runs at `core_hz`."""
-        return self.cycles / core_hz
-
-    def parse(self, answer: bytes) -> Optional[list[int]]:
-        """The CRCs from the `count + 1` words read at `results`; None if it did not finish."""
-        words = [int.from_bytes(answer[i:i + 4], "little") for i in range(0, len(answer), 4)]
-        if len(words) != self.count + 1 or words[-1] != self.done:
-            return None
-        return words[:-1]
-
-
-def _crc_code(params: int, results: int, table: int, reset: bool) -> Asm:
-    a = Asm()
-    _crc_table(a, table)
-    _crc_items(a, params, results)
-    a.label("done")
-    a.ldr_const(5, params)
-    a.ldr(0, 5)
-    a.alu("mvns", 0, 0)
-    a.str_(0, 4)  # the done word, after the last CRC
-    _system_reset(a) if reset else a.spin()
-    return a
-
-
-def _crc_table(a: Asm, table: int) -> None:
-    """r7 = table, T[i] = i shifted right 8 times, XORing the polynomial after each 1 out."""
-    a.ldr_const(7, table)
-    a.ldr_const(6, CRC32_POLY)
-    a.movs(0, 0)
-    a.label("entry")
-    a.shift("lsls", 1, 0, 0)  # MOVS r1, r0
-    a.movs(2, 8)
-    a.label("bit")
-    a.shift("lsrs", 1, 1, 1)  # the bit shifted out goes to C
-    a.b("even", CC)
-    a.alu("eors", 1, 6)
-    a.label("even")
-    a.subs(2, 1)
-    a.b("bit", NE)
-    a.shift("lsls", 3, 0, 2)
-    a.str_reg(1, 7, 3)
-    a.adds(0, 1)
-    a.cmp(0, 255)
-    a.b("entry", LS)
-
-
-def _crc_items(a: Asm, params: int, results: int) -> None:
-    """r5 walks the (address, length) pairs, r4 the CRC words; a 0 length ends at "done"."""
-    a.ldr_const(5, params)
-    a.ldr_const(4, results)
-    a.label("item")
-    a.ldr_at(0, 5, 4)
-    a.ldr_at(1, 5, 8)
-    a.cmp(1, 0)
-    a.b("done", EQ)
-    a.add_reg(1, 0, 1)  # r1 = end
-    a.movs(2, 0)
-    a.alu("mvns", 2, 2)  # crc = 0xFFFFFFFF
-    a.label("byte")
-    a.ldrb(3, 0)
-    a.adds(0, 1)
-    a.alu("eors", 3, 2)
-    a.uxtb(3, 3)
-    a.shift("lsls", 3, 3, 2)
-    a.ldr_reg(3, 7, 3)  # crc = (crc >> 8) ^ T[(crc ^ byte) & 0xFF]
-    a.shift("lsrs", 2, 2, 8)
-    a.alu("eors", 2, 3)
-    a.cmp_reg(0, 1)
-    a.b("byte", NE)
-    a.alu("mvns", 2, 2)
-    a.str_(2, 4)
-    a.adds(4, 4)
-    a.adds(5, 8)
-    a.b("item")
-
-
-def crc_job(items: Sequence[tuple[int, int]], load: int, ram_end: int,
-            nonce: int, *, reset: bool = False) -> Optional[CrcJob]:
-    """The routine for CRCs of `items` ((address, length), length > 0), loaded at `load`;
-    None when it does not fit the RAM below `ram_end`. With `reset` it ends in SYSRESETREQ
-    (for a host without NRST), else it spins until the host resets the chip."""
-    if not items or any(length <= 0 for _, length in items):
-        raise ValueError("every item needs a length above 0")
-    code_len = len(_crc_code(1, 2, 3, reset).image(load, ram_end))  # the pool: as many words
-    params = load + code_len
-    results = params + 4 + 8 * (len(items) + 1)
-    table = results + 4 * (len(items) + 1)
-    end = table + CRC_TABLE_BYTES
-    if end > ram_end:
-        return None
-    code = _crc_code(params, results, table, reset).image(load, ram_end)
-    assert len(code) == code_len
-    words = [nonce] + [w for addr, length in items for w in (addr, length)] + [0, 0]
-    blob = code + b"".join(w.to_bytes(4, "little") for w in words)
-    cycles = CRC_TABLE_CYCLES + sum(CRC_CYCLES_PER_BYTE * n + 32 for _, n in items)
-    return CrcJob(load, blob, results, len(items), nonce ^ 0xFFFFFFFF, end, cycles)
