@@ -2,7 +2,7 @@
 
 A USART bootloader before V3.3 (the L432's V3.1) has no 0xA1, so checking what was written
 meant reading all of it back: as many bytes on the line again as the write. With NRST and
-BOOT0 wired, the flasher uploads a routine (agent/stm32/ramcode.py), starts it with GO,
+BOOT0 wired, the flasher uploads a routine (agent/stm32/ramcrc.py), starts it with GO,
 brings the bootloader back with a reset and reads one CRC per page.
 
 The routine's machine code is checked three ways that share no code: the simulator's Thumb
@@ -19,20 +19,20 @@ import zlib
 
 import pytest
 
-from agent.errors import VerifyFailed
+from agent.errors import NoBootloader, VerifyFailed
 from agent.flasher import ops
 from agent.flasher.image import Image, Segment
 from agent.flasher.target import PinsSettings, Target, UartSettings
 from agent.pins import PinSpec
 from agent.pins.mock import MockBackend
 from agent.sim import PtySim, SimChip
-from agent.stm32 import ramcode
+from agent.stm32 import ramcrc
 from agent.stm32.chips import CHIPS
 
 L432 = CHIPS[0x435]
 
 
-def _run(sim: SimChip, job: ramcode.CrcJob) -> list[int] | None:
+def _run(sim: SimChip, job: ramcrc.CrcJob) -> list[int] | None:
     sim.mem.write(job.load, job.blob)
     sim.jump(job.load)
     return job.parse(sim.mem.read(job.results, 4 * (job.count + 1)))
@@ -45,7 +45,7 @@ def test_the_routine_computes_zlib_crcs_of_any_ranges():
     sim.flash[:len(data)] = data
     cuts = [(0, 1), (1, 7), (9, 2048), (2100, 3), (3001, 2999)]  # odd starts and lengths
     items = [(L432.flash_start + at, n) for at, n in cuts]
-    job = ramcode.crc_job(items, L432.ram_start, L432.ram_end, nonce=0x1234ABCD)
+    job = ramcrc.crc_job(items, L432.ram_start, L432.ram_end, nonce=0x1234ABCD)
     assert job is not None
     assert _run(sim, job) == [zlib.crc32(data[at:at + n]) for at, n in cuts]
     assert ("ram_code", "spinning") in sim.events
@@ -54,9 +54,9 @@ def test_the_routine_computes_zlib_crcs_of_any_ranges():
 def test_a_stale_result_from_an_earlier_run_is_not_taken_for_this_one():
     sim = SimChip(L432)
     items = [(L432.flash_start, 64)]
-    first = ramcode.crc_job(items, L432.ram_start, L432.ram_end, nonce=1)
+    first = ramcrc.crc_job(items, L432.ram_start, L432.ram_end, nonce=1)
     assert _run(sim, first) is not None
-    again = ramcode.crc_job(items, L432.ram_start, L432.ram_end, nonce=2)
+    again = ramcrc.crc_job(items, L432.ram_start, L432.ram_end, nonce=2)
     assert again.results == first.results
     # the routine is loaded but never started: RAM still holds the first run's answers
     sim.mem.write(again.load, again.blob)
@@ -65,15 +65,15 @@ def test_a_stale_result_from_an_earlier_run_is_not_taken_for_this_one():
 
 def test_a_job_that_does_not_fit_the_ram_is_refused_and_zero_lengths_are_an_error():
     items = [(L432.flash_start + i, 4) for i in range(0, 80_000, 4)]
-    assert ramcode.crc_job(items, L432.ram_start, L432.ram_end, nonce=0) is None
+    assert ramcrc.crc_job(items, L432.ram_start, L432.ram_end, nonce=0) is None
     with pytest.raises(ValueError):
-        ramcode.crc_job([(L432.flash_start, 0)], L432.ram_start, L432.ram_end, nonce=0)
+        ramcrc.crc_job([(L432.flash_start, 0)], L432.ram_start, L432.ram_end, nonce=0)
 
 
 def test_the_routine_disassembles_as_intended():
     capstone = pytest.importorskip("capstone")
     load = L432.ram_start
-    job = ramcode.crc_job([(L432.flash_start, 16)], load, L432.ram_end, nonce=0)
+    job = ramcrc.crc_job([(L432.flash_start, 16)], load, L432.ram_end, nonce=0)
     md = capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_THUMB)
     text = [f"{i.mnemonic} {i.op_str}" for i in md.disasm(job.blob[8:], load + 8)]
     loop = text.index("ldrb r3, [r0]")
@@ -91,7 +91,7 @@ def test_the_routine_disassembles_as_intended():
 def test_a_reset_before_the_routine_is_done_leaves_no_answer():
     now = [0.0]
     sim = SimChip(L432, realtime=True, clock=lambda: now[0], core_hz=1e6)
-    job = ramcode.crc_job([(L432.flash_start, 4096)], L432.ram_start, L432.ram_end, nonce=5)
+    job = ramcrc.crc_job([(L432.flash_start, 4096)], L432.ram_start, L432.ram_end, nonce=5)
     sim.mem.write(job.load, job.blob)
     sim.jump(job.load)
     for thread in [t for t in threading.enumerate() if t.name == "sim-core"]:
@@ -103,13 +103,15 @@ def test_a_reset_before_the_routine_is_done_leaves_no_answer():
 
 
 def _flash(sim: SimChip, data: bytes, pins: bool = True, boot0: bool = True,
-           verify: str = "auto"):
+           verify: str = "auto", nrst: bool = True, enter: tuple[str, ...] = (),
+           at: int = 0):
     with PtySim(sim) as pty:
         target = Target(UartSettings(port=pty.path, parity="none", baud=115200),
-                        PinsSettings(backend="mock", nrst=PinSpec(1) if pins else None,
-                                     boot0=PinSpec(2) if pins and boot0 else None),
+                        PinsSettings(backend="mock", nrst=PinSpec(1) if pins and nrst else None,
+                                     boot0=PinSpec(2) if pins and boot0 else None,
+                                     enter=enter),
                         verify=verify)
-        result, _ = ops.flash(target, Image([Segment(L432.flash_start, data)]),
+        result, _ = ops.flash(target, Image([Segment(L432.flash_start + at, data)]),
                               pin_backend=MockBackend(sim.set_line))
         return result, pty.stats
 
@@ -220,8 +222,8 @@ def test_a_routine_that_never_finishes_in_time_falls_back_to_reading_back():
 def test_a_wrong_crc_from_the_chip_costs_a_read_back_not_a_rewrite(monkeypatch):
     """Read-back has the last word: a routine that miscounted (on some core nobody tried)
     makes the flash slower, never wrong and never rewritten for nothing."""
-    real = ramcode.CrcJob.parse
-    monkeypatch.setattr(ramcode.CrcJob, "parse",
+    real = ramcrc.CrcJob.parse
+    monkeypatch.setattr(ramcrc.CrcJob, "parse",
                         lambda job, answer: [c ^ 1 for c in real(job, answer) or []] or None)
     data = os.urandom(4096)
     sim = SimChip(L432)
@@ -264,3 +266,71 @@ def test_the_fast_paths_of_the_simulated_core_do_what_its_reference_step_does():
             assert fast() == want, hex(op)
             assert [(c.r, c.n, c.z, c.c, c.v, c.cycles) for c in cores][0] == \
                 [(c.r, c.n, c.z, c.c, c.v, c.cycles) for c in cores][1], hex(op)
+
+
+def test_a_boot0_pin_held_high_brings_it_back_without_nrst():
+    sim = _not_blank()
+    data = os.urandom(2048)
+    result, _ = _flash(sim, data, nrst=False)
+    assert result.verify == "ram-crc" and ("ram_code", "system_reset") in sim.events
+    assert bytes(sim.flash[:len(data)]) == data
+
+
+def test_an_entry_sequence_that_lets_boot0_go_leaves_no_way_back():
+    sim = _not_blank()
+    sim.reset(boot0=True)  # in the bootloader already; the sequence only pulses BOOT0
+    result, _ = _flash(sim, os.urandom(2048), nrst=False,
+                       enter=("boot0 high", "1ms", "boot0 low"))
+    assert result.verify == "readback"
+    assert not any(e[0] == "go" for e in sim.events)
+
+
+def test_the_routine_sets_the_empty_flag_a_bootloader_may_have_cleared():
+    """AN2606 45.3.1: a G0 bootloader V11.3 clears the flag while it starts; the chip would
+    then boot the new (unchecked) application at the routine's reset. The routine sets the
+    flag itself before SYSRESETREQ, so the ROM boots whatever the flag was."""
+    sim = SimChip(L432, boot0=False)
+    real_jump = sim.jump
+
+    def jump(addr):
+        sim.empty_flag = False  # as if the ROM had cleared it on start-up
+        real_jump(addr)
+    sim.jump = jump
+    data = os.urandom(2048)
+    result, _ = _flash(sim, data, pins=False)
+    assert result.verify == "ram-crc" and sim.mode == "bootloader"
+    assert bytes(sim.flash[:len(data)]) == data
+
+
+def test_a_chip_lost_in_the_skip_check_says_nothing_was_written():
+    sim = SimChip(L432, boot0=False)
+    real_reset = sim.system_reset
+
+    def into_the_application(obl=False):
+        real_reset(obl=obl)
+        if sim.events[-2] == ("ram_code", "system_reset"):
+            sim.empty_flag = False
+            sim.set_line("nrst", False)
+            sim.set_line("nrst", True)
+    sim.system_reset = into_the_application
+    with pytest.raises(NoBootloader) as err:
+        _flash(sim, os.urandom(2048), pins=False, at=4096)  # not at page 0: the check runs
+    assert "nothing was erased or written yet" in str(err.value)
+    assert bytes(sim.flash) == b"\xff" * len(sim.flash)
+
+
+def test_a_lost_go_ack_still_waits_for_the_routine(monkeypatch):
+    from agent.errors import LinkTimeout
+    from agent.stm32.bootloader import Bootloader
+
+    real_go, lost = Bootloader.go, []
+
+    def go(bl, addr):
+        real_go(bl, addr)
+        if addr == L432.ram_start and not lost:
+            lost.append(addr)
+            raise LinkTimeout("GO: no answer (the ACK was lost)")
+    monkeypatch.setattr(Bootloader, "go", go)
+    data = os.urandom(2048)
+    result, _ = _flash(SimChip(L432), data)
+    assert lost and result.verify == "ram-crc"

@@ -13,8 +13,9 @@ Two questions, both answered with as few commands as the bootloader allows:
   programs from the start, so a blank start with the image further on is rare, and taking a
   page as changed only costs time): nothing is skipped and nothing more is read. Bytes the
   session already read (its first READ, `seen`) serve as the first look.
-  Without 0xA1 but with NRST and BOOT0 wired, the chip computes one CRC per page from RAM
-  (`ram-crc`, Session.crc_on_chip) and only a failure to get them falls back to reading back.
+  Without 0xA1, where the chip surely comes back to its bootloader after code in RAM
+  (onchip.way_back), it computes one CRC per page itself (`ram-crc`, onchip.crc_on_chip);
+  only a failure to get them falls back to reading back.
 - `bad_pages`: after writing, the same halving over spans of image bytes.
 
 AN3155 3.13 / AN4221 2.20: the checksum start address and length are multiples of 4 bytes
@@ -112,7 +113,7 @@ class Compare:
             log.info("the image's first page reads erased: a blank flash, nothing to skip")
             return list(plan.pages)
         pages = [plan.page_span(p) for p in plan.pages]
-        crcs = self.commands.crc_on_chip([(p.address, len(p.data)) for p in pages])
+        crcs = self.commands.crc_on_chip([(p.address, len(p.data)) for p in pages], "check")
         if crcs is None:
             log.info("no CRCs from the chip; reading the pages back instead")
             return None

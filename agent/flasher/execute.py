@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Result", "VERIFY_MODES", "execute", "read_memory", "write_memory"]
 
 VERIFY_MODES = ("auto", "crc", "readback", "none")
-# (address, length) ranges -> their CRC-32 (zlib) computed on the chip, or None when it cannot
-OnChipCrc = Callable[[list[tuple[int, int]]], Optional[list[int]]]
+# (address, length) ranges and the phase -> their CRC-32 (zlib) computed on the chip, or None
+OnChipCrc = Callable[[list[tuple[int, int]], str], Optional[list[int]]]
 ERASE_CHUNK_MS = 1000.0  # typical erase time per command: a progress and cancel point a second
 
 
@@ -300,7 +300,7 @@ class _Run(Commands):
         if not regions:
             return []
         self.check_cancel("verify", regions[0].address)
-        crcs = self.crc_on_chip([(r.address, len(r.data)) for r in regions])
+        crcs = self.crc_on_chip([(r.address, len(r.data)) for r in regions], "verify")
         if crcs is None:
             return None
         bad = sorted({r.page for r, crc in zip(regions, crcs) if crc != zlib.crc32(r.data)})

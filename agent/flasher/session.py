@@ -113,9 +113,16 @@ class Session:
                         self.options)
 
     def reenter(self) -> None:
-        """Reset into the bootloader again with the target's entry sequence, and connect."""
+        """Reset into the bootloader again with the target's entry sequence, and connect:
+        the same chip, and reads known to be allowed stay allowed (RDP did not change)."""
         assert self.target is not None
-        self.info = _enter(self.link, self.pins, self.bl, self.target, self.sleep)
+        granted = self.bl.read_granted
+        info = _enter(self.link, self.pins, self.bl, self.target, self.sleep)
+        if info.pid != self.info.pid:
+            raise ChipMismatch(f"after a reset {self.target.describe()} answered as chip "
+                               f"0x{info.pid:03x}, not 0x{self.info.pid:03x}: check the wiring")
+        self.info = info
+        self.bl.read_granted = granted or not self.read_protected
 
     def start_application(self, address: Optional[int] = None) -> str:
         """Leave the bootloader, then check that the chip no longer answers as the bootloader.
