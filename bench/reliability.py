@@ -274,7 +274,7 @@ def broker_flap_job(work: Path, restarts: int, seed: int) -> tuple[int, str]:
     terminal event and the retained job says so, else what went wrong."""
     with AgentKit(work) as kit:
         pump = kit.uart_target("pump")
-        data = kit.image(24 * 1024, seed)
+        data = kit.image(48 * 1024, seed)  # the job outlasts the restarts (about 5 s of line)
         m = kit.release("pump-ctrl", f"1.{seed}.0", data)
         svc = kit.start_service()
         pump.sim.realtime, pump.sim.baud = True, 115200  # real line time: the job lasts seconds
