@@ -179,13 +179,14 @@ def run_trial(kit: AgentKit, t: SimTarget, trial: Trial, n: int, rng: random.Ran
     if wire is None and t.sim.mode == "application":  # killed after the start command
         t.sim.reset(boot0=True)
     _start(kit, wire)
-    problems = _judge(kit, t, job["job_id"], data, cached, gets, path, trial.stacked, m)
+    problems = _judge(kit, t, job["job_id"], data, cached, gets, path, trial.stacked, m,
+                      by_hand=wire is None)
     kit.stop_process()
     return problems
 
 
 def _judge(kit: AgentKit, t: SimTarget, job_id: str, data: bytes, cached: bool, gets: int,
-           path: str, stacked: int, manifest: dict) -> list[str]:
+           path: str, stacked: int, manifest: dict, by_hand: bool = False) -> list[str]:
     problems = []
     try:
         done = kit.obs.wait_topic(kit.topics.job("pump"), lambda m: bool(m.payload) and
@@ -193,10 +194,18 @@ def _judge(kit: AgentKit, t: SimTarget, job_id: str, data: bytes, cached: bool, 
                                   timeout=60).json()
     except TimeoutError:
         return ["no terminal status after the restart: " + kit.agent_log()[-500:]]
-    gave_up = done["status"] == "FAILED" and (done.get("error") or {}).get("code") == \
-        "too_many_attempts"
-    if gave_up and stacked + 1 >= MAX_ATTEMPTS:
-        # the bound on restarts did its job; the repair it names is to install again
+    code = (done.get("error") or {}).get("code")
+    gave_up = done["status"] == "FAILED" and code == "too_many_attempts"
+    # Without pins, a kill between an ACK and the frame that should follow it leaves the ROM
+    # waiting for up to 258 bytes of a WRITE that never come (AN3155 has no timeout), and
+    # bytes sent to end it could complete it as a valid command: the agent says so
+    # (no_bootloader, put it in its bootloader by hand) and the person's repair is a reset,
+    # then the install again.
+    lost = by_hand and done["status"] == "FAILED" and code == "no_bootloader"
+    if lost:
+        t.sim.reset(boot0=True)
+    if (gave_up and stacked + 1 >= MAX_ATTEMPTS) or lost:
+        # the bound on restarts did its job (or the chip needed a hand): install again
         mark = kit.obs.mark()
         kit.command("pump", {"op": "install", "manifest": manifest})
         again = kit.obs.wait_topic(kit.topics.job("pump"), lambda m: bool(m.payload) and
@@ -212,7 +221,7 @@ def _judge(kit: AgentKit, t: SimTarget, job_id: str, data: bytes, cached: bool, 
     ends = _terminal_events(kit, job_id)
     if len(ends) != 1:
         problems.append(f"terminal events {ends}")
-    if cached and not gave_up and _gets(kit, path) != gets:
+    if cached and not (gave_up or lost) and _gets(kit, path) != gets:
         problems.append("a verified cached image was downloaded again")
     left = [p.name for d in (kit.state_dir, kit.cache_dir) if d.exists()
             for p in list(d.rglob(TEMP_GLOB)) + list(d.rglob("*.part"))]
