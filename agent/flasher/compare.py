@@ -91,8 +91,7 @@ class Compare:
                 same.add(page)
                 streak = 0
                 found(len(same))
-            elif page == plan.pages[0] and differs == b"\xff" * len(differs):
-                log.info("the image's first page reads erased: a blank flash, nothing to skip")
+            elif page == plan.pages[0] and _reads_erased(differs):
                 return list(plan.pages), set()
             else:
                 changed.append(page)
@@ -109,8 +108,7 @@ class Compare:
         plan = self.plan
         first = plan.page_span(plan.pages[0])
         head = self._known(first.address, min(PROBE, len(first.data)))
-        if head is not None and head != first.data[:len(head)] and head == b"\xff" * len(head):
-            log.info("the image's first page reads erased: a blank flash, nothing to skip")
+        if head is not None and head != first.data[:len(head)] and _reads_erased(head):
             return list(plan.pages)
         pages = [plan.page_span(p) for p in plan.pages]
         crcs = self.commands.crc_on_chip([(p.address, len(p.data)) for p in pages], "check")
@@ -138,6 +136,14 @@ class Compare:
         if start <= address and address + n <= start + len(data):
             return data[address - start:address - start + n]
         return None
+
+
+def _reads_erased(got: bytes) -> bool:
+    """Bytes of the image's first page that differ from it read erased: a blank flash."""
+    if got != b"\xff" * len(got):
+        return False
+    log.info("the image's first page reads erased: a blank flash, nothing to skip")
+    return True
 
 
 def regions_spans(plan: Plan, pages: Iterable[int]) -> list[Span]:

@@ -45,14 +45,13 @@ def execute(plan: Plan, bl: Any, progress: Optional[ProgressCallback] = None, *,
     `skip`: leave pages alone that already hold their part of the image (page erase only).
     `seen`: (address, bytes) of flash read this session before anything was written; the
     skip check takes them instead of reading them again.
-    `crc_on_chip`: CRCs computed by the chip (Session.crc_on_chip), for a bootloader without
-    Get Checksum: verification then reads back only the pages whose CRC differs.
+    `crc_on_chip`: CRCs computed by the chip (onchip.checker), for a bootloader without Get
+    Checksum: the skip check and the verify then read back only pages whose CRC differs.
     """
     if verify not in VERIFY_MODES:
         raise UsageError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}",
                          code="bad_verify_mode")
-    run = _Run(plan, bl, progress or no_progress, retries, cancel, clock)
-    run.crc_on_chip = crc_on_chip
+    run = _Run(plan, bl, progress or no_progress, retries, cancel, clock, crc_on_chip)
     return run.go(verify, skip and plan.erase == "pages", seen)
 
 
@@ -60,14 +59,15 @@ class _Run(Commands):
     """One execution of a plan: erase, write, verify, with bounded recovery."""
 
     def __init__(self, plan: Plan, bl: Any, progress: ProgressCallback, retries: int,
-                 cancel: Optional[threading.Event], clock: Callable[[], float]) -> None:
+                 cancel: Optional[threading.Event], clock: Callable[[], float],
+                 crc_on_chip: Optional[OnChipCrc] = None) -> None:
         super().__init__(bl, retries, cancel)
         self.plan, self.progress, self.clock = plan, progress, clock
         self.method = "none"
         self.todo = set(plan.pages)  # pages to erase and write
         self.read_back: set[int] = set()  # pages whose every byte was read back unchanged
         self.compare = Compare(self, plan, "none")
-        self.crc_on_chip: Optional[OnChipCrc] = None
+        self.crc_on_chip = crc_on_chip
 
     def go(self, verify: str, skip: bool, seen: Optional[tuple[int, bytes]] = None) -> Result:
         """Run every phase and return the Result (`seen`: see execute())."""
@@ -84,16 +84,12 @@ class _Run(Commands):
         return self.result
 
     def _method(self, verify: str) -> str:
-        has_crc = bool(self.bl.supports("checksum"))
-        if verify in ("auto", "crc"):
-            if has_crc:
-                return "crc"
-            if self.crc_on_chip is not None:
-                return "ram-crc"
-            if verify == "crc":
-                log.warning("the bootloader offers no checksum command; verifying by read-back")
-            return "readback"
-        return verify
+        if verify not in ("auto", "crc"):
+            return verify
+        method = self._blank_method()
+        if verify == "crc" and method == "readback":
+            log.warning("the bootloader offers no checksum command; verifying by read-back")
+        return method
 
     # ---- helpers ------------------------------------------------------------------------
 
@@ -110,7 +106,8 @@ class _Run(Commands):
         return self.read(phase, address, len(data)) == data
 
     def _blank_method(self) -> str:
-        """How the skip check compares ("ram-crc" reads back in `_holds`)."""
+        """The best way to compare flash with what it should hold: the bootloader's CRC, the
+        chip's own from RAM, else read-back (`_holds` reads back for "ram-crc")."""
         if self.bl.supports("checksum"):
             return "crc"
         return "ram-crc" if self.crc_on_chip is not None else "readback"

@@ -56,12 +56,13 @@ def way_back(s: Session) -> Optional[str]:
 
 def checker(s: Session, verify: str) -> Optional[OnChipCrc]:
     """What execute() is given as `crc_on_chip`: None when told to read back or no way back."""
-    if verify not in ("auto", "crc") or way_back(s) is None:
+    way = way_back(s) if verify in ("auto", "crc") else None
+    if way is None:
         return None
-    return lambda items, phase: crc_on_chip(s, items, phase)
+    return lambda items, phase: crc_on_chip(s, way, items, phase)
 
 
-def crc_on_chip(s: Session, items: list[tuple[int, int]],
+def crc_on_chip(s: Session, way: str, items: list[tuple[int, int]],
                 phase: str = "verify") -> Optional[list[int]]:
     """The CRC-32 (zlib) of each (address, length) item, computed by the chip from RAM.
 
@@ -70,11 +71,9 @@ def crc_on_chip(s: Session, items: list[tuple[int, int]],
     SLOWEST_HZ time at once, so the first 0x7F finds the bootloader waiting (one arriving
     while the ROM starts its autobaud could leave it deaf, and without NRST nothing would
     bring it back). None when it cannot run or did not finish: the caller reads back.
-    `phase` ("check" or "verify") says what a chip that does not come back has missed.
+    `way` is what `way_back` said; `phase` ("check" or "verify") says what a chip that does
+    not come back has missed.
     """
-    way = way_back(s)
-    if way is None:
-        return None
     assert s.target is not None
     nonce = int.from_bytes(os.urandom(4), "little")
     job = crc_job(items, s.chip.ram_start, s.chip.ram_end, nonce, reset=way != "pins",
